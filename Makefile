@@ -1,0 +1,25 @@
+# The two commands of the README: `make up` runs a cluster (in Docker where an engine
+# answers, else as local processes), `make test` runs the tests (the Docker ones too).
+# Each one first makes the virtualenv (.venv) with everything installed.
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: up test lint
+
+$(STAMP): pyproject.toml libs/fum/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip setuptools wheel
+	$(VENV)/bin/pip install --quiet -e libs/fum -e '.[dev]'
+	touch $@
+
+up: $(STAMP)
+	deploy/up.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest

@@ -1,0 +1,1 @@
+"""The ``fum`` command line."""

@@ -1,0 +1,198 @@
+"""A local cluster: db, api and workers as processes on loopback (process driver by default).
+
+``fum up`` runs one in the foreground; the tests and the benchmarks start one the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.proc import die_with_parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "fum"
+
+
+class ClusterError(RuntimeError):
+    """The local cluster did not come up."""
+
+
+@dataclass
+class LocalCluster:
+    """db + api + ``workers`` workers, each a ``python -m services.X`` process."""
+
+    data_dir: Path
+    port: int = 3000  # 0: any free port
+    workers: int = 1
+    preload: str = "runtime"
+    policy: str = "warm-affinity"
+    capacity: int = 8
+    driver: str = "process"
+    db_policy: str = "keep"
+    log_level: str = "warning"
+    env: dict[str, str] = field(default_factory=dict)  # extra FUM_* settings for every process
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        self.http_port = self.port or free_port()
+        self.node_port = free_port()
+        self.db_port = free_port()
+        # With the docker driver, each local cluster has its own network: the network is
+        # what tells one cluster's function containers from another's on the same engine.
+        self.docker_network = f"fum-local-{self.http_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _env(self, **settings: object) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "FUM_LOG_LEVEL": self.log_level,
+                "FUM_DB_URL": f"tcp://127.0.0.1:{self.db_port}",
+                "FUM_API_ENDPOINT": f"tcp://127.0.0.1:{self.node_port}",
+                "FUM_API_URL": self.url,
+            }
+        )
+        env.update(self.env)
+        env.update({f"FUM_{k.upper()}": str(v) for k, v in settings.items()})
+        return env
+
+    def _spawn(self, name: str, service: str, log: Path, **settings: object) -> None:
+        with log.open("ab") as out:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}"],
+                env=self._env(**settings),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+
+    def start(self, timeout: float = 60.0) -> LocalCluster:
+        """Start every process and wait until the api answers with every worker registered."""
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.start_db()
+        self.start_api()
+        for node in range(self.workers):
+            self.start_worker(node)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _log(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
+
+    def start_db(self, policy: str | None = None) -> None:
+        self._spawn(
+            "db",
+            "db",
+            self._log("db"),
+            db_bind=f"tcp://127.0.0.1:{self.db_port}",
+            db_path=self.data_dir / "fum.sqlite3",
+            db_start_policy=policy or self.db_policy,
+        )
+
+    def start_api(self) -> None:
+        self._spawn(
+            "api",
+            "api",
+            self._log("api"),
+            http_port=self.http_port,
+            node_bind=f"tcp://127.0.0.1:{self.node_port}",
+            data_dir=self.data_dir / "api",
+            invocation_policy=self.policy,
+        )
+
+    def start_worker(self, node: int) -> None:
+        self._spawn(
+            f"worker-{node}",
+            "worker",
+            self._log(f"worker-{node}"),
+            node_id=node,
+            node_dir=self.data_dir / f"node-{node}",
+            preload=self.preload,
+            capacity=self.capacity,
+            driver=self.driver,
+            docker_network=self.docker_network,
+        )
+
+    def get(self, path: str) -> object:
+        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            return json.loads(response.read())
+
+    def wait_ready(self, timeout: float, workers: int | None = None) -> None:
+        want = self.workers if workers is None else workers
+        deadline = time.monotonic() + timeout
+        while True:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise ClusterError(
+                        f"{name} exited with status {proc.returncode}; see {self.data_dir / 'logs'}"
+                    )
+            try:
+                nodes = self.get("/v1/nodes")
+                if isinstance(nodes, dict) and len(nodes["items"]) >= want:
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"the cluster was not ready within {timeout:g}s; see {self.data_dir / 'logs'}"
+                )
+            time.sleep(0.05)
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop(self) -> None:
+        """Workers first (they stop their miniworkers), then the api, then the db."""
+        for name in [n for n in self.procs if n.startswith("worker")]:
+            self.procs[name].send_signal(signal.SIGTERM)
+        for name in [n for n in list(self.procs) if n.startswith("worker")]:
+            self.stop_process(name)
+        self.stop_process("api")
+        self.stop_process("db")
+        if self.driver == "docker":
+            subprocess.run(
+                ["docker", "network", "rm", self.docker_network], capture_output=True, check=False
+            )
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,266 @@
+"""``AsyncClient``: the whole v1 API for asyncio (aiohttp), method for method as ``Client``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import aiohttp
+
+from . import _api
+from ._http import UPLOAD_CHUNK, Progress, default_headers
+from .config import Settings, resolve
+from .errors import ApiUnreachable, WaitTimeout, api_error
+from .models import Call, CallPage, Function, Health, Node, Runtime, WaitResult
+from .packaging import load_package
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """A client of one fum api for asyncio; use ``async with AsyncClient() as client``.
+
+    Address, key and errors as ``Client``. One aiohttp session (opened on first use)
+    carries every request; ``limit`` caps its concurrent connections.
+    """
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        profile: str | None = None,
+        timeout: float = 30.0,
+        limit: int = 100,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or resolve(api_url, api_key, profile)
+        self.api_url = self.settings.api_url
+        self.timeout = timeout
+        self._limit = limit
+        self._headers = default_headers(self.settings)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.api_url!r})"
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, connector=aiohttp.TCPConnector(limit=self._limit)
+            )
+        return self._session
+
+    async def _send(self, req: _api.Req[T], progress: Progress | None = None) -> T:
+        url = self.api_url + req.path
+        if req.query:
+            url += "?" + urlencode(req.query)
+        headers = {"Content-Type": req.content_type} if req.content_type else {}
+        wait = self.timeout + (req.timeout or 0.0)
+        session = self._open()
+        for attempt in (1, 2):
+            data: Any = req.body
+            if req.body is not None and progress is not None:
+                data = _chunks(req.body, progress)
+            try:
+                async with session.request(
+                    req.method,
+                    url,
+                    data=data,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=wait),
+                ) as response:
+                    body = await response.read()
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+                break
+            except aiohttp.ServerDisconnectedError:
+                if attempt == 1 and req.idempotent:
+                    continue  # a kept-alive connection the api had closed: once more
+                raise ApiUnreachable(
+                    self.api_url, "the api closed the connection without answering"
+                ) from None
+            except aiohttp.ClientConnectorError as exc:
+                reason = exc.strerror or str(exc.os_error) or "cannot connect"
+                if isinstance(exc.os_error, ConnectionRefusedError):
+                    reason = "connection refused"
+                raise ApiUnreachable(self.api_url, reason, maybe_sent=False) from None
+            except TimeoutError:
+                raise ApiUnreachable(self.api_url, f"no answer within {wait:g}s") from None
+            except aiohttp.ClientError as exc:
+                raise ApiUnreachable(self.api_url, str(exc) or type(exc).__name__) from None
+        if status >= 400:
+            raise api_error(status, body, req.what, retry_after)
+        return req.read(status, body)
+
+    # ---- cluster
+
+    async def health(self) -> Health:
+        return await self._send(_api.health())
+
+    async def openapi(self) -> dict[str, Any]:
+        document: dict[str, Any] = await self._send(_api.openapi())
+        return document
+
+    async def list_nodes(self) -> list[Node]:
+        return await self._send(_api.list_nodes())
+
+    # ---- runtimes
+
+    async def list_runtimes(self) -> list[Runtime]:
+        return await self._send(_api.list_runtimes())
+
+    async def get_runtime(self, name: str) -> Runtime:
+        return await self._send(_api.get_runtime(name))
+
+    async def put_runtime(
+        self, name: str, image: str, run: str, *, path: str = "/ws", dependencies: str = ""
+    ) -> Runtime:
+        return await self._send(_api.put_runtime(name, image, run, path, dependencies))
+
+    async def delete_runtime(self, name: str) -> None:
+        await self._send(_api.delete_runtime(name))
+
+    # ---- functions
+
+    async def list_functions(self) -> list[Function]:
+        return await self._send(_api.list_functions())
+
+    async def get_function(self, name: str) -> Function:
+        return await self._send(_api.get_function(name))
+
+    async def deploy_function(
+        self,
+        name: str,
+        package: bytes | str | os.PathLike[str],
+        *,
+        runtime: str | None = None,
+        filename: str | None = None,
+        timeout: float | None = None,
+        memory: int | None = None,
+        cpus: float | None = None,
+        pids: int | None = None,
+        progress: Progress | None = None,
+        **limits: Any,
+    ) -> Function:
+        if isinstance(package, bytes):
+            data, default_name = package, "package.tar.gz"
+        else:
+            data, default_name = await asyncio.to_thread(load_package, package)
+        limits.update(timeout=timeout, memory=memory, cpus=cpus, pids=pids)
+        req = _api.put_function(name, data, filename or default_name, runtime, limits)
+        return await self._send(req, progress)
+
+    async def update_function(self, name: str, **limits: Any) -> Function:
+        return await self._send(_api.patch_function(name, limits))
+
+    async def delete_function(self, name: str) -> None:
+        await self._send(_api.delete_function(name))
+
+    async def get_package(self, sha256: str) -> bytes:
+        return await self._send(_api.get_package(sha256))
+
+    # ---- calls
+
+    async def invoke(
+        self, name: str, params: Any = None, *, blocking: bool = True, timeout: float | None = None
+    ) -> Call:
+        return await self._send(_api.invoke(name, _api.encode_params(params), blocking, timeout))
+
+    async def run(self, name: str, params: Any = None, *, timeout: float = 300.0) -> Call:
+        deadline = time.monotonic() + timeout
+        call = await self.invoke(name, params, blocking=True, timeout=timeout)
+        if call.final:
+            return call
+        return await self.wait_call(call.call_num, max(0.0, deadline - time.monotonic()))
+
+    async def create_calls(self, calls: Sequence[tuple[str, Any]]) -> list[int]:
+        encoded = [(name, _api.encode_params(params)) for name, params in calls]
+        return await self.create_calls_encoded(encoded)
+
+    async def create_calls_encoded(self, calls: Sequence[tuple[str, bytes]]) -> list[int]:
+        nums: list[int] = []
+        for start in range(0, len(calls), _api.MAX_BATCH):
+            batch = _api.create_calls(calls[start : start + _api.MAX_BATCH])
+            created: list[int] = await self._send(batch)
+            nums.extend(created)
+        return nums
+
+    async def wait_calls(
+        self,
+        call_nums: Iterable[int],
+        *,
+        timeout: float = 0.0,
+        return_when: _api.ReturnWhen = "ALL_COMPLETED",
+    ) -> WaitResult:
+        return await self._send(_api.wait_calls(call_nums, timeout, return_when))
+
+    async def wait_call(self, call_num: int, timeout: float = 300.0) -> Call:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            result = await self.wait_calls([call_num], timeout=left)
+            if result.done:
+                return result.done[0]
+            if left <= 0:
+                raise WaitTimeout(f"call {call_num} has not finished within {timeout:g}s")
+
+    async def list_calls(
+        self,
+        *,
+        function: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+        after: int | None = None,
+    ) -> CallPage:
+        return await self._send(_api.list_calls(function, status, limit, before, after))
+
+    async def iter_calls(
+        self,
+        *,
+        function: str | None = None,
+        status: str | None = None,
+        after: int | None = None,
+        page_size: int = 1000,
+    ) -> AsyncIterator[Call]:
+        before: int | None = None
+        while True:
+            page = await self.list_calls(
+                function=function, status=status, limit=page_size, before=before, after=after
+            )
+            for call in page.items:
+                yield call
+            if page.next is None or not page.items:
+                return
+            before = page.items[-1].call_num
+
+    async def get_call(self, call_num: int) -> Call:
+        return await self._send(_api.get_call(call_num))
+
+    async def get_call_logs(self, call_num: int) -> str:
+        return await self._send(_api.get_call_logs(call_num))
+
+
+async def _chunks(body: bytes, progress: Progress) -> AsyncIterator[bytes]:
+    total = len(body)
+    progress(0, total)
+    for start in range(0, total, UPLOAD_CHUNK):
+        chunk = body[start : start + UPLOAD_CHUNK]
+        yield chunk
+        progress(start + len(chunk), total)

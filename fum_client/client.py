@@ -1,0 +1,229 @@
+"""``Client``: the whole v1 API, synchronously (thread-safe; keep-alive per thread)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from . import _api
+from ._http import Progress, SyncTransport
+from .config import Settings, resolve
+from .errors import WaitTimeout
+from .models import Call, CallPage, Function, Health, Node, Runtime, WaitResult
+from .packaging import load_package
+
+
+class Client:
+    """A client of one fum api.
+
+    ``api_url``/``api_key``/``profile`` resolve as everywhere in fum: the argument, else
+    ``FUM_API_URL``/``FUM_API_KEY``, else the profile file, else ``http://127.0.0.1:3000``.
+    ``timeout`` bounds each request (long polls get their own wait on top).
+
+    Errors: ``ApiUnreachable`` when nothing answers, ``ApiError`` subclasses (``NotFound``,
+    ``BadRequest``, ``Conflict``, ...) carrying the api's code and message.
+    """
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        profile: str | None = None,
+        timeout: float = 30.0,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or resolve(api_url, api_key, profile)
+        self.api_url = self.settings.api_url
+        self._http = SyncTransport(self.settings, timeout)
+
+    def __repr__(self) -> str:
+        return f"Client({self.api_url!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections (a request blocked in another thread fails at once)."""
+        self._http.close()
+
+    # ---- cluster
+
+    def health(self) -> Health:
+        """``GET /healthz``: the api and its db answer."""
+        return self._http.send(_api.health())
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document of the api."""
+        document: dict[str, Any] = self._http.send(_api.openapi())
+        return document
+
+    def list_nodes(self) -> list[Node]:
+        """Live workers, their load and warm sandboxes."""
+        return self._http.send(_api.list_nodes())
+
+    # ---- runtimes
+
+    def list_runtimes(self) -> list[Runtime]:
+        return self._http.send(_api.list_runtimes())
+
+    def get_runtime(self, name: str) -> Runtime:
+        return self._http.send(_api.get_runtime(name))
+
+    def put_runtime(
+        self, name: str, image: str, run: str, *, path: str = "/ws", dependencies: str = ""
+    ) -> Runtime:
+        """Create or replace the runtime ``name``."""
+        return self._http.send(_api.put_runtime(name, image, run, path, dependencies))
+
+    def delete_runtime(self, name: str) -> None:
+        """Delete a runtime no function uses (``Conflict`` otherwise)."""
+        self._http.send(_api.delete_runtime(name))
+
+    # ---- functions
+
+    def list_functions(self) -> list[Function]:
+        return self._http.send(_api.list_functions())
+
+    def get_function(self, name: str) -> Function:
+        return self._http.send(_api.get_function(name))
+
+    def deploy_function(
+        self,
+        name: str,
+        package: bytes | str | os.PathLike[str],
+        *,
+        runtime: str | None = None,
+        filename: str | None = None,
+        timeout: float | None = None,
+        memory: int | None = None,
+        cpus: float | None = None,
+        pids: int | None = None,
+        progress: Progress | None = None,
+        **limits: Any,
+    ) -> Function:
+        """Create or replace a function from package bytes, a folder, or a .tar.gz/.zip file.
+
+        A folder is packed into a tar.gz in memory. ``runtime`` is needed to create a
+        function, optional to replace one. ``progress(sent, total)`` follows the upload.
+        """
+        if isinstance(package, bytes):
+            data, default_name = package, "package.tar.gz"
+        else:
+            data, default_name = load_package(package)
+        limits.update(timeout=timeout, memory=memory, cpus=cpus, pids=pids)
+        req = _api.put_function(name, data, filename or default_name, runtime, limits)
+        return self._http.send(req, progress)
+
+    def update_function(self, name: str, **limits: Any) -> Function:
+        """Change a function's limits (``timeout=``, ``memory=``...; ``None`` resets one)."""
+        return self._http.send(_api.patch_function(name, limits))
+
+    def delete_function(self, name: str) -> None:
+        self._http.send(_api.delete_function(name))
+
+    def get_package(self, sha256: str) -> bytes:
+        """A stored function package by its sha256."""
+        return self._http.send(_api.get_package(sha256))
+
+    # ---- calls
+
+    def invoke(
+        self, name: str, params: Any = None, *, blocking: bool = True, timeout: float | None = None
+    ) -> Call:
+        """Invoke ``name``. Blocking: wait up to ``timeout`` s (the api caps it) for the end,
+        and return the call as it is then (``call.final`` says whether it ended)."""
+        return self._http.send(_api.invoke(name, _api.encode_params(params), blocking, timeout))
+
+    def invoke_encoded(
+        self, name: str, params: bytes, *, blocking: bool = True, timeout: float | None = None
+    ) -> Call:
+        """``invoke`` with the params already JSON text."""
+        return self._http.send(_api.invoke(name, params, blocking, timeout))
+
+    def run(self, name: str, params: Any = None, *, timeout: float = 300.0) -> Call:
+        """Invoke ``name`` and wait until the call has ended (``WaitTimeout`` after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        call = self.invoke(name, params, blocking=True, timeout=timeout)
+        if call.final:
+            return call
+        return self.wait_call(call.call_num, max(0.0, deadline - time.monotonic()))
+
+    def create_calls(self, calls: Sequence[tuple[str, Any]]) -> list[int]:
+        """Create many calls at once (split into requests of 10,000): their call numbers."""
+        encoded = [(name, _api.encode_params(params)) for name, params in calls]
+        return self.create_calls_encoded(encoded)
+
+    def create_calls_encoded(self, calls: Sequence[tuple[str, bytes]]) -> list[int]:
+        """``create_calls`` with each call's params already JSON text."""
+        nums: list[int] = []
+        for start in range(0, len(calls), _api.MAX_BATCH):
+            batch = _api.create_calls(calls[start : start + _api.MAX_BATCH])
+            created: list[int] = self._http.send(batch)
+            nums.extend(created)
+        return nums
+
+    def wait_calls(
+        self,
+        call_nums: Iterable[int],
+        *,
+        timeout: float = 0.0,
+        return_when: _api.ReturnWhen = "ALL_COMPLETED",
+    ) -> WaitResult:
+        """One ``POST /v1/calls/wait``: up to ``timeout`` s for any (``FIRST_COMPLETED``) or
+        all of the calls (at most 10,000) to finish."""
+        return self._http.send(_api.wait_calls(call_nums, timeout, return_when))
+
+    def wait_call(self, call_num: int, timeout: float = 300.0) -> Call:
+        """Wait until the call has ended; ``WaitTimeout`` if it has not within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            result = self.wait_calls([call_num], timeout=left)
+            if result.done:
+                return result.done[0]
+            if left <= 0:
+                raise WaitTimeout(f"call {call_num} has not finished within {timeout:g}s")
+
+    def list_calls(
+        self,
+        *,
+        function: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+        after: int | None = None,
+    ) -> CallPage:
+        """One page of calls, newest first (``limit`` 1..1000, default 100)."""
+        return self._http.send(_api.list_calls(function, status, limit, before, after))
+
+    def iter_calls(
+        self,
+        *,
+        function: str | None = None,
+        status: str | None = None,
+        after: int | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[Call]:
+        """Every matching call, newest first, page after page."""
+        before: int | None = None
+        while True:
+            page = self.list_calls(
+                function=function, status=status, limit=page_size, before=before, after=after
+            )
+            yield from page.items
+            if page.next is None or not page.items:
+                return
+            before = page.items[-1].call_num
+
+    def get_call(self, call_num: int) -> Call:
+        return self._http.send(_api.get_call(call_num))
+
+    def get_call_logs(self, call_num: int) -> str:
+        """What the function printed during the call."""
+        return self._http.send(_api.get_call_logs(call_num))

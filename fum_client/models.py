@@ -1,0 +1,124 @@
+"""What the api answers, as typed objects (camelCase on the wire, snake_case here).
+
+Fields the api adds later are ignored, never an error; ``to_dict()`` gives the JSON
+shape back (camelCase keys), as the CLI's ``--json`` prints it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+FINAL_STATUSES = frozenset({"DONE", "ERROR", "TIMEOUT"})
+STATUSES = ("PENDING", "RUNNING", "DONE", "ERROR", "TIMEOUT")
+
+
+class Model(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Base of the api's objects."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The object as the api's JSON (camelCase keys)."""
+        data = msgspec.to_builtins(self)
+        assert isinstance(data, dict)
+        return data
+
+
+class Runtime(Model, frozen=True):
+    """A container image plus the commands that install (``dependencies``) and ``run``."""
+
+    name: str
+    image: str
+    run: str
+    path: str = "/ws"
+    dependencies: str = ""
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class Function(Model, frozen=True):
+    """A package of code bound to a runtime; ``limits`` as the api reports them."""
+
+    name: str
+    runtime: str
+    sha256: str
+    filename: str
+    size: int
+    limits: dict[str, Any] = msgspec.field(default_factory=dict)
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class Call(Model, frozen=True):
+    """One invocation: ``params`` and ``result`` are the JSON values, decoded."""
+
+    call_num: int
+    func_name: str
+    status: str
+    params: Any = None
+    result: Any = None
+    error: str | None = None
+    node_id: int | None = None
+    attempts: int = 0
+    start: str | None = None
+    init_ms: float | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: float | None = None
+    wait_ms: float | None = None
+
+    @property
+    def final(self) -> bool:
+        """Whether the call has ended (DONE, ERROR or TIMEOUT)."""
+        return self.status in FINAL_STATUSES
+
+
+class Node(Model, frozen=True):
+    """A live worker: its load and its warm sandboxes (function or runtime name -> count)."""
+
+    node_id: int
+    capacity: int = 0
+    preload: str = ""
+    driver: str = ""
+    busy: int = 0
+    queued: int = 0
+    in_flight: int = 0
+    idle: dict[str, Any] = msgspec.field(default_factory=dict)
+    generic: dict[str, Any] = msgspec.field(default_factory=dict)
+    registered_at: str | None = None
+    heard_at: str | None = None
+
+
+class CallPage(Model, frozen=True):
+    """One page of calls, newest first; ``next`` is the path of the next page, if any."""
+
+    items: list[Call]
+    next: str | None = None
+
+
+class WaitResult(Model, frozen=True):
+    """The calls that finished, and the numbers of those still pending."""
+
+    done: list[Call]
+    pending: list[int]
+
+
+class Health(Model, frozen=True):
+    """``GET /healthz``: the api and its db answer; how many workers are registered."""
+
+    status: str
+    nodes: int = 0
+
+
+class _Items(msgspec.Struct):
+    items: list[Any]
+
+
+class _CallNums(msgspec.Struct, rename="camel"):
+    call_nums: list[int]
+
+
+class _Logs(msgspec.Struct, rename="camel"):
+    call_num: int
+    logs: str

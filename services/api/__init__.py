@@ -1,0 +1,1 @@
+"""The api: HTTP front door, catalogue of runtimes and functions, and call dispatch."""

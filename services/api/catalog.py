@@ -1,0 +1,120 @@
+"""Runtimes and functions: stored in the db, mirrored in memory, pushed to every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import msgspec
+
+from services.common.archive import validate_package
+from services.common.db_client import DbClient
+from services.common.errors import Conflict, NotFound
+from services.common.models import Function, Limits, Runtime, check_name
+from services.common.node_protocol import (
+    FunctionRemoved,
+    FunctionSynced,
+    RuntimeRemoved,
+    RuntimeSynced,
+)
+
+from .dispatch import Dispatcher
+
+
+class PackageStore:
+    """Function packages on the api's disk, named by the sha256 of their bytes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise NotFound(f"no package {sha256!r}")
+        return self.folder / sha256
+
+    def put(self, data: bytes) -> str:
+        """Validate the archive, then store it (atomically) if it is new; return its sha."""
+        validate_package(data)
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.folder / sha
+        if not path.exists():
+            partial = path.with_suffix(f".{os.getpid()}.part")
+            partial.write_bytes(data)
+            partial.rename(path)
+        return sha
+
+
+class Catalog:
+    def __init__(self, db: DbClient, packages: PackageStore, dispatcher: Dispatcher) -> None:
+        self.db = db
+        self.packages = packages
+        self.dispatcher = dispatcher
+        self.runtimes: dict[str, Runtime] = {}
+        self.functions: dict[str, Function] = {}
+
+    async def load(self) -> None:
+        self.runtimes = {r.name: r for r in await self.db.list_runtimes()}
+        self.functions = {f.name: f for f in await self.db.list_functions()}
+
+    def snapshot(self) -> tuple[list[Runtime], list[Function]]:
+        return list(self.runtimes.values()), list(self.functions.values())
+
+    def runtime(self, name: str) -> Runtime:
+        try:
+            return self.runtimes[name]
+        except KeyError:
+            raise NotFound(f"no runtime {name!r}") from None
+
+    def function(self, name: str) -> Function:
+        try:
+            return self.functions[name]
+        except KeyError:
+            raise NotFound(f"no function {name!r}") from None
+
+    async def put_runtime(
+        self, runtime: Runtime, *, create_only: bool = False
+    ) -> tuple[Runtime, bool]:
+        check_name("runtime", runtime.name)
+        if create_only and runtime.name in self.runtimes:
+            raise Conflict(f"runtime {runtime.name!r} exists")
+        stored, created = await self.db.put_runtime(runtime)
+        self.runtimes[stored.name] = stored
+        self.dispatcher.broadcast(RuntimeSynced(runtime=stored))
+        return stored, created
+
+    async def delete_runtime(self, name: str) -> None:
+        await self.db.delete_runtime(name)
+        self.runtimes.pop(name, None)
+        self.dispatcher.broadcast(RuntimeRemoved(name=name))
+
+    async def put_function(
+        self, name: str, runtime: str, filename: str, data: bytes, limits: Limits
+    ) -> tuple[Function, bool]:
+        """Store the package and the function; a bad archive fails before anything is kept."""
+        check_name("function", name)
+        self.runtime(runtime)
+        sha = await asyncio.to_thread(self.packages.put, data)
+        function = Function(
+            name=name, runtime=runtime, sha256=sha, filename=filename, size=len(data), limits=limits
+        )
+        return await self._store_function(function)
+
+    async def update_limits(self, name: str, limits: Limits) -> Function:
+        function = msgspec.structs.replace(self.function(name), limits=limits)
+        stored, _ = await self._store_function(function)
+        self.dispatcher.limits_changed(name)
+        return stored
+
+    async def _store_function(self, function: Function) -> tuple[Function, bool]:
+        stored, created = await self.db.put_function(function)
+        self.functions[stored.name] = stored
+        self.dispatcher.broadcast(FunctionSynced(function=stored))
+        return stored, created
+
+    async def delete_function(self, name: str) -> None:
+        await self.db.delete_function(name)
+        self.functions.pop(name, None)
+        self.dispatcher.broadcast(FunctionRemoved(name=name))

@@ -1,0 +1,299 @@
+"""The api's side of the node channel: live workers, placing calls, and their results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+import structlog
+import zmq
+import zmq.asyncio
+
+from services.common.errors import FumError, Unavailable, UnknownNode
+from services.common.models import Call, Function, Limits, Runtime
+from services.common.node_protocol import (
+    NODE_PROTOCOL,
+    CallFinished,
+    CatalogSynced,
+    Dispatch,
+    Heartbeat,
+    HeartbeatAck,
+    Register,
+    Registered,
+)
+from services.common.protocol import Message, Protocol
+from services.common.rpc import EVENT, bound_endpoint, make_socket, send_soon
+
+from .admission import Admission
+from .policies import POLICIES, Node
+from .settings import ApiSettings
+
+log = structlog.get_logger()
+
+RECENT = 10_000  # finished calls the api remembers
+
+
+@dataclass(eq=False)
+class Placed:
+    """A call handed to a worker (or waiting for one) and not finished yet."""
+
+    call: Call
+    timeout: float
+    node_id: int | None = None
+    claim_by: float | None = None  # found RUNNING at start: its worker has until then to say so
+    again: bool = False  # dispatched more than once (or found unfinished at start)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        ctx: zmq.asyncio.Context,
+        catalogue: Callable[[], tuple[list[Runtime], list[Function]]],
+        function: Callable[[str], Function | None],
+    ) -> None:
+        self.settings = settings
+        self.nodes: dict[int, Node] = {}
+        self._catalogue = catalogue
+        self.admission: Admission[Placed] = Admission(
+            settings.max_pending,
+            settings.queue_limit,
+            lambda name: f.limits if (f := function(name)) is not None else Limits(),
+        )
+        self._policy = POLICIES[settings.invocation_policy]()
+        self._placed: dict[int, Placed] = {}
+        self._backlog: deque[Placed] = deque()  # no live worker to take them yet
+        self._waiters: dict[int, list[asyncio.Future[Call]]] = {}
+        # Calls finished lately, as their worker reported them: a worker may report before
+        # the db has the result, and a client that was answered must then find it here.
+        self.recent: OrderedDict[int, Call] = OrderedDict()
+        self._sock = make_socket(ctx, zmq.ROUTER)
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its id back
+        self._sock.bind(settings.node_bind)
+        self.endpoint = bound_endpoint(self._sock)
+        self._handlers: dict[type[Message], Callable[[bytes, Message], Message | None]] = {
+            Register: self._on_register,  # type: ignore[dict-item]
+            Heartbeat: self._on_heartbeat,  # type: ignore[dict-item]
+            CallFinished: self._on_call_finished,  # type: ignore[dict-item]
+        }
+
+    # ---- calls
+
+    def reserve(self, function: str, count: int = 1) -> None:
+        """Room for new calls of ``function`` (before they are stored), or ``Overloaded``."""
+        self.admission.reserve(function, count)
+
+    def release(self, function: str, count: int = 1) -> None:
+        self.admission.release(function, count)
+
+    def dispatch(
+        self, call: Call, timeout: float, reserved: bool = True, again: bool = False
+    ) -> None:
+        """Hand a call (already stored in the db) to a worker, now or when its turn comes."""
+        call = msgspec.structs.replace(call, attempts=call.attempts + 1)
+        placed = Placed(call, timeout, again=again)
+        self._placed[call.call_num] = placed
+        if self.admission.admit(call.func_name, placed, reserved):
+            self._place(placed)
+
+    def recover(self, pending: list[Call], running: list[Call], timeouts: dict[str, float]) -> None:
+        """Calls the db holds unfinished when the api starts: PENDING ones are dispatched
+        again; RUNNING ones are left to their worker if it says it holds them on
+        registering, and dispatched again if no worker does within the heartbeat timeout.
+        """
+        for call in pending:
+            timeout = timeouts.get(call.func_name, self.settings.default_timeout)
+            self.dispatch(call, timeout, reserved=False, again=True)
+        claim_by = time.monotonic() + self.settings.heartbeat_timeout
+        for call in running:
+            timeout = timeouts.get(call.func_name, self.settings.default_timeout)
+            placed = Placed(call, timeout, claim_by=claim_by, again=True)
+            self._placed[call.call_num] = placed
+            self.admission.admit(call.func_name, placed, reserved=False)
+        log.info("dispatch.recovered", pending=len(pending), running=len(running))
+
+    def limits_changed(self, function: str) -> None:
+        """A function's concurrency may have grown: start the calls that may run now."""
+        for placed in self.admission.runnable(function):
+            self._place(placed)
+
+    def _place(self, placed: Placed) -> None:
+        nodes = list(self.nodes.values())
+        if not nodes:
+            placed.node_id = None
+            self._backlog.append(placed)
+            return
+        name = placed.call.func_name
+        node = self._policy.choose(nodes, name)
+        node.take_warm(name)
+        placed.node_id = node.node_id
+        node.calls.add(placed.call.call_num)
+        self._send(node, Dispatch(call=placed.call, timeout=placed.timeout, early=not placed.again))
+
+    def wait(self, call_num: int) -> asyncio.Future[Call]:
+        """A future for the call's final state (register it before dispatching)."""
+        future: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(call_num, []).append(future)
+        return future
+
+    def forget(self, call_num: int, future: asyncio.Future[Call]) -> None:
+        waiters = self._waiters.get(call_num)
+        if waiters and future in waiters:
+            waiters.remove(future)
+            if not waiters:
+                del self._waiters[call_num]
+
+    def broadcast(self, message: Message) -> None:
+        for node in list(self.nodes.values()):
+            self._send(node, message)
+
+    def _send(self, node: Node, message: Message) -> None:
+        def failed(exc: zmq.ZMQError) -> None:  # EHOSTUNREACH: the worker is gone
+            log.warning("dispatch.send_failed", node=node.node_id, error=str(exc))
+            self._declare_dead(node)
+
+        send_soon(self._sock, [node.identity, EVENT, NODE_PROTOCOL.encode(message)], failed)
+
+    # ---- the node channel
+
+    async def serve(self) -> None:
+        reaper = asyncio.get_running_loop().create_task(self._reap())
+        try:
+            while True:
+                frames = await self._sock.recv_multipart()
+                if len(frames) != 3:
+                    continue
+                identity, request_id, payload = frames
+                try:
+                    message = NODE_PROTOCOL.decode(payload)
+                    handler = self._handlers.get(type(message))
+                    if handler is None:
+                        raise FumError(f"node: {message.msg_type} is not for the api")
+                    reply = handler(identity, message)
+                except FumError as exc:
+                    reply = Protocol.error(exc)
+                if reply is not None and request_id != EVENT:
+                    frames = [identity, request_id, NODE_PROTOCOL.encode(reply)]
+                    send_soon(self._sock, frames, lambda exc: None)  # the worker left meanwhile
+        finally:
+            reaper.cancel()
+
+    def _on_register(self, identity: bytes, message: Register) -> Registered:
+        old = self.nodes.get(message.node_id)
+        node = Node(
+            node_id=message.node_id,
+            identity=identity,
+            capacity=message.capacity,
+            preload=message.preload,
+            driver=message.driver,
+            last_seen=time.monotonic(),
+        )
+        self.nodes[node.node_id] = node
+        held = set(message.running)
+        lost = []
+        for placed in self._placed.values():
+            if placed.call.call_num in held:
+                placed.node_id, placed.claim_by = node.node_id, None
+                node.calls.add(placed.call.call_num)
+            elif old is not None and placed.node_id == node.node_id:
+                lost.append(placed)  # the worker restarted without them
+        log.info(
+            "dispatch.node_registered",
+            node=node.node_id,
+            capacity=node.capacity,
+            preload=node.preload,
+            lost=len(lost),
+        )
+        runtimes, functions = self._catalogue()
+        self._send(node, CatalogSynced(runtimes=runtimes, functions=functions))
+        reply = Registered(heartbeat_interval=self.settings.heartbeat_interval)
+        # The reply goes out before these calls are dispatched, so the node knows them.
+        asyncio.get_running_loop().call_soon(self._redispatch, lost)
+        asyncio.get_running_loop().call_soon(self._drain_backlog)
+        return reply
+
+    def _on_heartbeat(self, identity: bytes, message: Heartbeat) -> HeartbeatAck:
+        node = self.nodes.get(message.node_id)
+        if node is None or node.identity != identity:
+            raise UnknownNode(f"node {message.node_id} is not registered")
+        node.last_seen, node.heard_at = time.monotonic(), time.time()
+        node.capacity, node.busy, node.queued = message.capacity, message.busy, message.queued
+        node.idle, node.generic = dict(message.idle), message.generic
+        return HeartbeatAck()
+
+    def _on_call_finished(self, identity: bytes, message: CallFinished) -> None:
+        call = message.call
+        placed = self._placed.get(call.call_num)
+        if placed is not None:
+            node = self.nodes.get(placed.node_id) if placed.node_id is not None else None
+            if node is not None and node.identity != identity:
+                # a run the api gave up on (its node was declared dead) finished after all:
+                # the node that holds the call now reports what the db kept
+                return None
+            del self._placed[call.call_num]
+            if node is not None:
+                node.calls.discard(call.call_num)
+                node.give_warm(call.func_name)  # its sandbox is idle again
+            following = self.admission.finished(placed.call.func_name)
+            if following is not None:
+                self._place(following)
+        self.recent[call.call_num] = call
+        if len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+        for future in self._waiters.pop(call.call_num, []):
+            if not future.done():
+                future.set_result(call)
+        return None
+
+    # ---- failures
+
+    async def _reap(self) -> None:
+        """Declare dead the workers whose heartbeats stopped."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval / 2)
+            now = time.monotonic()
+            deadline = now - self.settings.heartbeat_timeout
+            for node in list(self.nodes.values()):
+                if node.last_seen < deadline:
+                    self._declare_dead(node)
+            unclaimed = [
+                p for p in self._placed.values() if p.claim_by is not None and p.claim_by < now
+            ]
+            for placed in unclaimed:
+                placed.claim_by = None
+            self._redispatch(unclaimed)
+
+    def _declare_dead(self, node: Node) -> None:
+        if self.nodes.get(node.node_id) is not node:
+            return
+        del self.nodes[node.node_id]
+        lost = [p for p in self._placed.values() if p.node_id == node.node_id]
+        log.warning("dispatch.node_dead", node=node.node_id, calls=len(lost))
+        self._redispatch(lost)
+
+    def _redispatch(self, lost: list[Placed]) -> None:
+        for placed in lost:
+            call = placed.call
+            placed.call = msgspec.structs.replace(call, attempts=call.attempts + 1)
+            placed.again = True  # the first run may still end: the db decides which counts
+            self._place(placed)
+
+    def _drain_backlog(self) -> None:
+        while self._backlog and self.nodes:
+            self._place(self._backlog.popleft())
+
+    def fail_waiters(self, reason: str) -> None:
+        """Answer every blocking client now (the api is stopping); their calls go on."""
+        for waiters in self._waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(Unavailable(reason))
+        self._waiters.clear()
+
+    def close(self) -> None:
+        self.fail_waiters("the api stopped")
+        self._sock.close()

@@ -1,0 +1,119 @@
+"""The OpenAPI 3.1 document, generated from the route table and the msgspec schemas."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from services.common.models import LIMIT_NAMES, Limits
+
+from .routes import Route
+from .views import BatchIn, CallView, FunctionView, LegacyInvoke, RuntimeIn, RuntimeView, WaitIn
+
+SCHEMAS = (RuntimeIn, RuntimeView, FunctionView, CallView, Limits, LegacyInvoke, BatchIn, WaitIn)
+ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["code", "message"],
+        }
+    },
+}
+QUERY_TYPES = {
+    "limit": "integer",
+    "before": "integer",
+    "after": "integer",
+    "timeout": "number",
+    "blocking": "boolean",
+}
+
+
+@cache
+def _components() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        SCHEMAS, ref_template="#/components/schemas/{name}"
+    )
+    return {**components, "Error": ERROR}
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "tags": [route.tag],
+        "operationId": route.handler.__name__
+        if route.handler.__name__ != "<lambda>"
+        else "openapi",
+    }
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", route.path)
+    ]
+    params += [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": {"type": QUERY_TYPES.get(name, "string")},
+        }
+        for name in route.query
+    ]
+    if params:
+        op["parameters"] = params
+    if route.body == "multipart":
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "module": {"type": "string", "format": "binary"},
+                            "runtime": {"type": "string"},
+                            **{name: {"type": "number"} for name in LIMIT_NAMES},
+                        },
+                        "required": ["module"],
+                    }
+                }
+            },
+        }
+    elif route.body == "params":
+        op["requestBody"] = {"content": {"application/json": {"schema": {}}}}
+    elif route.body is not None:
+        name = route.body.split(":", 1)[1]
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+        }
+    op["responses"] = {
+        str(code): (
+            {
+                "description": "error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+            if code >= 400
+            else {"description": "no content" if code == 204 else "ok"}
+        )
+        for code in route.responses
+    }
+    return op
+
+
+def openapi_document(routes: tuple[Route, ...]) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fum",
+            "version": "1",
+            "description": "fum: a self-hosted Function-as-a-Service cluster",
+        },
+        "paths": paths,
+        "components": {"schemas": _components()},
+    }

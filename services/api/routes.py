@@ -1,0 +1,205 @@
+"""Every HTTP route in one table; the OpenAPI document is generated from it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from . import views
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: str | None = None  # "json:<Schema>", "multipart", "params"
+    responses: tuple[int, ...] = (200,)
+    query: tuple[str, ...] = ()
+    tag: str = "v1"
+
+
+async def openapi_view(request: web.Request) -> web.Response:
+    from .openapi import openapi_document
+
+    return views.json_response(openapi_document(ROUTES))
+
+
+ROUTES: tuple[Route, ...] = (
+    # the original design's routes, kept as they were
+    Route(
+        "POST",
+        "/registerRuntime",
+        views.legacy_register_runtime,
+        "Register (or replace) a runtime; its name is its image",
+        "json:RuntimeIn",
+        (200, 400),
+        tag="original",
+    ),
+    Route(
+        "POST",
+        "/registerFunction/{runtime}/{funcName}",
+        views.legacy_register_function,
+        "Upload a function package (multipart field 'module')",
+        "multipart",
+        (200, 400, 404, 413),
+        tag="original",
+    ),
+    Route(
+        "POST",
+        "/invokeFunction",
+        views.legacy_invoke,
+        "Invoke a function without waiting: answers its callNum",
+        "json:LegacyInvoke",
+        (200, 400, 404),
+        tag="original",
+    ),
+    Route("GET", "/runtimes", views.legacy_runtimes, "Runtime names", tag="original"),
+    Route("GET", "/functions", views.legacy_functions, "Function names", tag="original"),
+    Route("GET", "/calls", views.legacy_calls, "Every call, keyed c<callNum>", tag="original"),
+    Route(
+        "GET",
+        "/call/{callNum}",
+        views.legacy_call_get,
+        "One call",
+        responses=(200, 404),
+        tag="original",
+    ),
+    # v1
+    Route(
+        "GET",
+        "/healthz",
+        views.healthz,
+        "Liveness: the api and its db answer",
+        responses=(200, 503),
+    ),
+    Route("GET", "/v1/openapi.json", openapi_view, "This document"),
+    Route("GET", "/v1/runtimes", views.list_runtimes, "List runtimes"),
+    Route(
+        "POST",
+        "/v1/runtimes",
+        views.create_runtime,
+        "Create a runtime",
+        "json:RuntimeIn",
+        (201, 400, 409),
+    ),
+    Route("GET", "/v1/runtimes/{name}", views.get_runtime, "Get a runtime", responses=(200, 404)),
+    Route(
+        "PUT",
+        "/v1/runtimes/{name}",
+        views.put_runtime,
+        "Create or replace a runtime",
+        "json:RuntimeIn",
+        (200, 201, 400),
+    ),
+    Route(
+        "DELETE",
+        "/v1/runtimes/{name}",
+        views.delete_runtime,
+        "Delete a runtime no function uses",
+        responses=(204, 404, 409),
+    ),
+    Route("GET", "/v1/functions", views.list_functions, "List functions"),
+    Route(
+        "GET", "/v1/functions/{name}", views.get_function, "Get a function", responses=(200, 404)
+    ),
+    Route(
+        "PUT",
+        "/v1/functions/{name}",
+        views.put_function,
+        "Create or replace a function: multipart 'module' (tar.gz or zip), 'runtime', "
+        "optional limits (timeout, memory, cpus, pids, concurrency, queue, minWarm, "
+        "maxContainers)",
+        "multipart",
+        (200, 201, 400, 404, 413),
+    ),
+    Route(
+        "PATCH",
+        "/v1/functions/{name}",
+        views.patch_function,
+        "Update a function's limits",
+        "json:Limits",
+        (200, 400, 404),
+    ),
+    Route(
+        "DELETE",
+        "/v1/functions/{name}",
+        views.delete_function,
+        "Delete a function",
+        responses=(204, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/functions/{name}/invoke",
+        views.invoke_function,
+        "Invoke: the body is the params (JSON). blocking=true (default) waits up to "
+        "'timeout' seconds and answers 200 with the finished call, else 202",
+        "params",
+        (200, 202, 400, 404),
+        ("blocking", "timeout"),
+    ),
+    Route(
+        "GET",
+        "/v1/calls",
+        views.list_calls,
+        "List calls, newest first, paginated",
+        responses=(200, 400),
+        query=("function", "status", "limit", "before", "after"),
+    ),
+    Route(
+        "POST",
+        "/v1/calls",
+        views.create_calls,
+        "Create many calls at once without waiting (up to 10,000): answers their callNums",
+        "json:BatchIn",
+        (202, 400, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/calls/wait",
+        views.wait_calls,
+        "Wait up to 'timeout' seconds for any or all of the calls to finish; answers the "
+        "finished ones and the numbers still pending",
+        "json:WaitIn",
+        (200, 400, 404),
+    ),
+    Route("GET", "/v1/calls/{callNum}", views.get_call, "Get a call", responses=(200, 404)),
+    Route(
+        "GET",
+        "/v1/calls/{callNum}/logs",
+        views.get_call_logs,
+        "The output the function printed during the call",
+        responses=(200, 404),
+    ),
+    Route("GET", "/v1/nodes", views.list_nodes, "Live workers, their load and warm sandboxes"),
+    Route(
+        "GET",
+        "/v1/packages/{sha256}",
+        views.get_package,
+        "A function package by sha256 (workers fetch them here)",
+        responses=(200, 404),
+    ),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+
+
+def route_keys(app: web.Application) -> set[tuple[str, Any]]:
+    """(method, path) of every route the app serves, for checking the document."""
+    keys = set()
+    for resource in app.router.resources():
+        info = resource.get_info()
+        path = info.get("path") or info.get("formatter")
+        for route in resource:
+            if route.method != "HEAD":
+                keys.add((route.method, path))
+    return keys

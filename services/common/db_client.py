@@ -1,0 +1,236 @@
+"""The typed client of the db service.
+
+``create_call`` and ``update_call`` coalesce: every call made in the same event-loop
+iteration goes out as one ``CreateCalls`` / ``UpdateCalls`` message, and each caller gets
+its own item of the reply. Under load this is what lets the db commit thousands of calls
+per transaction while each caller still writes the plain one-call code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import structlog
+import zmq.asyncio
+
+from .db_protocol import (
+    DB_PROTOCOL,
+    CallList,
+    CallLogs,
+    CallReply,
+    CallsCreated,
+    CallsUpdated,
+    CreateCalls,
+    Deleted,
+    DeleteFunction,
+    DeleteRuntime,
+    FunctionList,
+    FunctionReply,
+    GetCall,
+    GetCallLogs,
+    GetCalls,
+    GetFunction,
+    GetRuntime,
+    ListCalls,
+    ListFunctions,
+    ListRuntimes,
+    Ping,
+    Pong,
+    PutFunction,
+    PutRuntime,
+    RuntimeList,
+    RuntimeReply,
+    UpdateCalls,
+)
+from .errors import FumError, Unavailable
+from .models import Call, CallUpdate, Function, NewCall, Runtime
+from .protocol import Message
+from .rpc import Client
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+R = TypeVar("R")
+M = TypeVar("M", bound=Message)
+
+# Items per coalesced message: bounds one message's size, not how many may wait.
+MAX_COALESCED = 1000
+
+
+class _Coalescer(Generic[T, R]):
+    """Queues items submitted in one loop iteration and sends them as one request."""
+
+    def __init__(self, name: str, send: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._name = name
+        self._send = send
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    async def submit(self, item: T) -> R:
+        if self.closed:
+            raise Unavailable(f"db client closed: cannot {self._name}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        if self.closed:
+            _fail(pending, Unavailable(f"db client closed: cannot {self._name}"))
+            return
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(pending), MAX_COALESCED):
+            task = loop.create_task(self._run(pending[start : start + MAX_COALESCED]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._send([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise FumError(f"{self._name}: sent {len(batch)} items, got {len(results)} back")
+        except Exception as exc:
+            _fail(batch, exc)
+            return
+        except BaseException:
+            for _, future in batch:
+                future.cancel()
+            raise
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def close(self) -> None:
+        """Take no more items and fail those never sent."""
+        self.closed = True
+        pending, self._pending = self._pending, []
+        _fail(pending, Unavailable(f"db client closed: cannot {self._name}"))
+
+    async def wait_sent(self) -> None:
+        """Wait until every batch sent has its answer (or its failure) delivered."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
+
+
+class DbClient:
+    """Typed, awaitable access to the db over one DEALER; many requests in flight."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self._rpc = Client(ctx, endpoint, DB_PROTOCOL, timeout=timeout)
+        self._creates = _Coalescer[NewCall, Call]("create calls", self.create_calls)
+        self._updates = _Coalescer[CallUpdate, bool]("update calls", self.update_calls)
+        self.requests_sent = 0
+        self._closed = False
+
+    async def close(self) -> None:
+        """Fail every request not answered yet with ``Unavailable`` and close the socket."""
+        self._closed = True
+        self._creates.close()
+        self._updates.close()
+        await self._rpc.close()
+        await self._creates.wait_sent()
+        await self._updates.wait_sent()
+
+    async def _request(
+        self, message: Message, reply_type: type[M], deadline: float | None = None
+    ) -> M:
+        if self._closed:
+            raise Unavailable(f"db client of {self.endpoint} closed")
+        self.requests_sent += 1
+        return await self._rpc.request(message, reply_type, deadline)
+
+    async def ping(self, deadline: float | None = None) -> float:
+        """When the db process started (epoch seconds); ``Unavailable`` if no answer in time.
+
+        ``deadline`` (seconds) overrides the client's timeout for this one request.
+        """
+        return (await self._request(Ping(), Pong, deadline)).started_at
+
+    # ---- runtimes
+
+    async def put_runtime(self, runtime: Runtime) -> tuple[Runtime, bool]:
+        """Store a runtime (insert or replace); the stored one, and whether it is new."""
+        reply = await self._request(PutRuntime(runtime=runtime), RuntimeReply)
+        return reply.runtime, reply.created
+
+    async def get_runtime(self, name: str) -> Runtime:
+        return (await self._request(GetRuntime(name=name), RuntimeReply)).runtime
+
+    async def list_runtimes(self) -> list[Runtime]:
+        return (await self._request(ListRuntimes(), RuntimeList)).runtimes
+
+    async def delete_runtime(self, name: str) -> None:
+        """Delete a runtime; ``Conflict`` while functions use it, ``NotFound`` if unknown."""
+        await self._request(DeleteRuntime(name=name), Deleted)
+
+    # ---- functions
+
+    async def put_function(self, function: Function) -> tuple[Function, bool]:
+        """Store a function (insert or replace); the stored one, and whether it is new."""
+        reply = await self._request(PutFunction(function=function), FunctionReply)
+        return reply.function, reply.created
+
+    async def get_function(self, name: str) -> Function:
+        return (await self._request(GetFunction(name=name), FunctionReply)).function
+
+    async def list_functions(self) -> list[Function]:
+        return (await self._request(ListFunctions(), FunctionList)).functions
+
+    async def delete_function(self, name: str) -> None:
+        await self._request(DeleteFunction(name=name), Deleted)
+
+    # ---- calls
+
+    async def create_call(self, new: NewCall) -> Call:
+        """Create one call, in one message with every other created in this loop iteration."""
+        return await self._creates.submit(new)
+
+    async def update_call(self, update: CallUpdate) -> bool:
+        """Apply one update (coalesced like ``create_call``); whether it changed the call."""
+        return await self._updates.submit(update)
+
+    async def create_calls(self, new_calls: list[NewCall]) -> list[Call]:
+        """Create calls in one message; a uuid already known returns its existing call."""
+        return (await self._request(CreateCalls(calls=new_calls), CallsCreated)).calls
+
+    async def update_calls(self, updates: list[CallUpdate]) -> list[bool]:
+        return (await self._request(UpdateCalls(updates=updates), CallsUpdated)).applied
+
+    async def get_call(self, call_num: int) -> Call:
+        return (await self._request(GetCall(call_num=call_num), CallReply)).call
+
+    async def get_calls(self, call_nums: list[int]) -> list[Call]:
+        return (await self._request(GetCalls(call_nums=call_nums), CallList)).calls
+
+    async def get_call_logs(self, call_num: int) -> str:
+        return (await self._request(GetCallLogs(call_num=call_num), CallLogs)).logs
+
+    async def list_calls(
+        self,
+        *,
+        func_name: str | None = None,
+        status: str | None = None,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> list[Call]:
+        """Calls newest first; ``before`` pages back, ``after`` asks only for newer ones."""
+        request = ListCalls(
+            func_name=func_name, status=status, before=before, after=after, limit=limit
+        )
+        return (await self._request(request, CallList)).calls

@@ -1,0 +1,81 @@
+"""The one exception tree of fum: each kind carries its code and HTTP status."""
+
+from __future__ import annotations
+
+
+class FumError(Exception):
+    """Root of every error fum raises on purpose."""
+
+    code = "internal"
+    http_status = 500
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+
+class BadRequest(FumError):
+    code = "bad_request"
+    http_status = 400
+
+
+class NotFound(FumError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(FumError):
+    code = "conflict"
+    http_status = 409
+
+
+class TooLarge(FumError):
+    code = "too_large"
+    http_status = 413
+
+
+class Overloaded(FumError):
+    code = "overloaded"
+    http_status = 429
+
+
+class Unavailable(FumError):
+    code = "unavailable"
+    http_status = 503
+
+
+class Timeout(FumError):
+    code = "timeout"
+    http_status = 504
+
+
+class UnknownMessage(FumError):
+    code = "unknown_message"
+    http_status = 400
+
+
+class UnknownNode(FumError):
+    code = "unknown_node"
+    http_status = 409
+
+
+ERRORS_BY_CODE: dict[str, type[FumError]] = {
+    cls.code: cls
+    for cls in (
+        FumError,
+        BadRequest,
+        NotFound,
+        Conflict,
+        TooLarge,
+        Overloaded,
+        Unavailable,
+        Timeout,
+        UnknownMessage,
+        UnknownNode,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> FumError:
+    """Rebuild the exception a peer reported, so callers catch the same types locally."""
+    return ERRORS_BY_CODE.get(code, FumError)(message)

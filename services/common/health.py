@@ -1,0 +1,49 @@
+"""Health checks for containers: ``python -m services.common.health db|http ADDRESS``.
+
+Exit 0 when the service answers within two seconds, 1 otherwise (Docker's contract).
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+
+import zmq
+
+from .db_protocol import DB_PROTOCOL, Ping, Pong
+
+DEADLINE_MS = 2000
+
+
+def db_answers(endpoint: str) -> bool:
+    """A Ping over a plain REQ socket gets a Pong."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send(DB_PROTOCOL.encode(Ping()))
+        if not sock.poll(DEADLINE_MS):
+            return False
+        return isinstance(DB_PROTOCOL.decode(sock.recv()), Pong)
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def http_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=DEADLINE_MS / 1000) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def main() -> None:
+    kind, address = sys.argv[1], sys.argv[2]
+    check = {"db": db_answers, "http": http_answers}[kind]
+    sys.exit(0 if check(address) else 1)
+
+
+if __name__ == "__main__":
+    main()

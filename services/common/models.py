@@ -1,0 +1,138 @@
+"""The objects fum stores and moves: runtimes, functions and calls."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import msgspec
+
+from .errors import BadRequest
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+STATUSES: tuple[str, ...] = ("PENDING", "RUNNING", "DONE", "ERROR", "TIMEOUT")
+FINAL_STATUSES: frozenset[str] = frozenset({"DONE", "ERROR", "TIMEOUT"})
+
+
+class Model(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Base of stored objects: camelCase on the wire, like the original design's JSON."""
+
+
+def check_name(kind: str, name: str) -> str:
+    """Names end up in paths and container names: letters, digits, ``_.-`` only."""
+    if not NAME_RE.match(name):
+        raise BadRequest(f"invalid {kind} name {name!r}: use letters, digits, '_', '.', '-'")
+    return name
+
+
+def now() -> float:
+    return time.time()
+
+
+class Runtime(Model, frozen=True):
+    """A container image plus the commands that install and run a function in ``path``."""
+
+    name: str
+    image: str
+    run: str
+    path: str = "/ws"
+    dependencies: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Limits(Model, frozen=True):
+    """Per-function limits, set at upload and updatable; ``None`` means no limit."""
+
+    timeout: float = 60.0  # seconds a call may run
+    memory: int | None = None  # MiB of one sandbox
+    cpus: float | None = None  # of one sandbox
+    pids: int | None = None  # of one sandbox
+    concurrency: int | None = None  # most calls running at once, in the whole cluster
+    queue: int | None = None  # most calls waiting beyond that (None: the api's default)
+    min_warm: int = 0  # sandboxes set up for it that each node keeps, busy or not
+    max_containers: int | None = None  # most sandboxes of it on one node
+
+    def check(self) -> Limits:
+        """Raise ``BadRequest`` for a limit that cannot be met."""
+        if self.timeout <= 0:
+            raise BadRequest("timeout must be positive")
+        for name in ("memory", "cpus", "pids", "concurrency", "max_containers"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise BadRequest(f"{name} must be positive")
+        if self.queue is not None and self.queue < 0:
+            raise BadRequest("queue must not be negative")
+        if self.min_warm < 0:
+            raise BadRequest("min_warm must not be negative")
+        if self.max_containers is not None and self.min_warm > self.max_containers:
+            raise BadRequest("min_warm cannot exceed max_containers")
+        return self
+
+
+# Limits as clients name them (JSON and form fields): timeout, minWarm, maxContainers...
+LIMIT_NAMES: tuple[str, ...] = tuple(f.encode_name for f in msgspec.structs.fields(Limits))
+
+
+class Function(Model, frozen=True):
+    """A package of code bound to a runtime, stored by the sha256 of its bytes."""
+
+    name: str
+    runtime: str
+    sha256: str
+    filename: str
+    size: int
+    limits: Limits = Limits()
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Call(Model, frozen=True):
+    """One invocation. ``params`` and ``result`` are JSON text, passed along unparsed."""
+
+    call_num: int
+    uuid: str
+    func_name: str
+    params: bytes
+    status: str = "PENDING"
+    result: bytes | None = None
+    error: str | None = None
+    node_id: int | None = None
+    attempts: int = 0
+    # How its sandbox was found: "warm" (set up for the function), "specialized" (a generic
+    # sandbox of its runtime, set up on this call) or "cold" (started on this call).
+    start: str | None = None
+    init_ms: float | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class NewCall(Model, frozen=True):
+    """What the api asks the db to create; ``uuid`` makes a retried create idempotent."""
+
+    uuid: str
+    func_name: str
+    params: bytes
+    created_at: float
+
+
+class CallUpdate(Model, frozen=True):
+    """A change to a call. Fields left ``None`` are kept as stored.
+
+    An update to a final status applies only while the stored call is not final yet, so a
+    call can never be reported DONE twice with two different results.
+    """
+
+    call_num: int
+    status: str
+    node_id: int | None = None
+    attempts: int | None = None
+    result: bytes | None = None
+    error: str | None = None
+    logs: str | None = None
+    start: str | None = None
+    init_ms: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None

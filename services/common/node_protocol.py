@@ -1,0 +1,100 @@
+"""The api <-> worker channel (api ROUTER, worker DEALER whose identity is its node id).
+
+Requests (``Register``, ``Heartbeat``) get one reply each. Everything else is an event:
+pushes addressed to one worker, and results back to the api.
+"""
+
+from __future__ import annotations
+
+from .models import Call, Function, Runtime
+from .protocol import Message, Protocol
+
+# ---- worker -> api requests
+
+
+class Register(Message, frozen=True):
+    node_id: int
+    capacity: int
+    preload: str
+    driver: str
+    running: list[int] = []  # calls this worker still holds (after an api restart)
+
+
+class Heartbeat(Message, frozen=True):
+    node_id: int
+    capacity: int
+    busy: int  # sandboxes running a call
+    queued: int  # calls waiting on this node for a sandbox
+    idle: dict[str, int] = {}  # function -> sandboxes warm for it and idle
+    generic: dict[str, int] = {}  # runtime -> idle generic sandboxes (runtime preload)
+
+
+# ---- api -> worker replies
+
+
+class Registered(Message, frozen=True):
+    heartbeat_interval: float
+
+
+class HeartbeatAck(Message, frozen=True):
+    pass
+
+
+# ---- api -> worker events
+
+
+class CatalogSynced(Message, frozen=True):
+    """The whole catalogue, sent on registration before the reply, so that it stays in
+    order with the changes that follow it on the same channel."""
+
+    runtimes: list[Runtime]
+    functions: list[Function]
+
+
+class Dispatch(Message, frozen=True):
+    call: Call
+    timeout: float
+    # The call was dispatched once only, so no other run of it can exist: the worker may
+    # tell the api its result before the db has it (the api answers sooner).
+    early: bool = False
+
+
+class RuntimeSynced(Message, frozen=True):
+    runtime: Runtime
+
+
+class RuntimeRemoved(Message, frozen=True):
+    name: str
+
+
+class FunctionSynced(Message, frozen=True):
+    function: Function
+
+
+class FunctionRemoved(Message, frozen=True):
+    name: str
+
+
+# ---- worker -> api events
+
+
+class CallFinished(Message, frozen=True):
+    """A call reached a final status and the db has it."""
+
+    call: Call
+
+
+NODE_PROTOCOL = Protocol(
+    "node",
+    Register,
+    Heartbeat,
+    Registered,
+    HeartbeatAck,
+    CatalogSynced,
+    Dispatch,
+    RuntimeSynced,
+    RuntimeRemoved,
+    FunctionSynced,
+    FunctionRemoved,
+    CallFinished,
+)

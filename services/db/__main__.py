@@ -1,0 +1,76 @@
+"""``python -m services.db``: the db service, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from contextlib import AsyncExitStack
+
+import structlog
+import uvloop
+import zmq
+import zmq.asyncio
+
+from services.common.logs import setup_logging
+from services.common.rpc import close_context, make_socket
+from services.common.settings import load_settings
+
+from .server import DbServer
+from .settings import DbSettings
+from .store import Store
+
+log = structlog.get_logger()
+
+# How long the last replies may take to leave once the server has stopped reading.
+REPLY_LINGER_MS = 2000
+
+
+async def run(settings: DbSettings) -> int:
+    """Serve until a signal: the first drains and returns 0, a second forces and returns 1."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    async with AsyncExitStack() as stack:
+        store = await Store.open(settings)
+        stack.push_async_callback(store.close)
+        ctx = zmq.asyncio.Context()
+        stack.push_async_callback(close_context, ctx)
+        sock = make_socket(ctx, zmq.ROUTER)
+        stack.callback(sock.close)
+        sock.bind(settings.db_bind)
+        server = DbServer(sock, store)
+
+        def on_signal(signum: signal.Signals) -> None:
+            if not server.stopping:
+                log.info("db.draining", signal=signum.name)
+                server.stop()
+            else:
+                log.warning("db.forced_stop", signal=signum.name)
+                task.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+            stack.callback(loop.remove_signal_handler, signum)
+
+        log.info("db.listening", bind=settings.db_bind, path=settings.db_path)
+        try:
+            await server.serve()
+        except asyncio.CancelledError:
+            if not server.stopping:
+                raise
+            log.warning("db.stopped_without_draining")
+            return 1  # the open transaction is rolled back when the store closes
+        sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
+    log.info("db.stopped")
+    return 0
+
+
+def main() -> None:
+    settings = load_settings(DbSettings)
+    setup_logging("db", settings.log_level)
+    sys.exit(uvloop.run(run(settings)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Settings of the db service, read once from ``FUM_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class DbSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the db listens and stores, and how hard it tries to keep what it stored."""
+
+    db_bind: str = "tcp://127.0.0.1:3002"
+    db_path: str = "fum.sqlite3"
+    # keep: open the existing data; wipe: drop every table at start and begin empty.
+    db_start_policy: Literal["keep", "wipe"] = "keep"
+    # SQLite ``synchronous`` under WAL. normal: a commit survives a crash or kill -9 of this
+    # process (the WAL is written before the reply); full: it also survives power loss
+    # (the WAL is fsynced at every commit, which group commit amortises over a batch).
+    db_sync: Literal["normal", "full"] = "normal"
+    log_level: str = "info"

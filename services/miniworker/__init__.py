@@ -1,0 +1,1 @@
+"""The miniworker: owns one sandbox, speaks FUM with it, runs one call at a time."""

@@ -1,0 +1,58 @@
+"""``python -m services.miniworker``: started by a worker, one per sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+import uvloop
+
+from services.common.logs import setup_logging
+from services.common.settings import load_settings
+
+from .miniworker import Miniworker, open_driver
+from .settings import MiniworkerSettings
+
+# Variables a sandbox needs to reach a package index through this node's network set-up.
+PASSTHROUGH = (
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_TRUSTED_HOST",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+)
+
+
+async def serve(settings: MiniworkerSettings, passthrough: dict[str, str]) -> None:
+    driver = await open_driver(settings, passthrough)
+    miniworker = Miniworker(settings, driver)
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await miniworker.serve()
+    finally:
+        await driver.close()
+
+
+def main() -> None:
+    settings = load_settings(MiniworkerSettings)
+    setup_logging(f"miniworker-{settings.mw_id}", settings.log_level)
+    passthrough = {name: os.environ[name] for name in PASSTHROUGH if name in os.environ}
+    uvloop.run(serve(settings, passthrough))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""The docker driver: one persistent container per miniworker, through aiodocker.
+
+The container is started from the runtime's image with an idle main process, so it can
+exist before it knows its function (the ``runtime`` preload). Installing puts the
+package's files in the runtime's ``path`` (a tar through the Docker API, no shared
+volume) and runs the ``dependencies`` command there; launching execs the ``run`` command
+with the FUM environment. A crash or a timeout kills the container; the next launch
+starts it again, with its files (code and installed dependencies) as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import tarfile
+import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import aiodocker
+import structlog
+
+from services.common.archive import package_kind
+from services.common.errors import FumError
+from services.common.models import Function, Limits, Runtime
+
+from .sandbox import Driver, OutputBuffer, Sandbox, SandboxFailed, tail
+from .settings import MiniworkerSettings
+
+log = structlog.get_logger()
+
+FUM_PORT = 5555
+# PID 1 of every function container: idle until killed; the work is exec'd beside it.
+IDLE = ["sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
+LABEL = "fum"
+LABEL_NODE = "fum.node"
+LABEL_MINIWORKER = "fum.miniworker"
+LABEL_NETWORK = "fum.network"  # the cluster: two clusters on one engine use two networks
+
+
+def package_as_tar(package: Path, path: str) -> bytes:
+    """The package's files as a tar whose members sit under ``path`` (for put_archive)."""
+    data = package.read_bytes()
+    prefix = PurePosixPath(path.lstrip("/") or ".")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as dest:
+        if package_kind(data) == "zip":
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                for info in archive.infolist():
+                    member = tarfile.TarInfo(str(prefix / info.filename))
+                    if info.is_dir():
+                        member.type, member.mode = tarfile.DIRTYPE, 0o755
+                        dest.addfile(member)
+                        continue
+                    body = archive.read(info)
+                    member.size, member.mode = len(body), 0o644
+                    dest.addfile(member, io.BytesIO(body))
+        else:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+                for member in archive:
+                    if not (member.isfile() or member.isdir()):
+                        continue  # links and devices stay out of containers
+                    source = archive.extractfile(member) if member.isfile() else None
+                    member.name = str(prefix / member.name)
+                    member.uid = member.gid = 0
+                    member.uname = member.gname = ""
+                    dest.addfile(member, source)
+    return out.getvalue()
+
+
+def host_config(limits: Limits, binds: list[str], network: str) -> dict[str, Any]:
+    """No privileges, every capability dropped, and the function's limits."""
+    config: dict[str, Any] = {
+        "Binds": binds,
+        "NetworkMode": network,
+        "Init": True,
+        "Privileged": False,
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+    }
+    if limits.memory:
+        config["Memory"] = limits.memory * 1024 * 1024
+        config["MemorySwap"] = limits.memory * 1024 * 1024
+    if limits.cpus:
+        config["NanoCpus"] = int(limits.cpus * 1e9)
+    if limits.pids:
+        config["PidsLimit"] = limits.pids
+    return config
+
+
+async def ensure_image(docker: aiodocker.Docker, image: str, registry: str) -> None:
+    """Have ``image`` locally: pull it from the fum registry by name when it is missing."""
+    try:
+        await docker.images.inspect(image)
+        return
+    except aiodocker.DockerError as exc:
+        if exc.status != 404:
+            raise
+    if not registry:
+        raise SandboxFailed(f"image {image!r} is not on this node and no registry is set")
+    name, _, tag = image.partition(":")
+    remote = f"{registry}/{name}"
+    try:
+        await docker.images.pull(remote, tag=tag or "latest")
+        await docker.images.tag(f"{remote}:{tag or 'latest'}", name, tag=tag or "latest")
+    except aiodocker.DockerError as exc:
+        raise SandboxFailed(f"image {image!r}: pull from {registry} failed: {exc}") from None
+
+
+class DockerSandbox(Sandbox):
+    host_bind_ip = "0.0.0.0"  # the containers reach us over the docker network
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: MiniworkerSettings,
+        limits: Limits | None,
+        docker: aiodocker.Docker,
+        host_ip: str,
+    ) -> None:
+        super().__init__(runtime)
+        self.settings = settings
+        self.limits = limits or Limits()
+        self.host_ip = host_ip
+        self.root = Path(settings.sandbox_dir)
+        self._docker = docker
+        self._container: Any = None
+        self._ip = ""
+        self._exec: Any = None
+        self._pump: asyncio.Task[None] | None = None
+        self._exit_code: int | None = None
+
+    @property
+    def input_dir(self) -> Path:
+        return self.root / "input" / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.root / "output" / "output"
+
+    async def start(self) -> None:
+        await ensure_image(self._docker, self.runtime.image, self.settings.docker_registry)
+        shutil.rmtree(self.root, ignore_errors=True)
+        for folder in (self.input_dir, self.output_dir):
+            folder.mkdir(parents=True)
+            folder.chmod(0o777)  # the image's user may be anyone
+        binds = [f"{self.root / 'input'}:/input", f"{self.root / 'output'}:/output"]
+        config: dict[str, Any] = {
+            "Image": self.runtime.image,
+            "Cmd": IDLE,
+            "WorkingDir": self.runtime.path,
+            "Env": ["input_dir=/input/input", "output_dir=/output/output", "PYTHONUNBUFFERED=1"],
+            "Labels": {
+                LABEL: "1",
+                LABEL_NODE: str(self.settings.node_id),
+                LABEL_MINIWORKER: self.settings.mw_id,
+                LABEL_NETWORK: self.settings.docker_network,
+            },
+            "HostConfig": host_config(self.limits, binds, self.settings.docker_network),
+        }
+        name = f"fum-{self.settings.node_id}-{self.settings.mw_id}-{uuid.uuid4().hex[:6]}"
+        try:
+            self._container = await self._docker.containers.create(config, name=name)
+            await self._start_container()
+        except aiodocker.DockerError as exc:
+            raise SandboxFailed(f"container of {self.runtime.image!r}: {exc.message}") from None
+
+    async def _start_container(self) -> None:
+        await self._container.start()
+        info = await self._container.show()
+        networks = info["NetworkSettings"]["Networks"]
+        self._ip = networks[self.settings.docker_network]["IPAddress"]
+
+    async def _run(self, command: str, env: dict[str, str] | None = None) -> Any:
+        return await self._container.exec(
+            ["sh", "-c", command],
+            environment={
+                "input_dir": "/input/input",
+                "output_dir": "/output/output",
+                **(env or {}),
+            },
+            workdir=self.runtime.path,
+        )
+
+    async def install(self, function: Function, package: Path) -> None:
+        tar = await asyncio.to_thread(package_as_tar, package, self.runtime.path)
+        try:
+            await self._container.put_archive("/", tar)
+        except aiodocker.DockerError as exc:
+            raise SandboxFailed(f"placing the code in {self.runtime.path}: {exc.message}") from None
+        if not self.runtime.dependencies.strip():
+            return
+        output = OutputBuffer()
+        try:
+            execution = await self._run(self.runtime.dependencies)
+            async with execution.start(detach=False) as stream:
+                while (message := await stream.read_out()) is not None:
+                    output.feed(message.data)
+            code = (await execution.inspect())["ExitCode"]
+        except aiodocker.DockerError as exc:
+            raise SandboxFailed(f"dependencies: {exc.message}") from None
+        if code != 0:
+            raise SandboxFailed(f"dependencies failed (exit {code}):\n{tail(output.take())}")
+
+    async def launch(self, env: dict[str, str]) -> tuple[str, int]:
+        self.exited.clear()
+        self.output = OutputBuffer()
+        self._exit_code = None
+        try:
+            info = await self._container.show()
+            if not info["State"]["Running"]:  # killed after a crash or a timeout
+                await self._start_container()
+            fum_env = {**env, "FUM_NODE_IP": self._ip, "FUM_NODE_PORT": str(FUM_PORT)}
+            self._exec = await self._run(f"exec {self.runtime.run}", fum_env)
+            stream = self._exec.start(detach=False)
+            await stream.__aenter__()  # starts the command now; the pump closes the stream
+        except aiodocker.DockerError as exc:
+            raise SandboxFailed(f"the container cannot run the function: {exc.message}") from None
+        self._pump = asyncio.get_running_loop().create_task(self._read_output(stream, self._exec))
+        return self._ip, FUM_PORT
+
+    async def _read_output(self, stream: Any, execution: Any) -> None:
+        try:
+            while (message := await stream.read_out()) is not None:
+                self.output.feed(message.data)
+        except (aiodocker.DockerError, OSError) as exc:
+            log.warning("docker.output_lost", error=str(exc))
+        finally:
+            await stream.close()
+            try:
+                self._exit_code = (await execution.inspect())["ExitCode"]
+            except aiodocker.DockerError:
+                self._exit_code = None
+            self.exited.set()
+
+    def exit_reason(self) -> str:
+        code = self._exit_code
+        if code is not None and code >= 128:
+            return f"the function's process was killed by signal {code - 128}"
+        return f"the function's process exited with status {code}"
+
+    async def stop_run(self) -> None:
+        if self._container is not None:
+            try:
+                await self._container.kill()
+            except aiodocker.DockerError as exc:
+                if exc.status not in (404, 409):  # gone, or not running
+                    raise FumError(f"killing the container: {exc.message}") from None
+        if self._pump is not None:
+            await self._pump
+            self._pump = None
+
+    async def destroy(self) -> None:
+        if self._container is not None:
+            try:
+                await self._container.delete(force=True)
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    log.warning("docker.remove_failed", error=exc.message)
+            self._container = None
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
+        await asyncio.to_thread(shutil.rmtree, self.root, True)
+
+
+async def remove_orphans(docker: aiodocker.Docker, network: str, node_id: int) -> int:
+    """Remove the function containers a previous run of this node left behind."""
+    filters = json.dumps({"label": [f"{LABEL_NODE}={node_id}", f"{LABEL_NETWORK}={network}"]})
+    containers = await docker.containers.list(all=True, filters=filters)
+    for container in containers:
+        await container.delete(force=True)
+    return len(containers)
+
+
+async def ensure_network(docker: aiodocker.Docker, name: str) -> str:
+    """The bridge network function containers join; return its gateway address."""
+    try:
+        network = await docker.networks.get(name)
+    except aiodocker.DockerError as exc:
+        if exc.status != 404:
+            raise
+        try:
+            network = await docker.networks.create(
+                {"Name": name, "Driver": "bridge", "Labels": {LABEL: "1"}}
+            )
+        except aiodocker.DockerError as exc2:
+            if exc2.status != 409:  # another worker made it meanwhile
+                raise
+            network = await docker.networks.get(name)
+    info = await network.show()
+    configs = info.get("IPAM", {}).get("Config") or [{}]
+    return str(configs[0].get("Gateway", ""))
+
+
+class DockerDriver(Driver):
+    """Containers on this node's Docker engine, on the ``docker_network`` bridge."""
+
+    def __init__(
+        self, settings: MiniworkerSettings, docker: aiodocker.Docker, host_ip: str
+    ) -> None:
+        self.settings = settings
+        self.docker = docker
+        self.host_ip = host_ip
+
+    @classmethod
+    async def open(cls, settings: MiniworkerSettings) -> DockerDriver:
+        docker = aiodocker.Docker()
+        try:
+            gateway = await ensure_network(docker, settings.docker_network)
+        except BaseException:
+            await docker.close()
+            raise
+        # On the host, containers reach us through the bridge's gateway; inside a container
+        # (compose), the worker says its own address on the network.
+        return cls(settings, docker, settings.docker_host_ip or gateway)
+
+    def sandbox(self, runtime: Runtime, limits: Limits | None) -> Sandbox:
+        return DockerSandbox(runtime, self.settings, limits, self.docker, self.host_ip)
+
+    async def close(self) -> None:
+        await self.docker.close()

@@ -1,0 +1,81 @@
+"""The host side of the FUM protocol for one launched sandbox.
+
+The miniworker binds a PULL socket the sandbox's PUSH sends ``ok`` frames to, and connects
+to the REP socket the sandbox binds, to hand it each call's UUID. A fresh pair is made on
+every launch, so nothing queued for a killed sandbox can be read for the next one.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+OK = b"ok"
+
+
+class CallFailed(Exception):
+    """The sandbox reported the call failed (the error frame after its ``ok``)."""
+
+
+class FumHost:
+    def __init__(self, ctx: zmq.asyncio.Context, bind_ip: str) -> None:
+        self._ctx = ctx
+        self._pull = ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self.port = self._pull.bind_to_random_port(f"tcp://{bind_ip}")
+        self._rep: zmq.asyncio.Socket | None = None
+
+    def connect(self, node_ip: str, node_port: int) -> None:
+        # A DEALER, not a REQ: a call that timed out must not wedge the socket's state.
+        self._rep = self._ctx.socket(zmq.DEALER)
+        self._rep.setsockopt(zmq.LINGER, 0)
+        self._rep.connect(f"tcp://{node_ip}:{node_port}")
+
+    async def wait_setup(self) -> None:
+        """The sandbox's first ``ok``: its set-up is done."""
+        await self._next_ok(None)
+
+    async def run(self, uuid: str) -> None:
+        """Hand ``uuid`` to the sandbox and wait for its two ``ok``s; raise ``CallFailed``."""
+        assert self._rep is not None
+        key = uuid.encode()
+        await self._rep.send_multipart([b"", key])
+        _, answer = await self._rep.recv_multipart()
+        if answer != OK:
+            raise CallFailed(f"the function answered {answer[:64]!r} to its call, not 'ok'")
+        frames = await self._next_ok(key)
+        if len(frames) > 3 and frames[3]:
+            raise CallFailed(_error_text(frames[3]))
+
+    async def _next_ok(self, uuid: bytes | None) -> list[bytes]:
+        """The next ``ok`` for ``uuid`` (``None``: set-up); a stale one is skipped.
+
+        A bare ``ok`` is accepted as the one awaited. Frames: ok, node id, uuid, error.
+        """
+        while True:
+            frames = await self._pull.recv_multipart()
+            if frames[0] != OK:
+                continue
+            if len(frames) < 3 or frames[2] == (uuid or b""):
+                return frames
+
+    def close(self) -> None:
+        self._pull.close()
+        if self._rep is not None:
+            self._rep.close()
+
+
+class _Report(msgspec.Struct):
+    type: str = "Error"
+    message: str = ""
+    traceback: str = ""
+
+
+def _error_text(frame: bytes) -> str:
+    try:
+        report = msgspec.json.decode(frame, type=_Report)
+    except msgspec.MsgspecError:
+        return frame.decode("utf-8", "replace")
+    text = f"{report.type}: {report.message}"
+    return f"{text}\n{report.traceback.rstrip()}" if report.traceback else text

@@ -1,0 +1,313 @@
+"""The miniworker: one sandbox, FUM with it, one call at a time for its worker."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import msgspec
+import structlog
+import zmq
+import zmq.asyncio
+
+from services.common.errors import FumError
+from services.common.models import Call, Function, Runtime
+from services.common.pool_protocol import (
+    POOL_PROTOCOL,
+    Alive,
+    CallDone,
+    Outcome,
+    Prepare,
+    PrepareFailed,
+    Ready,
+    Run,
+    Stop,
+)
+from services.common.protocol import Message
+from services.common.rpc import make_socket
+
+from .fum_host import CallFailed, FumHost
+from .sandbox import Driver, Sandbox, SandboxFailed, tail
+from .settings import MiniworkerSettings
+
+log = structlog.get_logger()
+
+
+async def open_driver(settings: MiniworkerSettings, passthrough_env: dict[str, str]) -> Driver:
+    """The sandbox driver the worker chose for this node."""
+    if settings.driver == "docker":
+        from .docker_driver import DockerDriver
+
+        return await DockerDriver.open(settings)
+    from .process_driver import ProcessDriver
+
+    return ProcessDriver(Path(settings.sandbox_dir), Path(settings.node_dir), passthrough_env)
+
+
+def _clear(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _read_result(output_dir: Path) -> bytes | None:
+    """``result.json`` as JSON text; text that is not JSON becomes a JSON string."""
+    try:
+        data = (output_dir / "result.json").read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return msgspec.json.encode(data.decode("utf-8", "replace"))
+    return data.strip()
+
+
+class Miniworker:
+    def __init__(self, settings: MiniworkerSettings, driver: Driver) -> None:
+        self.settings = settings
+        self._driver = driver
+        self._ctx = zmq.asyncio.Context.instance()
+        self._sock = make_socket(self._ctx, zmq.DEALER, settings.mw_id.encode())
+        self._sandbox: Sandbox | None = None
+        self._started = False  # the sandbox exists, generic or not
+        self._function: Function | None = None  # what it is set up for
+        self._host: FumHost | None = None  # FUM with the launched run command
+        self._handlers = {Prepare: self._on_prepare, Run: self._on_run}
+
+    async def serve(self) -> None:
+        """Talk to the worker until it says Stop (or the process is told to stop)."""
+        self._sock.connect(self.settings.worker_endpoint)
+        alive = asyncio.get_running_loop().create_task(self._beat())
+        try:
+            await self._send(Ready())
+            while True:
+                payload = await self._sock.recv()
+                try:
+                    message = POOL_PROTOCOL.decode(payload)
+                except FumError as exc:
+                    log.error("miniworker.bad_message", error=str(exc))
+                    continue
+                if isinstance(message, Stop):
+                    return
+                handler = self._handlers.get(type(message))
+                if handler is None:
+                    log.error("miniworker.unexpected", msg_type=message.msg_type)
+                    continue
+                await handler(message)  # type: ignore[operator]
+        finally:
+            alive.cancel()
+            await self.close()
+
+    async def close(self) -> None:
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+        if self._sandbox is not None:
+            await self._sandbox.destroy()
+            self._sandbox = None
+        self._sock.close()
+
+    async def _send(self, message: Message) -> None:
+        await self._sock.send(POOL_PROTOCOL.encode(message))
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.alive_interval)
+            await self._send(Alive())
+
+    def _ready(self) -> Ready:
+        runtime = self._sandbox.runtime.name if self._sandbox and self._started else None
+        function = self._function
+        return Ready(
+            runtime=runtime,
+            function=function.name if function else None,
+            sha256=function.sha256 if function else None,
+        )
+
+    # ---- set-up steps
+
+    async def _start(self, runtime: Runtime, function: Function | None) -> None:
+        if self._sandbox is not None:
+            await self._reset()
+        self._sandbox = self._driver.sandbox(runtime, function.limits if function else None)
+        await self._sandbox.start()
+        self._started = True
+
+    async def _reset(self) -> None:
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+        if self._sandbox is not None:
+            await self._sandbox.destroy()
+        self._sandbox, self._started, self._function = None, False, None
+
+    async def _specialise(self, function: Function, package: Path) -> None:
+        assert self._sandbox is not None
+        await self._sandbox.install(function, package)
+        self._function = function
+        await self._launch()
+
+    async def _launch(self) -> None:
+        """Start the run command and wait for its set-up ``ok`` (or its death)."""
+        sandbox = self._sandbox
+        assert sandbox is not None
+        if self._host is not None:
+            self._host.close()
+        host = self._host = FumHost(self._ctx, sandbox.host_bind_ip)
+        env = {
+            "FUM_NODE_ID": str(self.settings.node_id),
+            "FUM_HOST_IP": sandbox.host_ip,
+            "FUM_HOST_PORT": str(host.port),
+        }
+        node_ip, node_port = await sandbox.launch(env)
+        host.connect(node_ip, node_port)
+        setup = asyncio.ensure_future(host.wait_setup())
+        exited = asyncio.ensure_future(sandbox.exited.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {setup, exited},
+                timeout=self.settings.setup_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            setup.cancel()
+            exited.cancel()
+        if setup in done:
+            return
+        await sandbox.stop_run()
+        if exited in done:
+            raise SandboxFailed(
+                f"{sandbox.exit_reason()} during its set-up:\n{tail(sandbox.output.take())}"
+            )
+        raise SandboxFailed(
+            f"the function did not finish its set-up within {self.settings.setup_timeout:g}s"
+        )
+
+    async def _on_prepare(self, message: Prepare) -> None:
+        try:
+            if (
+                not self._started
+                or self._sandbox is None
+                or self._sandbox.runtime != message.runtime
+            ):
+                await self._start(message.runtime, message.function)
+            if message.function is not None and message.package is not None:
+                await self._specialise(message.function, Path(message.package))
+        except (FumError, OSError) as exc:
+            log.warning("miniworker.prepare_failed", error=str(exc))
+            await self._reset()
+            await self._send(PrepareFailed(error=str(exc)))
+            return
+        await self._send(self._ready())
+
+    # ---- calls
+
+    def _is_warm_for(self, function: Function) -> bool:
+        return (
+            self._function is not None
+            and self._function.name == function.name
+            and self._function.sha256 == function.sha256
+            and self._host is not None
+        )
+
+    async def _on_run(self, message: Run) -> None:
+        call, function = message.call, message.function
+        started_at = time.time()
+        start, init_ms = "warm", 0.0
+        try:
+            if not self._is_warm_for(function):
+                generic = (
+                    self._started
+                    and self._function is None
+                    and self._sandbox is not None
+                    and self._sandbox.runtime == message.runtime
+                )
+                start = "specialized" if generic else "cold"
+                t0 = time.perf_counter()
+                if not generic:
+                    await self._start(message.runtime, function)
+                await self._specialise(function, Path(message.package))
+                init_ms = (time.perf_counter() - t0) * 1000
+        except (FumError, OSError) as exc:
+            logs = self._sandbox.output.take() if self._sandbox else ""
+            await self._reset()
+            outcome = Outcome(
+                call_num=call.call_num,
+                status="ERROR",
+                error=f"set-up failed: {exc}",
+                logs=logs,
+                start=start,
+                init_ms=0.0,
+                started_at=started_at,
+                finished_at=time.time(),
+            )
+            await self._send(CallDone(outcome=outcome))
+            await self._send(Ready())
+            return
+        outcome, healthy = await self._exchange(call, message.timeout, started_at)
+        outcome = msgspec.structs.replace(outcome, start=start, init_ms=init_ms)
+        await self._send(CallDone(outcome=outcome, ready=healthy))
+        if not healthy:
+            await self._relaunch()
+            await self._send(self._ready())
+
+    async def _exchange(
+        self, call: Call, timeout: float, started_at: float
+    ) -> tuple[Outcome, bool]:
+        """Run one call over FUM; return its outcome and whether the sandbox is still good."""
+        sandbox, host = self._sandbox, self._host
+        assert sandbox is not None and host is not None
+        (sandbox.input_dir / "params.json").write_bytes(call.params)
+        running = asyncio.ensure_future(host.run(call.uuid))
+        exited = asyncio.ensure_future(sandbox.exited.wait())
+        done, _ = await asyncio.wait(
+            {running, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        status, result, error, healthy, retryable = "DONE", None, None, True, False
+        if running in done:
+            exited.cancel()
+            failure = running.exception()
+            if isinstance(failure, CallFailed):
+                status, error = "ERROR", str(failure)
+            elif failure is not None:
+                raise failure
+            result = _read_result(sandbox.output_dir)
+        else:
+            running.cancel()
+            exited.cancel()
+            healthy = False
+            if exited in done:
+                status, error, retryable = "ERROR", sandbox.exit_reason(), True
+            else:
+                status, error = "TIMEOUT", f"the call did not finish within {timeout:g}s"
+            await sandbox.stop_run()
+        await sandbox.output.settle()  # what the call printed may trail its ok a little
+        logs = sandbox.output.take()
+        if status == "ERROR" and not healthy:
+            error = f"{error}\n{tail(logs)}" if logs.strip() else error
+        _clear(sandbox.input_dir)
+        _clear(sandbox.output_dir)
+        outcome = Outcome(
+            call_num=call.call_num,
+            status=status,
+            result=result,
+            error=error,
+            logs=logs,
+            started_at=started_at,
+            finished_at=time.time(),
+            retryable=retryable,
+        )
+        return outcome, healthy
+
+    async def _relaunch(self) -> None:
+        """Start the run command again after a crash or a timeout; reset if that fails."""
+        try:
+            await self._launch()
+        except (FumError, OSError) as exc:
+            log.warning("miniworker.relaunch_failed", error=str(exc))
+            await self._reset()

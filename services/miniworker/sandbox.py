@@ -1,0 +1,126 @@
+"""The driver interface: one persistent sandbox (a container or a process) per miniworker.
+
+A sandbox goes through three steps, each of which a preload policy may do ahead of a call:
+``start`` (generic for its runtime), ``install`` (a function's code and dependencies in
+the runtime's ``path``), ``launch`` (the runtime's ``run`` command with the FUM
+environment). ``relaunch`` restarts only the run command, keeping the installed code.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from pathlib import Path
+
+from services.common.errors import FumError
+from services.common.models import Function, Limits, Runtime
+
+# How much of a sandbox's output is kept for one call (its tail when it is longer).
+LOG_LIMIT = 256 * 1024
+
+
+class SandboxFailed(FumError):
+    """The sandbox could not be set up or its run command died; the message has the tail."""
+
+    code = "sandbox_failed"
+
+
+class OutputBuffer:
+    """The sandbox's merged stdout/stderr since the last ``take``, capped to its tail."""
+
+    def __init__(self, limit: int = LOG_LIMIT) -> None:
+        self._limit = limit
+        self._chunks = bytearray()
+        self._dropped = False
+        self._last_feed = 0.0
+
+    def feed(self, data: bytes) -> None:
+        self._last_feed = time.monotonic()
+        self._chunks += data
+        if len(self._chunks) > 2 * self._limit:
+            del self._chunks[: len(self._chunks) - self._limit]
+            self._dropped = True
+
+    async def settle(self, quiet: float = 0.003, most: float = 0.03) -> None:
+        """Wait until no output came for ``quiet`` seconds (at most ``most``), when the call
+        printed anything: its last lines can reach the pipe (or Docker's stream) after the
+        ``ok`` that ended it. A call that printed nothing does not wait."""
+        await asyncio.sleep(0)
+        if not self._chunks:
+            return
+        deadline = time.monotonic() + most
+        # a poll, not an event: what ends the wait is output that does not come
+        while time.monotonic() - self._last_feed < quiet and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(quiet / 3)
+
+    def take(self) -> str:
+        data = bytes(self._chunks[-self._limit :])
+        dropped = self._dropped or len(self._chunks) > self._limit
+        self._chunks.clear()
+        self._dropped = False
+        text = data.decode("utf-8", "replace")
+        return f"[... output cut to its last {self._limit} bytes]\n{text}" if dropped else text
+
+
+def tail(text: str, lines: int = 30) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class Sandbox(abc.ABC):
+    """One sandbox of one runtime; the miniworker drives it through these steps."""
+
+    #: where the miniworker binds the PULL socket the sandbox sends ``ok`` to
+    host_bind_ip: str = "127.0.0.1"
+    #: the address the sandbox uses to reach that socket
+    host_ip: str = "127.0.0.1"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.output = OutputBuffer()
+        self.exited: asyncio.Event = asyncio.Event()  # the run command is gone
+
+    @property
+    @abc.abstractmethod
+    def input_dir(self) -> Path:
+        """The miniworker-side path of the sandbox's ``input_dir``."""
+
+    @property
+    @abc.abstractmethod
+    def output_dir(self) -> Path:
+        """The miniworker-side path of the sandbox's ``output_dir``."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Make the generic sandbox of the runtime, ready to take a function's code."""
+
+    @abc.abstractmethod
+    async def install(self, function: Function, package: Path) -> None:
+        """Place the package's files in the runtime's path and run its dependencies command."""
+
+    @abc.abstractmethod
+    async def launch(self, env: dict[str, str]) -> tuple[str, int]:
+        """Start the run command with ``env``; return where its FUM REP socket will listen."""
+
+    @abc.abstractmethod
+    async def stop_run(self) -> None:
+        """Kill the run command (and everything it started); the installed code stays."""
+
+    @abc.abstractmethod
+    async def destroy(self) -> None:
+        """Remove the sandbox and everything in it."""
+
+    def exit_reason(self) -> str:
+        """Why the run command is gone, for the call's error text."""
+        return "the function's process exited"
+
+
+class Driver(abc.ABC):
+    """Makes the sandboxes of one kind (processes, containers) for a miniworker."""
+
+    @abc.abstractmethod
+    def sandbox(self, runtime: Runtime, limits: Limits | None) -> Sandbox:
+        """A new, not yet started, sandbox of ``runtime``."""
+
+    async def close(self) -> None:  # noqa: B027 - most drivers hold nothing
+        """Release what the driver holds (a Docker client, say)."""

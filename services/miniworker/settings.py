@@ -1,0 +1,24 @@
+"""Miniworker settings, passed by its worker through ``FUM_*`` variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class MiniworkerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    mw_id: str
+    node_id: int = 0
+    worker_endpoint: str  # the worker's pool ROUTER
+    sandbox_dir: str  # this miniworker's private folder on the node
+    node_dir: str  # the node's folder (shared caches live there)
+    driver: Literal["process", "docker"] = "process"
+    alive_interval: float = 1.0
+    setup_timeout: float = 300.0  # dependencies + the function's own set-up
+    log_level: str = "info"
+    # the docker driver: the bridge network of function containers, the address they reach
+    # this miniworker at (default: the network's gateway), and the registry to pull from
+    docker_network: str = "fum"
+    docker_host_ip: str = ""
+    docker_registry: str = ""

@@ -1,0 +1,572 @@
+"""The miniworkers of one node: spawning them, the preload policy, and brokering calls.
+
+A ``Slot`` is one miniworker process as the worker sees it. A slot is spawned either
+for the preload policy (generic for a runtime, or set up for a function before any call)
+or for one waiting call, which it then runs from a cold start. Idle slots take waiting
+calls: one warm for the function first, else a generic one of its runtime (which the
+miniworker specialises on that call). Nothing here awaits a sandbox: the pool reacts to
+the miniworkers' messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import zmq
+import zmq.asyncio
+
+from services.common.errors import FumError
+from services.common.models import Call, Function, Runtime
+from services.common.node_protocol import Heartbeat
+from services.common.pool_protocol import (
+    POOL_PROTOCOL,
+    Alive,
+    CallDone,
+    Outcome,
+    Prepare,
+    PrepareFailed,
+    Ready,
+    Run,
+    Stop,
+)
+from services.common.proc import die_with_parent
+from services.common.protocol import Message
+from services.common.rpc import bound_endpoint, make_socket, send_soon
+from services.common.settings import settings_env
+from services.common.tasks import Background
+from services.miniworker.settings import MiniworkerSettings
+
+from .packages import PackageCache
+from .settings import WorkerSettings
+
+log = structlog.get_logger()
+
+STOP_GRACE = 5.0
+
+
+@dataclass(eq=False)
+class Job:
+    """A call handed to this node, waiting for (or running in) a slot."""
+
+    call: Call
+    timeout: float
+    function: Function
+    package: Path
+    retries: int = 0  # runs left if its sandbox dies under it
+    early: bool = False  # dispatched once only: the api may hear the result before the db
+
+
+@dataclass(eq=False)
+class Slot:
+    mw_id: str
+    runtime: Runtime
+    function: Function | None = None  # what it is set up (or being set up) for
+    state: str = "starting"  # starting -> preparing -> idle <-> busy; stopping
+    job: Job | None = None  # the call it runs, or the call it was spawned for
+    proc: asyncio.subprocess.Process | None = None
+    last_alive: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+
+    def warm_for(self, function: Function) -> bool:
+        f = self.function
+        return f is not None and f.name == function.name and f.sha256 == function.sha256
+
+
+def default_pool_bind(node_dir: Path) -> str:
+    """A unix socket in the node's folder (cheaper than tcp), where its path fits."""
+    path = node_dir.resolve() / "pool.sock"
+    if len(str(path)) > 100:  # sun_path holds 108 bytes
+        return "tcp://127.0.0.1:0"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # left by a previous run
+    return f"ipc://{path}"
+
+
+# What a spare slot is for: nothing yet. A spare is a miniworker process started ahead
+# (its interpreter and imports are most of a cold start's first half), handed the next
+# call that needs a new sandbox.
+SPARE = Runtime(name="", image="", run="")
+
+
+def _runtime_spec(runtime: Runtime) -> tuple[str, str, str, str]:
+    return (runtime.image, runtime.path, runtime.dependencies, runtime.run)
+
+
+class Pool:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        ctx: zmq.asyncio.Context,
+        packages: PackageCache,
+        base_env: dict[str, str],
+        on_start: Callable[[Job], None],
+        on_outcome: Callable[[Job, Outcome], None],
+    ) -> None:
+        self.settings = settings
+        self.packages = packages
+        self.runtimes: dict[str, Runtime] = {}
+        self.functions: dict[str, Function] = {}
+        self._base_env = base_env
+        self._on_start = on_start
+        self._on_outcome = on_outcome
+        self._slots: dict[str, Slot] = {}
+        self._queues: dict[str, deque[Job]] = {}  # function -> calls waiting, oldest first
+        self._broken: dict[str, str] = {}  # function -> sha whose set-up failed
+        self._ids = itertools.count(1)
+        self._background = Background()
+        self._closing = False
+        self._sock = make_socket(ctx, zmq.ROUTER)
+        self._sock.bind(settings.pool_bind or default_pool_bind(Path(settings.node_dir)))
+        self.endpoint = bound_endpoint(self._sock)
+        self._sandboxes = Path(settings.node_dir) / "sandboxes"
+        shutil.rmtree(self._sandboxes, ignore_errors=True)  # what a previous run left
+        self._sandboxes.mkdir(parents=True)
+        self._handlers = {
+            Ready: self._on_ready,
+            CallDone: self._on_call_done,
+            PrepareFailed: self._on_prepare_failed,
+            Alive: self._on_alive,
+        }
+
+    # ---- what the worker asks of the pool
+
+    def submit(self, job: Job) -> None:
+        if self._closing:
+            return
+        self._queues.setdefault(job.function.name, deque()).append(job)
+        self._schedule()
+
+    def sync(self, runtimes: list[Runtime], functions: list[Function]) -> None:
+        """Replace the catalogue (after registering with the api)."""
+        self.runtimes = {r.name: r for r in runtimes}
+        self.functions = {f.name: f for f in functions}
+        self._retire_stale()
+        self._schedule()
+
+    def put_runtime(self, runtime: Runtime) -> None:
+        self.runtimes[runtime.name] = runtime
+        self._retire_stale()
+        self._schedule()
+
+    def put_function(self, function: Function) -> None:
+        self.functions[function.name] = function
+        self._broken.pop(function.name, None)
+        self._retire_stale()
+        self._schedule()
+
+    def remove_runtime(self, name: str) -> None:
+        self.runtimes.pop(name, None)
+        self._retire_stale()
+
+    def remove_function(self, name: str) -> None:
+        self.functions.pop(name, None)
+        self._retire_stale()
+
+    def running(self) -> list[int]:
+        """Calls this node holds: waiting here or running in a slot."""
+        held = [job.call.call_num for q in self._queues.values() for job in q]
+        held += [s.job.call.call_num for s in self._slots.values() if s.job is not None]
+        return held
+
+    def load(self) -> Heartbeat:
+        """What the node's heartbeat says: busy slots, waiting calls, idle sandboxes."""
+        busy = sum(1 for s in self._slots.values() if s.state == "busy")
+        queued = sum(len(q) for q in self._queues.values())
+        queued += sum(1 for s in self._slots.values() if s.job is not None and s.state != "busy")
+        idle: dict[str, int] = {}
+        generic: dict[str, int] = {}
+        for slot in self._slots.values():
+            if slot.state != "idle":
+                continue
+            if slot.function is not None:
+                idle[slot.function.name] = idle.get(slot.function.name, 0) + 1
+            else:
+                generic[slot.runtime.name] = generic.get(slot.runtime.name, 0) + 1
+        return Heartbeat(
+            node_id=self.settings.node_id,
+            capacity=self.settings.capacity,
+            busy=busy,
+            queued=queued,
+            idle=idle,
+            generic=generic,
+        )
+
+    # ---- the loop
+
+    async def serve(self) -> None:
+        """Read the miniworkers' messages, and declare silent ones dead."""
+        watchdog = asyncio.get_running_loop().create_task(self._watchdog())
+        try:
+            while True:
+                identity, payload = await self._sock.recv_multipart()
+                slot = self._slots.get(identity.decode())
+                if slot is None:
+                    continue  # a miniworker already declared dead
+                try:
+                    message = POOL_PROTOCOL.decode(payload)
+                except FumError as exc:
+                    log.error("pool.bad_message", mw=slot.mw_id, error=str(exc))
+                    continue
+                slot.last_alive = time.monotonic()
+                handler = self._handlers.get(type(message))
+                if handler is None:
+                    log.error("pool.unexpected", mw=slot.mw_id, msg_type=message.msg_type)
+                    continue
+                handler(slot, message)  # type: ignore[operator]
+        finally:
+            watchdog.cancel()
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            self.evict_idle()
+            deadline = time.monotonic() - self.settings.miniworker_timeout
+            for slot in list(self._slots.values()):
+                if (
+                    slot.proc is not None
+                    and slot.last_alive < deadline
+                    and slot.proc.returncode is None
+                ):
+                    log.warning("pool.miniworker_silent", mw=slot.mw_id)
+                    slot.proc.kill()
+
+    async def close(self) -> None:
+        """Stop every miniworker: Stop first, then kill what is left after a grace period."""
+        self._closing = True
+        for slot in self._slots.values():
+            slot.state = "stopping"
+            if slot.proc is not None and slot.proc.returncode is None:
+                self._send(slot, Stop())
+        procs = [s.proc for s in self._slots.values() if s.proc is not None]
+        if procs:
+            await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs], timeout=STOP_GRACE)
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        await self._background.close()
+        self._sock.close()
+
+    # ---- miniworker messages
+
+    def _send(self, slot: Slot, message: Message) -> None:
+        def failed(exc: zmq.ZMQError) -> None:  # not connected (yet, or any more)
+            log.warning("pool.send_failed", mw=slot.mw_id, error=str(exc))
+
+        send_soon(self._sock, [slot.mw_id.encode(), POOL_PROTOCOL.encode(message)], failed)
+
+    def _on_alive(self, slot: Slot, message: Alive) -> None:
+        pass  # last_alive is stamped for every message
+
+    def _on_ready(self, slot: Slot, message: Ready) -> None:
+        if slot.state == "stopping":
+            return
+        if slot.state == "starting":
+            if slot.job is not None:  # spawned for this call: a cold start
+                self._run(slot, slot.job)
+            elif slot.runtime is SPARE:
+                slot.state = "spare"
+                self._schedule()
+            else:
+                self._background.spawn(self._prepare(slot))
+            return
+        slot.state = "idle"
+        slot.last_used = time.monotonic()
+        if message.function is None:
+            slot.function = None
+        if self._stale(slot):
+            self._stop(slot)
+        self._schedule()
+
+    async def _prepare(self, slot: Slot) -> None:
+        slot.state = "preparing"
+        package = None
+        if slot.function is not None:
+            try:
+                package = str(await self.packages.get(slot.function))
+            except FumError as exc:
+                self._on_prepare_failed(slot, PrepareFailed(error=str(exc)))
+                return
+        self._send(slot, Prepare(runtime=slot.runtime, function=slot.function, package=package))
+
+    def _on_prepare_failed(self, slot: Slot, message: PrepareFailed) -> None:
+        log.warning("pool.prepare_failed", mw=slot.mw_id, error=message.error)
+        function = slot.function
+        self._stop(slot)
+        if function is not None:
+            # Do not start it again until the function changes; fail who waits for it.
+            self._broken[function.name] = function.sha256
+            for job in self._queues.pop(function.name, deque()):
+                self._fail(job, f"set-up failed: {message.error}")
+
+    def _on_call_done(self, slot: Slot, message: CallDone) -> None:
+        job, slot.job = slot.job, None
+        if job is None or job.call.call_num != message.outcome.call_num:
+            log.error("pool.unexpected_outcome", mw=slot.mw_id, call=message.outcome.call_num)
+            return
+        if message.ready:  # idle before the result is reported: the next call finds it warm
+            self._on_ready(
+                slot,
+                Ready(
+                    runtime=slot.runtime.name,
+                    function=job.function.name,
+                    sha256=job.function.sha256,
+                ),
+            )
+        self._on_outcome(job, message.outcome)
+
+    # ---- placing calls
+
+    def _run(self, slot: Slot, job: Job) -> None:
+        slot.state, slot.job, slot.function = "busy", job, job.function
+        slot.last_used = time.monotonic()
+        runtime = self.runtimes.get(job.function.runtime, slot.runtime)
+        self._send(
+            slot,
+            Run(
+                call=job.call,
+                timeout=job.timeout,
+                runtime=runtime,
+                function=job.function,
+                package=str(job.package),
+            ),
+        )
+        self._on_start(job)
+
+    def _idle_slot_for(self, function: Function) -> Slot | None:
+        generic = None
+        for slot in self._slots.values():
+            if slot.state != "idle":
+                continue
+            if slot.warm_for(function):
+                return slot
+            if generic is None and slot.function is None and slot.runtime.name == function.runtime:
+                generic = slot
+        if generic is not None and self._at_most(function):
+            return None  # specialising one more would pass the function's max_containers
+        return generic
+
+    def _of(self, function: Function) -> int:
+        """Sandboxes of the function on this node: set up, being set up, or spawned for it."""
+        return sum(
+            1
+            for s in self._slots.values()
+            if s.state != "stopping" and s.function is not None and s.function.name == function.name
+        )
+
+    def _at_most(self, function: Function) -> bool:
+        limit = function.limits.max_containers
+        return limit is not None and self._of(function) >= limit
+
+    def _active(self) -> int:
+        """Sandboxes on the node, and miniworkers about to have one (spares do not count)."""
+        return sum(
+            1 for s in self._slots.values() if s.state != "stopping" and s.runtime is not SPARE
+        )
+
+    def _schedule(self) -> None:
+        for name in list(self._queues):
+            queue = self._queues[name]
+            while queue:
+                job = queue[0]
+                slot = self._idle_slot_for(job.function)
+                if slot is None and not self._make_room(job.function):
+                    break
+                queue.popleft()
+                if slot is not None:
+                    self._run(slot, job)
+                else:
+                    runtime = self.runtimes.get(job.function.runtime)
+                    if runtime is None:
+                        self._fail(job, f"runtime {job.function.runtime!r} is not on this node")
+                        continue
+                    spare = next((s for s in self._slots.values() if s.state == "spare"), None)
+                    if spare is not None:  # a cold start without the process start
+                        spare.runtime = runtime
+                        self._run(spare, job)
+                    else:
+                        self._spawn(runtime, job.function, job)
+            if not queue:
+                del self._queues[name]
+        self._preload()
+
+    def _make_room(self, function: Function) -> bool:
+        """Whether a slot may be spawned now, evicting the LRU idle slot of another if full."""
+        if self._at_most(function):
+            return False  # the call waits for one of the function's sandboxes
+        if self._active() < self.settings.capacity:
+            return True
+        idle = [s for s in self._slots.values() if s.state == "idle" and not s.warm_for(function)]
+        if not idle:
+            return False
+        self._stop(min(idle, key=lambda s: s.last_used))
+        return True
+
+    def _preload(self) -> None:
+        """Keep the sandboxes the preload policy and the functions' min_warm ask for."""
+        spares = sum(
+            1 for s in self._slots.values() if s.runtime is SPARE and s.state != "stopping"
+        )
+        for _ in range(self.settings.spare - spares):
+            self._spawn(SPARE, None, None)
+        for runtime in self.runtimes.values():
+            for _ in range(self._floor(runtime, None) - self._generic(runtime)):
+                if self._active() >= self.settings.capacity:
+                    return
+                self._spawn(runtime, None, None)
+        for function in self.functions.values():
+            of_function = self.runtimes.get(function.runtime)
+            if of_function is None or self._broken.get(function.name) == function.sha256:
+                continue
+            for _ in range(self._floor(of_function, function) - self._warm(function)):
+                if self._active() >= self.settings.capacity or self._at_most(function):
+                    break
+                self._spawn(of_function, function, None)
+
+    def _floor(self, runtime: Runtime, function: Function | None) -> int:
+        """How many sandboxes of this kind the node keeps, used or not."""
+        policy, want = self.settings.preload, self.settings.prewarm
+        if function is None:
+            return want if policy == "runtime" else 0
+        return max(function.limits.min_warm, want if policy == "function" else 0)
+
+    def _warm(self, function: Function) -> int:
+        return sum(
+            1 for s in self._slots.values() if s.state != "stopping" and s.warm_for(function)
+        )
+
+    def _generic(self, runtime: Runtime) -> int:
+        return sum(
+            1
+            for s in self._slots.values()
+            if s.state != "stopping"
+            and s.function is None
+            and s.job is None
+            and s.runtime.name == runtime.name
+        )
+
+    def evict_idle(self) -> None:
+        """Stop the sandboxes idle longer than keep_warm, down to what preload keeps."""
+        cutoff = time.monotonic() - self.settings.keep_warm
+        stale = sorted(
+            (s for s in self._slots.values() if s.state == "idle" and s.last_used < cutoff),
+            key=lambda s: s.last_used,
+        )
+        for slot in stale:
+            function = slot.function
+            runtime = self.runtimes.get(slot.runtime.name, slot.runtime)
+            if function is None:
+                kept = self._generic(runtime)
+            else:
+                kept = sum(
+                    1
+                    for s in self._slots.values()
+                    if s.state != "stopping" and s.warm_for(function)
+                )
+            if kept > self._floor(runtime, function):
+                log.info("pool.evicted", mw=slot.mw_id, function=function and function.name)
+                self._stop(slot)
+
+    def _fail(self, job: Job, error: str, retryable: bool = False) -> None:
+        now = time.time()
+        self._on_outcome(
+            job,
+            Outcome(
+                call_num=job.call.call_num,
+                status="ERROR",
+                error=error,
+                start="cold",
+                started_at=now,
+                finished_at=now,
+                retryable=retryable,
+            ),
+        )
+
+    # ---- slot lifecycle
+
+    def _stale(self, slot: Slot) -> bool:
+        runtime = self.runtimes.get(slot.runtime.name)
+        if runtime is None or _runtime_spec(runtime) != _runtime_spec(slot.runtime):
+            return True
+        if slot.function is None:
+            return False
+        current = self.functions.get(slot.function.name)
+        return current is None or current.sha256 != slot.function.sha256
+
+    def _retire_stale(self) -> None:
+        for slot in list(self._slots.values()):
+            waiting = slot.state in ("idle", "starting", "preparing") and slot.job is None
+            waiting = waiting and slot.runtime is not SPARE
+            if waiting and self._stale(slot):
+                self._stop(slot)
+
+    def _stop(self, slot: Slot) -> None:
+        if slot.state == "stopping":
+            return
+        slot.state = "stopping"
+        if slot.proc is not None:
+            self._send(slot, Stop())
+            self._background.spawn(self._reap(slot))
+
+    async def _reap(self, slot: Slot) -> None:
+        assert slot.proc is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(slot.proc.wait()), STOP_GRACE)
+        except TimeoutError:
+            slot.proc.kill()
+
+    def _spawn(self, runtime: Runtime, function: Function | None, job: Job | None) -> Slot:
+        mw_id = f"{self.settings.node_id}-{next(self._ids)}"
+        slot = Slot(mw_id=mw_id, runtime=runtime, function=function, job=job)
+        self._slots[mw_id] = slot
+        self._background.spawn(self._run_slot(slot))
+        return slot
+
+    async def _run_slot(self, slot: Slot) -> None:
+        """Start the miniworker process, and clean up after it when it exits."""
+        settings = MiniworkerSettings(
+            mw_id=slot.mw_id,
+            node_id=self.settings.node_id,
+            worker_endpoint=self.endpoint,
+            sandbox_dir=str(self._sandboxes / slot.mw_id),
+            node_dir=self.settings.node_dir,
+            driver=self.settings.driver,
+            alive_interval=self.settings.heartbeat_interval,
+            setup_timeout=self.settings.setup_timeout,
+            log_level=self.settings.log_level,
+            docker_network=self.settings.docker_network,
+            docker_host_ip=self.settings.docker_host_ip,
+            docker_registry=self.settings.docker_registry,
+        )
+        env = {**self._base_env, **settings_env(settings)}
+        try:
+            slot.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.miniworker",
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+            slot.last_alive = time.monotonic()
+            code = await slot.proc.wait()
+        finally:
+            self._slots.pop(slot.mw_id, None)
+        job, slot.job = slot.job, None
+        if self._closing:
+            return  # its call stays unfinished in the db; the api dispatches it again
+        if slot.state != "stopping":
+            log.warning("pool.miniworker_died", mw=slot.mw_id, code=code)
+        if job is not None:
+            error = f"the miniworker running the call died (exit status {code})"
+            self._fail(job, error, retryable=True)
+        self._schedule()

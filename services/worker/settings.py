@@ -1,0 +1,42 @@
+"""Worker settings, from ``FUM_*`` environment variables."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import msgspec
+
+
+def node_number(name: str) -> int:
+    """A stable node id from a node's name, for workers that are not numbered by hand."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:7], 16)
+
+
+class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: int = -1  # -1: derived from node_name (a Swarm global service sets that)
+    node_name: str = ""  # default: the host name
+    api_endpoint: str = "tcp://127.0.0.1:3001"  # the api's ROUTER for workers
+    api_url: str = "http://127.0.0.1:3000"  # the api's HTTP, where packages are fetched
+    db_url: str = "tcp://127.0.0.1:3002"
+    node_dir: str = ".fum/node-0"  # packages, sandboxes and caches of this node
+    pool_bind: str = ""  # the ROUTER miniworkers connect to; default: a unix socket
+    # in node_dir (tcp on loopback where that path is too long for a unix socket)
+    preload: Literal["runtime", "function", "none"] = "runtime"
+    prewarm: int = 1  # sandboxes kept ready per runtime (or function) by the preload policy
+    capacity: int = 8  # most sandboxes on this node
+    spare: int = 1  # miniworker processes kept started ahead, for cold starts
+    keep_warm: float = 600.0  # seconds an idle sandbox is kept beyond what preload keeps
+    retries: int = 1  # times a call is run again when its sandbox dies under it
+    # A call still running after this many seconds is marked RUNNING in the db; shorter
+    # ones go from PENDING to their end in one write.
+    running_delay: float = 0.05
+    driver: Literal["process", "docker"] = "process"
+    heartbeat_interval: float = 1.0
+    miniworker_timeout: float = 10.0  # no Alive from a miniworker for this long: it is dead
+    setup_timeout: float = 300.0
+    log_level: str = "info"
+    # the docker driver (see MiniworkerSettings)
+    docker_network: str = "fum"
+    docker_host_ip: str = ""
+    docker_registry: str = ""

@@ -1,0 +1,265 @@
+"""The worker process: registers with the api, keeps the pool, writes results."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+
+import aiohttp
+import msgspec
+import structlog
+import zmq
+import zmq.asyncio
+
+from services.common.db_client import DbClient
+from services.common.errors import FumError, Unavailable, UnknownNode
+from services.common.models import Call, CallUpdate, Function
+from services.common.node_protocol import (
+    NODE_PROTOCOL,
+    CallFinished,
+    CatalogSynced,
+    Dispatch,
+    FunctionRemoved,
+    FunctionSynced,
+    HeartbeatAck,
+    Register,
+    Registered,
+    RuntimeRemoved,
+    RuntimeSynced,
+)
+from services.common.pool_protocol import Outcome
+from services.common.protocol import Message
+from services.common.rpc import Client, close_context
+from services.common.tasks import Background, retrying
+
+from .packages import PackageCache
+from .pool import Job, Pool
+from .settings import WorkerSettings
+
+log = structlog.get_logger()
+
+RESULT_DEADLINE = 120.0  # seconds a result waits for a db that does not answer (a restart)
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, base_env: dict[str, str]) -> None:
+        self.settings = settings
+        self._base_env = base_env
+        self._registered = asyncio.Event()
+        self._background = Background()
+        self._running_writes: dict[int, asyncio.TimerHandle] = {}
+        self._handlers = {
+            Dispatch: self._on_dispatch,
+            CatalogSynced: lambda m: self.pool.sync(m.runtimes, m.functions),
+            RuntimeSynced: lambda m: self.pool.put_runtime(m.runtime),
+            RuntimeRemoved: lambda m: self.pool.remove_runtime(m.name),
+            FunctionSynced: lambda m: self.pool.put_function(m.function),
+            FunctionRemoved: lambda m: self.pool.remove_function(m.name),
+        }
+
+    async def serve(self) -> None:
+        s = self.settings
+        if s.driver == "docker":
+            await self._prepare_docker()
+        ctx = zmq.asyncio.Context()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(close_context, ctx)
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            self.db = DbClient(ctx, s.db_url, timeout=5.0)
+            stack.push_async_callback(self.db.close)
+            packages = PackageCache(Path(s.node_dir) / "packages", s.api_url, session)
+            self.pool = Pool(s, ctx, packages, self._base_env, self._on_start, self._on_outcome)
+            stack.push_async_callback(self.pool.close)
+            self.api = Client(
+                ctx,
+                s.api_endpoint,
+                NODE_PROTOCOL,
+                identity=str(s.node_id).encode(),
+                timeout=max(3 * s.heartbeat_interval, 1.0),
+                on_event=self._on_event,
+            )
+            stack.push_async_callback(self.api.close)
+            stack.push_async_callback(self._background.close)
+            log.info("worker.started", node=s.node_id, preload=s.preload, pool=self.pool.endpoint)
+            await asyncio.gather(self.pool.serve(), self._keep_registered())
+
+    async def _prepare_docker(self) -> None:
+        """The containers' network exists, and none of a previous run of this node is left."""
+        import aiodocker
+
+        from services.miniworker.docker_driver import ensure_network, remove_orphans
+
+        async with aiodocker.Docker() as docker:
+            await ensure_network(docker, self.settings.docker_network)
+            removed = await remove_orphans(
+                docker, self.settings.docker_network, self.settings.node_id
+            )
+        if removed:
+            log.info("worker.orphans_removed", containers=removed)
+
+    # ---- the api link
+
+    async def _keep_registered(self) -> None:
+        """Register, then heartbeat; register again whenever the api forgets this node."""
+        s = self.settings
+        while True:
+            if not self._registered.is_set():
+                try:
+                    await self.api.request(
+                        Register(
+                            node_id=s.node_id,
+                            capacity=s.capacity,
+                            preload=s.preload,
+                            driver=s.driver,
+                            running=self.pool.running(),
+                        ),
+                        Registered,
+                    )
+                except Unavailable:
+                    log.info("worker.api_unreachable", endpoint=s.api_endpoint)
+                    continue
+                self._registered.set()
+                log.info("worker.registered", node=s.node_id)
+            await asyncio.sleep(s.heartbeat_interval)
+            try:
+                await self.api.request(self.pool.load(), HeartbeatAck)
+            except (Unavailable, UnknownNode) as exc:
+                log.warning("worker.heartbeat_failed", error=str(exc))
+                self._registered.clear()
+
+    async def _on_event(self, message: Message) -> None:
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            log.error("worker.unexpected", msg_type=message.msg_type)
+            return
+        handler(message)
+
+    def _on_dispatch(self, message: Dispatch) -> None:
+        call = message.call
+        function = self.pool.functions.get(call.func_name)
+        if function is None:
+            error = f"function {call.func_name!r} is not on this node"
+            outcome = Outcome(call_num=call.call_num, status="ERROR", error=error)
+            self._finish(call, outcome, message.early)
+            return
+        package = self.pool.packages.cached(function.sha256)
+        if package is not None:
+            self.pool.submit(self._job(message, function, package))
+        else:
+            self._background.spawn(self._fetch_then_submit(message, function))
+
+    def _job(self, message: Dispatch, function: Function, package: Path) -> Job:
+        return Job(
+            message.call, message.timeout, function, package, self.settings.retries, message.early
+        )
+
+    async def _fetch_then_submit(self, message: Dispatch, function: Function) -> None:
+        call = message.call
+        try:
+            package = await self.pool.packages.get(function)
+        except FumError as exc:
+            outcome = Outcome(call_num=call.call_num, status="ERROR", error=str(exc))
+            self._finish(call, outcome, message.early)
+            return
+        self.pool.submit(self._job(message, function, package))
+
+    # ---- results
+
+    def _on_start(self, job: Job) -> None:
+        """Say RUNNING in the db, unless the call is over first (most are: it saves a write)."""
+        update = CallUpdate(
+            call_num=job.call.call_num,
+            status="RUNNING",
+            node_id=self.settings.node_id,
+            attempts=job.call.attempts,
+            started_at=time.time(),
+        )
+        self._running_writes[job.call.call_num] = asyncio.get_running_loop().call_later(
+            self.settings.running_delay, self._write_running, update
+        )
+
+    def _write_running(self, update: CallUpdate) -> None:
+        self._running_writes.pop(update.call_num, None)
+        self._background.spawn(self._write(update))
+
+    def _on_outcome(self, job: Job, outcome: Outcome) -> None:
+        if outcome.retryable and job.retries > 0:
+            # The sandbox died under the call (not the call's own error or timeout): run it
+            # once more on a fresh one, counting the attempt.
+            log.info("worker.retrying", call=job.call.call_num, error=outcome.error)
+            call = msgspec.structs.replace(job.call, attempts=job.call.attempts + 1)
+            self.pool.submit(dataclasses.replace(job, call=call, retries=job.retries - 1))
+            return
+        self._finish(job.call, outcome, job.early)
+
+    def _finish(self, call: Call, outcome: Outcome, early: bool) -> None:
+        pending = self._running_writes.pop(call.call_num, None)
+        if pending is not None:
+            pending.cancel()
+        self._background.spawn(self._report(call, outcome, early))
+
+    async def _write(self, update: CallUpdate) -> bool:
+        try:
+            # Idempotent: a final update applies once, and a repeat reports it did not.
+            return await retrying(
+                lambda: self.db.update_call(update), RESULT_DEADLINE, "update call"
+            )
+        except FumError as exc:
+            log.error("worker.db_write_failed", call=update.call_num, error=str(exc))
+            return False
+
+    async def _report(self, call: Call, outcome: Outcome, early: bool) -> None:
+        """Tell the api and write the db: in that order for a call dispatched once (nothing
+        else can have run it), else the db first, and the api hears what the db kept."""
+        node = self.settings.node_id
+        finished = outcome.finished_at or time.time()
+        started = outcome.started_at or finished
+        update = CallUpdate(
+            call_num=call.call_num,
+            status=outcome.status,
+            node_id=node,
+            attempts=call.attempts,
+            result=outcome.result,
+            error=outcome.error,
+            logs=outcome.logs,
+            start=outcome.start,
+            init_ms=outcome.init_ms,
+            started_at=started,
+            finished_at=finished,
+        )
+        final = msgspec.structs.replace(
+            call,
+            status=outcome.status,
+            result=outcome.result,
+            error=outcome.error,
+            node_id=node,
+            start=outcome.start,
+            init_ms=outcome.init_ms,
+            started_at=started,
+            finished_at=finished,
+        )
+        if early:
+            await self._tell_api(final)
+            if not await self._write(update):
+                log.error("worker.early_result_not_stored", call=call.call_num)
+            return
+        if await self._write(update):
+            await self._tell_api(final)
+            return
+        # Another run of this call (dispatched again after a node was lost) finished first:
+        # the api hears of the result that is stored, not of this one.
+        try:
+            stored = await retrying(
+                lambda: self.db.get_call(call.call_num), RESULT_DEADLINE, "get call"
+            )
+        except FumError as exc:
+            log.error("worker.db_read_failed", call=call.call_num, error=str(exc))
+            return
+        await self._tell_api(stored)
+
+    async def _tell_api(self, call: Call) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            await self.api.send_event(CallFinished(call=call))

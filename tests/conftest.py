@@ -1,0 +1,55 @@
+"""Shared fixtures: real processes on loopback, free ports, always stopped.
+
+Cluster tests run once per sandbox driver: ``process`` everywhere, ``docker`` against the
+real engine (marked ``docker``; never skipped: without an engine they fail).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from fum_cli.local import LocalCluster
+
+from .support import Api
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIVERS = ["process", pytest.param("docker", marks=pytest.mark.docker)]
+
+
+@pytest.fixture(scope="session")
+def images() -> None:
+    """Every image built (the script skips what is up to date)."""
+    subprocess.run([str(ROOT / "deploy" / "build-images.sh")], check=True, timeout=1800)
+
+
+def start_cluster(tmp_path_factory: pytest.TempPathFactory, **options: object) -> LocalCluster:
+    folder = tmp_path_factory.mktemp("cluster")
+    return LocalCluster(folder, port=0, **options).start(timeout=60)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", params=DRIVERS)
+def driver(request: pytest.FixtureRequest) -> str:
+    if request.param == "docker":
+        request.getfixturevalue("images")
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, driver: str) -> Iterator[LocalCluster]:
+    """A cluster of one worker with the runtime preload policy, for one test module."""
+    c = start_cluster(tmp_path_factory, driver=driver)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+async def api(cluster: LocalCluster) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession(cluster.url) as session:
+        yield Api(session)

@@ -1,0 +1,187 @@
+"""Helpers for tests against a running cluster: packages built in memory, an HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import tarfile
+import textwrap
+import time
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+HANDLER_RUNTIME = {
+    "image": "pythonruntime",
+    "path": "/ws",
+    "dependencies": "",
+    "run": "python3 -m fum main:handle",
+}
+
+FUNCTIONS = {
+    "echo": "def handle(params):\n    return params\n",
+    "fail": "def handle(params):\n    raise ValueError('boom: ' + str(params.get('why')))\n",
+    "sleepy": """
+        import time
+
+        def handle(params):
+            time.sleep(params.get("s", 0))
+            return "slept"
+        """,
+    "crash": """
+        import os, sys
+
+        def handle(params):
+            print("about to die", file=sys.stderr, flush=True)
+            os._exit(3)
+        """,
+    "chatty": """
+        import sys
+
+        def handle(params):
+            print("out:", params["n"], flush=True)
+            print("err:", params["n"], file=sys.stderr, flush=True)
+            return params["n"]
+        """,
+}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def targz(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = textwrap.dedent(text).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def zipped(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, textwrap.dedent(text))
+    return buf.getvalue()
+
+
+def handler_package(kind: str, archive: str = "tar.gz") -> bytes:
+    files = {"main.py": FUNCTIONS[kind]}
+    return targz(files) if archive == "tar.gz" else zipped(files)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def curl(*args: str) -> str:
+    out = subprocess.run(["curl", "-s", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def register_dice(url: str) -> None:
+    """The original design's first two curl examples: the runtime, then the dice function."""
+    curl(
+        "--header",
+        "Content-Type: application/json",
+        "-X",
+        "POST",
+        "--data",
+        '{"image": "pythonruntime","path": "/ws","dependencies": "pip3 install -r '
+        'requirements.txt","run":"python3 test.py"}',
+        f"{url}/registerRuntime",
+    )
+    curl(
+        "-X",
+        "POST",
+        "-F",
+        f"module=@{ROOT / 'examples/dice/python.tar.gz'}",
+        f"{url}/registerFunction/pythonruntime/dice",
+    )
+
+
+def invoke_dice(url: str) -> int:
+    """The original design's invoke example; its call number."""
+    answer = curl(
+        "--header",
+        "Content-Type: application/json",
+        "-X",
+        "POST",
+        "--data",
+        '{"funcName":"dice", "params": {"roll":"4d6"}}',
+        f"{url}/invokeFunction",
+    )
+    return int(json.loads(answer)["callNum"])
+
+
+class Api:
+    """A thin client over aiohttp: returns (status, decoded JSON body)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self.session.request(method, path, **kwargs) as response:
+            body = await response.read()
+            data = json.loads(body) if body else None
+            return response.status, data
+
+    async def runtime(self, name: str, spec: dict[str, str] | None = None) -> None:
+        status, body = await self.request(
+            "PUT", f"/v1/runtimes/{name}", json=spec or HANDLER_RUNTIME
+        )
+        assert status in (200, 201), body
+
+    async def deploy(
+        self, name: str, runtime: str, package: bytes, filename: str = "pkg.tar.gz", **fields: Any
+    ) -> tuple[int, Any]:
+        form = aiohttp.FormData()
+        form.add_field("module", package, filename=filename)
+        form.add_field("runtime", runtime)
+        for key, value in fields.items():
+            form.add_field(key, str(value))
+        return await self.request("PUT", f"/v1/functions/{name}", data=form)
+
+    async def handler_function(self, kind: str, runtime: str, **fields: Any) -> str:
+        name = unique(kind)
+        status, body = await self.deploy(name, runtime, handler_package(kind), **fields)
+        assert status == 201, body
+        return name
+
+    async def invoke(self, name: str, params: Any = None, **query: Any) -> tuple[int, Any]:
+        return await self.request(
+            "POST",
+            f"/v1/functions/{name}/invoke",
+            data=json.dumps(params if params is not None else {}),
+            params={k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in query.items()},
+        )
+
+    async def wait_call(self, num: int, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll a call until it is final (the api has no push to clients)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, call = await self.request("GET", f"/v1/calls/{num}")
+            assert status == 200, call
+            if call["status"] in ("DONE", "ERROR", "TIMEOUT"):
+                return call  # type: ignore[no-any-return]
+            assert time.monotonic() < deadline, f"call {num} still {call['status']}"
+            await asyncio.sleep(0.05)
+
+    async def wait_nodes(self, check: Any, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Poll /v1/nodes until ``check(nodes)`` holds (heartbeats carry warm sandboxes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            _, body = await self.request("GET", "/v1/nodes")
+            if check(body["items"]):
+                return body["items"]  # type: ignore[no-any-return]
+            assert time.monotonic() < deadline, f"nodes never matched: {body}"
+            await asyncio.sleep(0.1)

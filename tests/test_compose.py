@@ -1,0 +1,151 @@
+"""``deploy/compose.yaml``: a two-node cluster in containers, as a user brings it up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from fum_cli.cluster import compose_command
+from fum_cli.local import free_port
+
+from .support import Api, curl, invoke_dice, register_dice
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
+
+
+class Compose:
+    def __init__(self, project: str, env: dict[str, str]) -> None:
+        self.project = project
+        self.env = env
+        self.base = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", project]
+        self.url = f"http://127.0.0.1:{env['FUM_PORT']}"
+
+    def __call__(self, *args: str, timeout: float = 300) -> str:
+        out = subprocess.run(
+            [*self.base, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+
+def docker(*args: str) -> str:
+    out = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def wait_nodes(url: str, count: int, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/nodes", timeout=2) as response:
+                if len(json.loads(response.read())["items"]) == count:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{count} nodes not up within {timeout}s"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def cluster(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
+    project = f"fumtest{uuid.uuid4().hex[:8]}"
+    nodes = tmp_path_factory.mktemp("nodes")
+    env = {
+        **os.environ,
+        "FUM_PORT": str(free_port()),
+        "FUM_REGISTRY_PORT": str(free_port()),
+        "FUM_NODES_DIR": str(nodes),
+        "FUM_NETWORK": project,
+        "FUM_INVOCATION_POLICY": "round-robin",
+    }
+    compose = Compose(project, env)
+    try:
+        compose("up", "-d")
+        wait_nodes(compose.url, 2, 120)
+        yield compose
+    finally:
+        subprocess.run(
+            [*compose.base, "down", "-v", "--remove-orphans"],
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+        left = docker("ps", "-aq", "--filter", f"label=fum.network={project}").split()
+        volumes = docker("volume", "ls", "-q", "--filter", f"name={project}_").split()
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+        subprocess.run(["docker", "network", "rm", project], capture_output=True, check=False)
+        assert left == [], "the workers left function containers behind"
+        assert volumes == [], "compose down -v left volumes"
+
+
+async def test_original_curl_sequence_on_both_nodes(cluster: Compose) -> None:
+    url = cluster.url
+    register_dice(url)
+    nums = [invoke_dice(url) for _ in range(4)]
+    async with aiohttp.ClientSession(url) as session:
+        api = Api(session)
+        calls = [await api.wait_call(n, timeout=120) for n in nums]
+    assert [c["status"] for c in calls] == ["DONE"] * 4
+    for call in calls:
+        assert len(call["result"]) == 4 and all(1 <= d <= 6 for d in call["result"])
+    assert {c["nodeId"] for c in calls} == {0, 1}  # round-robin over the two nodes
+    legacy = json.loads(curl(f"{url}/call/{nums[0]}"))
+    assert legacy["status"] == "DONE" and len(json.loads(legacy["result"])) == 4
+
+
+async def test_a_worker_lacking_an_image_pulls_it_from_the_registry(cluster: Compose) -> None:
+    name = f"{cluster.project}-pulled"
+    remote = f"localhost:{cluster.env['FUM_REGISTRY_PORT']}/{name}"
+    docker("tag", "pythonruntime", remote)
+    docker("push", remote)
+    docker("rmi", remote)  # now no image of that name is on the engine
+    try:
+        async with aiohttp.ClientSession(cluster.url) as session:
+            api = Api(session)
+            await api.runtime(
+                name, {"image": name, "dependencies": "", "run": "python3 -m fum main:handle"}
+            )
+            fn = await api.handler_function("echo", name)
+            status, call = await api.invoke(fn, {"pulled": True}, timeout=120)
+            assert status == 200 and call["result"] == {"pulled": True}, call
+    finally:
+        subprocess.run(["docker", "rmi", "-f", name, remote], capture_output=True, check=False)
+
+
+async def test_calls_go_on_when_a_worker_stops(cluster: Compose) -> None:
+    async with aiohttp.ClientSession(cluster.url) as session:
+        api = Api(session)
+        await api.runtime("pyh")
+        echo = await api.handler_function("echo", "pyh")
+        cluster("stop", "worker1")
+        pending = [
+            (await api.invoke(echo, {"i": i}, blocking=False))[1]["callNum"] for i in range(6)
+        ]
+        done = [await api.wait_call(n, timeout=120) for n in pending]
+        assert all(c["status"] == "DONE" for c in done)
+        assert {c["nodeId"] for c in done} == {0}
+        await api.wait_nodes(lambda nodes: [n["nodeId"] for n in nodes] == [0])
+        _, call = await api.invoke(echo, {"after": 1})
+        assert call["status"] == "DONE" and call["nodeId"] == 0
+        cluster("start", "worker1")
+        await api.wait_nodes(lambda nodes: len(nodes) == 2, timeout=60)

@@ -1,0 +1,628 @@
+"""The db service as a real process on a real socket, through DbClient and raw ZeroMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+import zmq.asyncio
+
+from services.common.db_client import DbClient
+from services.common.db_protocol import (
+    DB_PROTOCOL,
+    CallReply,
+    CallsCreated,
+    CallsUpdated,
+    CreateCalls,
+    GetCall,
+    Ping,
+    Pong,
+    PutFunction,
+    UpdateCalls,
+)
+from services.common.errors import BadRequest, Conflict, NotFound, Unavailable
+from services.common.models import CallUpdate, Function, Limits, NewCall, Runtime
+from services.common.protocol import Error, Message
+
+REPO = Path(__file__).resolve().parent.parent
+START_DEADLINE = 20.0
+STOP_DEADLINE = 10.0
+
+
+def free_port() -> int:
+    """A loopback port free right now (the db binds it moments later)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class DbProcess:
+    endpoint: str
+    path: Path
+    log: Path
+    process: asyncio.subprocess.Process
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class DbLauncher:
+    """Starts db processes in a test's folder; stops every one it started."""
+
+    tmp_path: Path
+    ctx: zmq.asyncio.Context
+    started: list[DbProcess] = field(default_factory=list)
+
+    async def start(
+        self, *, path: Path | None = None, policy: str = "keep", sync: str = "normal"
+    ) -> DbProcess:
+        port = free_port()
+        db = DbProcess(
+            endpoint=f"tcp://127.0.0.1:{port}",
+            path=path or self.tmp_path / "fum.sqlite3",
+            log=self.tmp_path / f"db-{port}.log",
+            process=None,  # type: ignore[arg-type]  # started just below
+        )
+        env = {
+            **os.environ,
+            "FUM_DB_BIND": db.endpoint,
+            "FUM_DB_PATH": str(db.path),
+            "FUM_DB_START_POLICY": policy,
+            "FUM_DB_SYNC": sync,
+            "FUM_LOG_LEVEL": "debug",
+        }
+        with db.log.open("wb") as log:
+            db.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.db", cwd=REPO, env=env, stderr=log
+            )
+        self.started.append(db)
+        await self.wait_ready(db)
+        return db
+
+    async def wait_ready(self, db: DbProcess) -> None:
+        """Ping until the db answers, or fail with its log if it died or took too long."""
+        client = DbClient(self.ctx, db.endpoint)
+        try:
+            deadline = time.monotonic() + START_DEADLINE
+            while True:
+                if db.process.returncode is not None:
+                    pytest.fail(f"db exited with {db.process.returncode}:\n{db.log_text()}")
+                try:
+                    await client.ping(deadline=0.25)
+                    return
+                except Unavailable:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"db did not answer a ping in time:\n{db.log_text()}")
+        finally:
+            await client.close()
+
+    async def stop(self, db: DbProcess, sig: int = signal.SIGTERM) -> int:
+        if db.process.returncode is None:
+            db.process.send_signal(sig)
+        return await asyncio.wait_for(db.process.wait(), STOP_DEADLINE)
+
+    async def close(self) -> None:
+        for db in self.started:
+            if db.process.returncode is None:
+                db.process.kill()
+            await asyncio.wait_for(db.process.wait(), STOP_DEADLINE)
+
+
+@pytest.fixture
+async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
+    context = zmq.asyncio.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+async def launcher(tmp_path: Path, ctx: zmq.asyncio.Context) -> AsyncIterator[DbLauncher]:
+    launcher = DbLauncher(tmp_path, ctx)
+    try:
+        yield launcher
+    finally:
+        await launcher.close()
+
+
+@pytest.fixture
+async def db(launcher: DbLauncher) -> DbProcess:
+    return await launcher.start()
+
+
+@pytest.fixture
+async def client(ctx: zmq.asyncio.Context, db: DbProcess) -> AsyncIterator[DbClient]:
+    client = DbClient(ctx, db.endpoint, timeout=10.0)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def dealer(ctx: zmq.asyncio.Context, db: DbProcess) -> AsyncIterator[zmq.asyncio.Socket]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(db.endpoint)
+    yield sock
+    sock.close()
+
+
+def runtime(name: str = "python3") -> Runtime:
+    return Runtime(name=name, image="python:3.12-slim", run="python main.py", path="/ws")
+
+
+def function(name: str = "hello", runtime: str = "python3") -> Function:
+    return Function(
+        name=name,
+        runtime=runtime,
+        sha256="ab" * 32,
+        filename=f"{name}.zip",
+        size=123,
+        limits=Limits(timeout=5.0, memory=256, cpus=0.5, pids=64),
+    )
+
+
+def new_call(func_name: str = "hello", params: bytes = b'{"x": 1}') -> NewCall:
+    return NewCall(
+        uuid=str(uuid.uuid4()), func_name=func_name, params=params, created_at=time.time()
+    )
+
+
+async def request_all(
+    sock: zmq.asyncio.Socket, messages: list[Message], timeout: float = 30.0
+) -> list[Message]:
+    """Pipeline every message on one DEALER, then match each reply to its request id."""
+    for number, message in enumerate(messages):
+        await sock.send_multipart([number.to_bytes(4, "big"), DB_PROTOCOL.encode(message)])
+    replies: dict[int, Message] = {}
+    async with asyncio.timeout(timeout):
+        while len(replies) < len(messages):
+            request_id, payload = await sock.recv_multipart()
+            number = int.from_bytes(request_id, "big")
+            assert number not in replies, "a request got two replies"
+            replies[number] = DB_PROTOCOL.decode(payload)
+    return [replies[number] for number in range(len(messages))]
+
+
+# ---- runtimes and functions
+
+
+async def test_runtime_crud(client: DbClient) -> None:
+    stored, created = await client.put_runtime(runtime())
+    assert created
+    assert stored.created_at > 0
+    assert stored.updated_at == stored.created_at
+
+    again, created = await client.put_runtime(msgspec.structs.replace(runtime(), image="py:2"))
+    assert not created
+    assert again.image == "py:2"
+    assert again.created_at == stored.created_at
+    assert again.updated_at >= stored.updated_at
+
+    assert await client.get_runtime("python3") == again
+    await client.put_runtime(runtime("alpha"))
+    assert [r.name for r in await client.list_runtimes()] == ["alpha", "python3"]
+
+    await client.delete_runtime("python3")
+    with pytest.raises(NotFound):
+        await client.get_runtime("python3")
+    with pytest.raises(NotFound):
+        await client.delete_runtime("python3")
+    assert [r.name for r in await client.list_runtimes()] == ["alpha"]
+
+
+async def test_function_crud_and_errors(client: DbClient) -> None:
+    with pytest.raises(NotFound, match="runtime"):
+        await client.put_function(function())
+    with pytest.raises(NotFound):
+        await client.get_function("hello")
+    with pytest.raises(NotFound):
+        await client.delete_function("hello")
+
+    await client.put_runtime(runtime())
+    stored, created = await client.put_function(function())
+    assert created
+    assert stored.limits == Limits(timeout=5.0, memory=256, cpus=0.5, pids=64)
+    assert await client.get_function("hello") == stored
+
+    replaced, created = await client.put_function(msgspec.structs.replace(function(), size=9))
+    assert not created
+    assert replaced.size == 9
+    assert replaced.created_at == stored.created_at
+    await client.put_function(function("bye"))
+    assert [f.name for f in await client.list_functions()] == ["bye", "hello"]
+
+    with pytest.raises(Conflict, match="bye, hello"):
+        await client.delete_runtime("python3")
+    assert await client.get_runtime("python3")
+
+    await client.delete_function("hello")
+    await client.delete_function("bye")
+    assert await client.list_functions() == []
+    await client.delete_runtime("python3")
+    assert await client.list_runtimes() == []
+
+
+async def test_invalid_names_are_bad_requests(client: DbClient) -> None:
+    with pytest.raises(BadRequest):
+        await client.put_runtime(runtime("../etc"))
+    await client.put_runtime(runtime())
+    with pytest.raises(BadRequest):
+        await client.put_function(function("a b"))
+    with pytest.raises(BadRequest):
+        await client.create_call(new_call("no/slash"))
+
+
+# ---- calls
+
+
+async def test_concurrent_creates_are_coalesced(client: DbClient) -> None:
+    first = await client.create_call(new_call())
+    sent = client.requests_sent
+    calls = await asyncio.gather(*(client.create_call(new_call()) for _ in range(500)))
+    assert client.requests_sent == sent + 1, "500 creates in one iteration: one message"
+    numbers = [call.call_num for call in calls]
+    assert numbers == list(range(first.call_num + 1, first.call_num + 501))
+    assert all(call.status == "PENDING" and call.attempts == 0 for call in calls)
+    stored = await client.get_call(calls[123].call_num)
+    assert stored == calls[123]
+
+
+async def test_create_is_idempotent_by_uuid(client: DbClient) -> None:
+    call = new_call()
+    first = await client.create_call(call)
+    retried = await client.create_call(msgspec.structs.replace(call, params=b'{"other": 1}'))
+    assert retried == first
+    # The same uuid twice in one message, beside a new one.
+    twin = new_call()
+    a, b, c = await asyncio.gather(
+        client.create_call(twin), client.create_call(call), client.create_call(twin)
+    )
+    assert a == c
+    assert b == first
+    assert a.call_num == first.call_num + 1
+    assert len(await client.list_calls()) == 2
+
+
+async def test_update_semantics(client: DbClient) -> None:
+    call = await client.create_call(new_call())
+    num = call.call_num
+
+    assert await client.update_call(
+        CallUpdate(call_num=num, status="RUNNING", node_id=3, attempts=1, started_at=10.0)
+    )
+    running = await client.get_call(num)
+    assert (running.status, running.node_id, running.attempts) == ("RUNNING", 3, 1)
+
+    assert await client.update_call(
+        CallUpdate(
+            call_num=num,
+            status="DONE",
+            result=b'{"y": 2}',
+            start="warm",
+            init_ms=1.5,
+            finished_at=11.0,
+        )
+    )
+    done = await client.get_call(num)
+    assert done.status == "DONE"
+    assert done.result == b'{"y": 2}'
+    assert done.node_id == 3, "fields left None keep the stored value"
+    assert (done.started_at, done.finished_at) == (10.0, 11.0)
+    assert (done.start, done.init_ms) == ("warm", 1.5)
+
+    assert not await client.update_call(CallUpdate(call_num=num, status="DONE", result=b"9"))
+    assert not await client.update_call(CallUpdate(call_num=num, status="ERROR", error="x"))
+    assert not await client.update_call(CallUpdate(call_num=num, status="RUNNING", node_id=4))
+    assert await client.get_call(num) == done
+
+    assert not await client.update_call(CallUpdate(call_num=999_999, status="RUNNING"))
+    with pytest.raises(BadRequest):
+        await client.update_call(CallUpdate(call_num=num, status="FINISHED"))
+
+
+async def test_two_results_in_one_message_only_first_applies(client: DbClient) -> None:
+    call = await client.create_call(new_call())
+    sent = client.requests_sent
+    applied = await asyncio.gather(
+        client.update_call(CallUpdate(call_num=call.call_num, status="RUNNING")),
+        client.update_call(CallUpdate(call_num=call.call_num, status="DONE", result=b"1")),
+        client.update_call(CallUpdate(call_num=call.call_num, status="DONE", result=b"2")),
+        client.update_call(CallUpdate(call_num=call.call_num, status="TIMEOUT")),
+    )
+    assert client.requests_sent == sent + 1
+    assert applied == [True, True, False, False]
+    assert (await client.get_call(call.call_num)).result == b"1"
+
+
+async def test_requeue_before_final(client: DbClient) -> None:
+    call = await client.create_call(new_call())
+    assert await client.update_call(CallUpdate(call_num=call.call_num, status="RUNNING"))
+    assert await client.update_call(
+        CallUpdate(call_num=call.call_num, status="PENDING", attempts=1)
+    )
+    assert (await client.get_call(call.call_num)).status == "PENDING"
+
+
+async def test_logs(client: DbClient) -> None:
+    call = await client.create_call(new_call())
+    assert await client.get_call_logs(call.call_num) == ""
+    await client.update_call(
+        CallUpdate(call_num=call.call_num, status="ERROR", error="boom", logs="line 1\nline 2\n")
+    )
+    assert await client.get_call_logs(call.call_num) == "line 1\nline 2\n"
+    assert (await client.get_call(call.call_num)).error == "boom"
+    with pytest.raises(NotFound):
+        await client.get_call_logs(424242)
+    with pytest.raises(NotFound):
+        await client.get_call(424242)
+
+
+async def test_list_calls_filters_and_paging(client: DbClient) -> None:
+    created = await client.create_calls([new_call("alpha" if n % 2 else "beta") for n in range(20)])
+    nums = [call.call_num for call in created]
+    alpha = [call.call_num for call in created if call.func_name == "alpha"]
+    done = alpha[:3]
+    await client.update_calls([CallUpdate(call_num=n, status="DONE") for n in done])
+
+    everything = await client.list_calls()
+    assert [c.call_num for c in everything] == nums[::-1], "newest first"
+
+    by_func = await client.list_calls(func_name="alpha")
+    assert [c.call_num for c in by_func] == alpha[::-1]
+    by_status = await client.list_calls(status="DONE")
+    assert [c.call_num for c in by_status] == done[::-1]
+    both = await client.list_calls(func_name="beta", status="DONE")
+    assert both == []
+    assert len(await client.list_calls(func_name="alpha", status="PENDING")) == len(alpha) - 3
+    assert await client.list_calls(func_name="nobody") == []
+
+    # Page back with ``before``, five at a time, until nothing is left.
+    pages: list[int] = []
+    before: int | None = None
+    while page := await client.list_calls(limit=5, before=before):
+        assert len(page) <= 5
+        pages.extend(c.call_num for c in page)
+        before = page[-1].call_num
+    assert pages == nums[::-1]
+
+    newer = await client.list_calls(after=nums[15])
+    assert [c.call_num for c in newer] == nums[16:][::-1]
+    window = await client.list_calls(after=nums[4], before=nums[8])
+    assert [c.call_num for c in window] == nums[5:8][::-1]
+
+    with pytest.raises(BadRequest):
+        await client.list_calls(status="SLEEPING")
+
+
+async def test_list_limit_is_clamped(client: DbClient) -> None:
+    await client.create_calls([new_call() for _ in range(1005)])
+    assert len(await client.list_calls(limit=0)) == 1
+    assert len(await client.list_calls(limit=-5)) == 1
+    assert len(await client.list_calls(limit=5000)) == 1000
+
+
+# ---- the socket: bad input, many in flight, one failure in a batch
+
+
+async def test_bad_messages_get_error_replies(ctx: zmq.asyncio.Context, db: DbProcess) -> None:
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(db.endpoint)
+    cases = [
+        ({"msgType": "nope", "content": {}}, "unknown_message"),
+        ({"msgType": "getCall", "content": {"callNum": "x"}}, "bad_request"),
+        ({"msgType": "pong", "content": {"startedAt": 1.0}}, "unknown_message"),
+        ({"msgType": "getCall", "content": {"callNum": 1}}, "not_found"),
+    ]
+    try:
+        async with asyncio.timeout(10):
+            for raw, code in cases:
+                await sock.send(msgspec.msgpack.encode(raw))
+                reply = DB_PROTOCOL.decode(await sock.recv())
+                assert isinstance(reply, Error), raw
+                assert reply.code == code, reply
+            await sock.send(b"\xc1 definitely not msgpack")
+            reply = DB_PROTOCOL.decode(await sock.recv())
+            assert isinstance(reply, Error)
+            assert reply.code == "bad_request"
+            await sock.send(DB_PROTOCOL.encode(Ping()))
+            assert isinstance(DB_PROTOCOL.decode(await sock.recv()), Pong)
+    finally:
+        sock.close()
+
+
+async def test_many_requests_in_flight_on_one_dealer(
+    client: DbClient, dealer: zmq.asyncio.Socket
+) -> None:
+    created = await client.create_calls([new_call() for _ in range(200)])
+    messages: list[Message] = []
+    for n in range(3000):
+        if n % 3 == 0:
+            messages.append(Ping())
+        else:
+            messages.append(GetCall(call_num=created[n % 200].call_num))
+    replies = await request_all(dealer, messages)
+    for message, reply in zip(messages, replies, strict=True):
+        if isinstance(message, GetCall):
+            assert isinstance(reply, CallReply)
+            assert reply.call.call_num == message.call_num
+        else:
+            assert isinstance(reply, Pong)
+
+
+async def test_failing_request_leaves_its_batch_intact(
+    client: DbClient, dealer: zmq.asyncio.Socket
+) -> None:
+    messages: list[Message] = [CreateCalls(calls=[new_call(), new_call()]) for _ in range(60)]
+    messages[20] = CreateCalls(calls=[new_call(), new_call("bad name")])
+    messages[40] = PutFunction(function=function(runtime="missing"))
+    replies = await request_all(dealer, messages)
+
+    assert isinstance(replies[20], Error)
+    assert replies[20].code == "bad_request"
+    assert isinstance(replies[40], Error)
+    assert replies[40].code == "not_found"
+    created = [
+        call.call_num
+        for reply in replies
+        if isinstance(reply, CallsCreated)
+        for call in reply.calls
+    ]
+    assert len(created) == 58 * 2
+    assert created == sorted(created)
+    assert len(set(created)) == len(created)
+    stored = await client.list_calls(limit=1000)
+    assert sorted(c.call_num for c in stored) == created
+
+
+async def test_pipelined_requests_see_each_other_in_order(
+    client: DbClient, dealer: zmq.asyncio.Socket
+) -> None:
+    num = (await client.create_call(new_call())).call_num + 1
+    replies = await request_all(
+        dealer,
+        [
+            GetCall(call_num=num),
+            CreateCalls(calls=[new_call()]),
+            GetCall(call_num=num),
+            UpdateCalls(updates=[CallUpdate(call_num=num, status="DONE", result=b"7")]),
+            GetCall(call_num=num),
+            UpdateCalls(updates=[CallUpdate(call_num=num, status="DONE", result=b"8")]),
+            GetCall(call_num=num),
+        ],
+    )
+    assert isinstance(replies[0], Error)
+    assert replies[0].code == "not_found"
+    assert isinstance(replies[1], CallsCreated)
+    assert replies[1].calls[0].call_num == num
+    assert isinstance(replies[2], CallReply)
+    assert replies[2].call.status == "PENDING"
+    assert replies[3] == CallsUpdated(applied=[True])
+    assert isinstance(replies[4], CallReply)
+    assert replies[4].call.result == b"7"
+    assert replies[5] == CallsUpdated(applied=[False])
+    assert replies[6] == replies[4]
+
+
+# ---- restarts: durability and start policies
+
+
+async def test_keep_policy_survives_kill(launcher: DbLauncher, ctx: zmq.asyncio.Context) -> None:
+    db = await launcher.start()
+    client = DbClient(ctx, db.endpoint)
+    try:
+        await client.put_runtime(runtime())
+        fn, _ = await client.put_function(function())
+        calls = await asyncio.gather(*(client.create_call(new_call()) for _ in range(50)))
+        result = CallUpdate(call_num=calls[0].call_num, status="DONE", result=b"42", logs="ok\n")
+        # The last replies arrive, and the process dies at once: nothing may be lost.
+        applied, more = await asyncio.gather(
+            client.update_call(result),
+            asyncio.gather(*(client.create_call(new_call()) for _ in range(50))),
+        )
+        db.process.kill()
+    finally:
+        await client.close()
+    assert applied
+    assert await launcher.stop(db) == -signal.SIGKILL
+
+    db = await launcher.start(path=db.path, policy="keep")
+    client = DbClient(ctx, db.endpoint)
+    try:
+        assert (await client.get_runtime("python3")).image == runtime().image
+        assert await client.get_function("hello") == fn
+        stored = {call.call_num: call for call in await client.list_calls(limit=1000)}
+        assert len(stored) == 100
+        for call in [*calls[1:], *more]:
+            assert stored[call.call_num] == call
+        done = stored[calls[0].call_num]
+        assert (done.status, done.result) == ("DONE", b"42")
+        assert await client.get_call_logs(calls[0].call_num) == "ok\n"
+        following = await client.create_call(new_call())
+        assert following.call_num == max(stored) + 1
+    finally:
+        await client.close()
+
+
+async def test_wipe_policy_starts_empty(launcher: DbLauncher, ctx: zmq.asyncio.Context) -> None:
+    db = await launcher.start()
+    client = DbClient(ctx, db.endpoint)
+    try:
+        await client.put_runtime(runtime())
+        await client.put_function(function())
+        await client.create_calls([new_call() for _ in range(10)])
+    finally:
+        await client.close()
+    assert await launcher.stop(db) == 0
+
+    db = await launcher.start(path=db.path, policy="wipe")
+    client = DbClient(ctx, db.endpoint)
+    try:
+        assert await client.list_runtimes() == []
+        assert await client.list_functions() == []
+        assert await client.list_calls() == []
+        assert (await client.create_call(new_call())).call_num == 1
+    finally:
+        await client.close()
+
+
+async def test_sigterm_drains_and_every_reply_is_durable(
+    launcher: DbLauncher, ctx: zmq.asyncio.Context
+) -> None:
+    db = await launcher.start(sync="full")
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(db.endpoint)
+    replied: set[int] = set()
+    try:
+        for n in range(20_000):
+            payload = DB_PROTOCOL.encode(CreateCalls(calls=[new_call()]))
+            await sock.send_multipart([n.to_bytes(4, "big"), payload])
+
+        async def take_reply() -> None:
+            _, payload = await sock.recv_multipart()
+            reply = DB_PROTOCOL.decode(payload)
+            assert isinstance(reply, CallsCreated), reply
+            replied.update(call.call_num for call in reply.calls)
+
+        async with asyncio.timeout(20):
+            await take_reply()  # the db is at work: now ask it to stop
+        assert await launcher.stop(db, signal.SIGTERM) == 0, db.log_text()
+        assert '"db.draining"' in db.log_text()
+
+        # Restart elsewhere, so the requests the old db never read cannot reach it.
+        restarted = await launcher.start(path=db.path)
+        client = DbClient(ctx, restarted.endpoint)
+        try:
+            stored: list[int] = []
+            before: int | None = None
+            while page := await client.list_calls(limit=1000, before=before):
+                stored.extend(call.call_num for call in page)
+                before = page[-1].call_num
+        finally:
+            await client.close()
+        async with asyncio.timeout(20):
+            while len(replied) < len(stored):
+                await take_reply()
+        assert replied == set(stored), "replied exactly to what was committed"
+    finally:
+        sock.close()
+
+
+async def test_sigint_stops_cleanly(launcher: DbLauncher) -> None:
+    db = await launcher.start()
+    assert await launcher.stop(db, signal.SIGINT) == 0
+    assert '"db.stopped"' in db.log_text()

@@ -1,0 +1,167 @@
+"""What only the docker driver has: containers, their limits, their labels, their faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from fum_cli.local import LocalCluster
+
+from .conftest import start_cluster
+from .support import Api
+
+pytestmark = pytest.mark.docker
+
+HOG = """
+def handle(params):
+    hog = bytearray(params["mb"] * 1024 * 1024)
+    for i in range(0, len(hog), 4096):
+        hog[i] = 1
+    return len(hog)
+"""
+
+
+def docker(*args: str) -> str:
+    out = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def containers_of(cluster: LocalCluster, node: int = 0) -> list[str]:
+    return docker(
+        "ps",
+        "-aq",
+        "--filter",
+        f"label=fum.network={cluster.docker_network}",
+        "--filter",
+        f"label=fum.node={node}",
+    ).split()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, images: None) -> Iterator[LocalCluster]:
+    c = start_cluster(tmp_path_factory, driver="docker", preload="none")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+async def api(cluster: LocalCluster) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession(cluster.url) as session:
+        api = Api(session)
+        await api.runtime("pyh")
+        yield api
+
+
+async def container_running(cluster: LocalCluster, params: str) -> str:
+    """The container running the call whose params.json holds ``params`` right now."""
+    sandboxes = cluster.data_dir / "node-0" / "sandboxes"
+    for _ in range(200):
+        for found in sandboxes.glob("*/input/input/params.json"):
+            if params in found.read_text():
+                mw = found.parent.parent.parent.name
+                return docker(
+                    "ps",
+                    "-q",
+                    "--filter",
+                    f"label=fum.miniworker={mw}",
+                    "--filter",
+                    f"label=fum.network={cluster.docker_network}",
+                ).strip()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no call with params {params} is running")
+
+
+async def test_containers_are_unprivileged_limited_and_labelled(
+    api: Api, cluster: LocalCluster
+) -> None:
+    name = await api.handler_function("echo", "pyh", memory=128, cpus=0.5, pids=64)
+    _, call = await api.invoke(name, {"x": 1})
+    assert call["status"] == "DONE" and call["start"] == "cold"
+    infos = [json.loads(docker("inspect", cid))[0] for cid in containers_of(cluster)]
+    mine = [i for i in infos if i["HostConfig"]["Memory"] == 128 * 1024 * 1024]
+    assert len(mine) == 1
+    host = mine[0]["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and host["Privileged"] is False
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["NanoCpus"] == 500_000_000 and host["PidsLimit"] == 64
+    env = dict(e.split("=", 1) for e in mine[0]["Config"]["Env"])
+    assert env["input_dir"] == "/input/input" and env["output_dir"] == "/output/output"
+    labels = mine[0]["Config"]["Labels"]
+    assert labels["fum"] == "1" and labels["fum.node"] == "0"
+
+
+async def test_memory_limit_is_enforced(api: Api) -> None:
+    from .support import targz
+
+    name = "hog-" + api.__class__.__name__.lower()
+    status, _ = await api.deploy(name, "pyh", targz({"main.py": HOG}), memory=64)
+    assert status in (200, 201)
+    _, small = await api.invoke(name, {"mb": 8})
+    assert small["status"] == "DONE" and small["result"] == 8 * 1024 * 1024
+    _, big = await api.invoke(name, {"mb": 256})
+    assert big["status"] == "ERROR" and "signal 9" in big["error"]
+    _, again = await api.invoke(name, {"mb": 8})
+    assert again["status"] == "DONE"
+
+
+@pytest.mark.parametrize("fault", ["kill", "rm"])
+async def test_container_killed_or_removed_mid_call_is_retried(
+    api: Api, cluster: LocalCluster, fault: str
+) -> None:
+    name = await api.handler_function("sleepy", "pyh")
+    _, warm = await api.invoke(name, {"s": 0})
+    assert warm["status"] == "DONE"
+    _, pending = await api.invoke(name, {"s": 2.5}, blocking=False)
+    cid = await container_running(cluster, "2.5")
+    if fault == "kill":
+        docker("kill", cid)
+    else:
+        docker("rm", "-f", cid)
+    call = await api.wait_call(pending["callNum"], timeout=60)
+    assert call["status"] == "DONE" and call["result"] == "slept"
+    assert call["attempts"] == 2  # run again on a fresh container
+    _, after = await api.invoke(name, {"s": 0})
+    assert after["status"] == "DONE" and after["result"] == "slept"
+
+
+async def test_a_starting_worker_removes_its_orphans(cluster: LocalCluster) -> None:
+    orphan = docker(
+        "create",
+        "--label",
+        "fum=1",
+        "--label",
+        "fum.node=0",
+        "--label",
+        f"fum.network={cluster.docker_network}",
+        "pythonruntime",
+        "true",
+    ).strip()
+    other = docker(
+        "create",
+        "--label",
+        "fum=1",
+        "--label",
+        "fum.node=0",
+        "--label",
+        "fum.network=someone-else",
+        "pythonruntime",
+        "true",
+    ).strip()
+    try:
+        before = cluster.get("/v1/nodes")["items"][0]["registeredAt"]  # type: ignore[index]
+        cluster.stop_process("worker-0")
+        cluster.start_worker(0)
+        async with aiohttp.ClientSession(cluster.url) as session:
+            await Api(session).wait_nodes(lambda n: n and n[0]["registeredAt"] != before)
+        assert docker("ps", "-aq", "--filter", f"id={orphan}").strip() == ""
+        assert docker("ps", "-aq", "--filter", f"id={other}").strip() != ""
+    finally:
+        subprocess.run(["docker", "rm", "-f", orphan, other], capture_output=True, check=False)

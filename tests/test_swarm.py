@@ -1,0 +1,128 @@
+"""The compose file on Docker Swarm: the stack validates, and a one-node swarm serves calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fum_cli.local import free_port
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = ["-c", str(ROOT / "deploy/compose.yaml"), "-c", str(ROOT / "deploy/swarm.yaml")]
+
+
+def docker(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+    out = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_stack_file_validates_with_a_global_worker() -> None:
+    config = docker("stack", "config", *FILES)
+    assert "mode: global" in config
+    assert "{{.Node.Hostname}}" in config and "{{.Task.Name}}" in config
+
+
+def request(url: str, data: bytes | None = None, form: tuple[str, bytes] | None = None) -> object:
+    headers = {"Content-Type": "application/json"}
+    if form is not None:
+        boundary = uuid.uuid4().hex
+        name, payload = form
+        data = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="module"; '
+                f'filename="{name}"\r\n\r\n'
+            ).encode()
+            + payload
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+    with urllib.request.urlopen(req, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def swarm(images: None) -> Iterator[tuple[str, dict[str, str]]]:
+    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
+    if state != "inactive":
+        pytest.fail(f"the engine is already in a swarm ({state}); this test makes its own")
+    stack = f"fumswarm{uuid.uuid4().hex[:6]}"
+    env = {
+        **os.environ,
+        "FUM_PORT": str(free_port()),
+        "FUM_REGISTRY_PORT": str(free_port()),
+        "FUM_NETWORK": stack,
+    }
+    docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    try:
+        docker("stack", "deploy", *FILES, stack, env=env)
+        yield f"http://127.0.0.1:{env['FUM_PORT']}", env
+    finally:
+        subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
+        subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, check=False)
+        left = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=fum.network={stack}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+        for volume in ("db", "packages", "registry"):
+            subprocess.run(
+                ["docker", "volume", "rm", "-f", f"{stack}_{volume}"],
+                capture_output=True,
+                check=False,
+            )
+
+
+@pytest.mark.timeout(600)
+def test_one_node_swarm_serves_the_original_sequence(swarm: tuple[str, dict[str, str]]) -> None:
+    url, _ = swarm
+    deadline = time.monotonic() + 240
+    while True:  # services start in any order and wait for each other
+        try:
+            nodes = request(f"{url}/v1/nodes")["items"]  # type: ignore[index]
+            if nodes:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the swarm's worker never registered"
+        time.sleep(1)
+    assert nodes[0]["driver"] == "docker" and nodes[0]["nodeId"] > 1  # derived from the name
+    request(
+        f"{url}/registerRuntime",
+        json.dumps(
+            {
+                "image": "pythonruntime",
+                "path": "/ws",
+                "dependencies": "pip3 install -r requirements.txt",
+                "run": "python3 test.py",
+            }
+        ).encode(),
+    )
+    request(
+        f"{url}/registerFunction/pythonruntime/dice",
+        form=("python.tar.gz", (ROOT / "examples/dice/python.tar.gz").read_bytes()),
+    )
+    num = request(f"{url}/invokeFunction", b'{"funcName":"dice", "params": {"roll":"4d6"}}')[
+        "callNum"
+    ]  # type: ignore[index]
+    deadline = time.monotonic() + 120
+    while (call := request(f"{url}/call/{num}"))["status"] in ("PENDING", "RUNNING"):  # type: ignore[index]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert call["status"] == "DONE"  # type: ignore[index]
+    assert len(json.loads(call["result"])) == 4  # type: ignore[index]
