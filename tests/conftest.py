@@ -6,6 +6,7 @@ real engine (marked ``docker``; never skipped: without an engine they fail).
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +24,10 @@ DRIVERS = ["process", pytest.param("docker", marks=pytest.mark.docker)]
 
 @pytest.fixture(scope="session")
 def images() -> None:
-    """Every image built (the script skips what is up to date)."""
+    """Every image built (the script skips what is up to date; `make test` has built
+    them before pytest started, outside the per-test timeout)."""
+    if os.environ.get("FUM_IMAGES_READY") == "1":
+        return
     subprocess.run([str(ROOT / "deploy" / "build-images.sh")], check=True, timeout=1800)
 
 
