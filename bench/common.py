@@ -25,8 +25,57 @@ def percentile(values: list[float], p: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3)
 
 
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def _role(pid: int) -> str:
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    for word in cmdline:
+        if word.startswith(b"services."):
+            return word.decode().removeprefix("services.")
+    return "function"
+
+
+def cpu_by_role(cluster: LocalCluster) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the cluster's processes, by role: api,
+    db, worker, miniworker and function (the sandboxes' processes)."""
+    tree, ticks = _children(), os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    todo = [p.pid for p in cluster.procs.values()]
+    while todo:
+        pid = todo.pop()
+        todo += tree.get(pid, [])
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            role = _role(pid)
+        except OSError:
+            continue
+        used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def cpu_per_call(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, int]:
+    """Microseconds of CPU per call, by role, between two ``cpu_by_role`` readings."""
+    per_call = {
+        role: round((after[role] - before.get(role, 0.0)) / calls * 1e6) for role in after
+    }
+    return {**per_call, "total": sum(per_call.values())}
+
+
 @asynccontextmanager
-async def noop_cluster(sandboxes: int, connections: int) -> AsyncIterator[aiohttp.ClientSession]:
+async def noop_cluster(
+    sandboxes: int, connections: int
+) -> AsyncIterator[tuple[aiohttp.ClientSession, LocalCluster]]:
     """A cluster (process driver, ``function`` preload) with ``noop`` warm in ``sandboxes``
     sandboxes, and an HTTP session to it; BENCH_DIR keeps the cluster's folder and logs."""
     with tempfile.TemporaryDirectory() as folder:
@@ -48,6 +97,6 @@ async def noop_cluster(sandboxes: int, connections: int) -> AsyncIterator[aiohtt
                 await api.wait_nodes(lambda n: n[0]["idle"].get("noop", 0) >= sandboxes)
                 for _ in range(200):  # warm-up
                     await api.invoke("noop")
-                yield session
+                yield session, cluster
         finally:
             cluster.stop()

@@ -15,14 +15,20 @@ import asyncio
 import json
 import statistics
 import time
+from typing import Any
 
 import aiohttp
-from common import noop_cluster, percentile  # bench/common.py, beside this script
+from common import (  # bench/common.py, beside this script
+    cpu_by_role,
+    cpu_per_call,
+    noop_cluster,
+    percentile,
+)
 
 from tests.support import Api
 
 
-async def sequential(session: aiohttp.ClientSession, calls: int) -> dict[str, float]:
+async def sequential(session: aiohttp.ClientSession, calls: int) -> dict[str, Any]:
     latencies = []
     for _ in range(calls):
         t0 = time.perf_counter()
@@ -40,7 +46,7 @@ async def sequential(session: aiohttp.ClientSession, calls: int) -> dict[str, fl
 
 async def throughput(
     session: aiohttp.ClientSession, calls: int, concurrency: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     todo = iter(range(calls))
     errors = 0
 
@@ -76,7 +82,7 @@ async def throughput(
     }
 
 
-async def batched(session: aiohttp.ClientSession, calls: int) -> dict[str, float]:
+async def batched(session: aiohttp.ClientSession, calls: int) -> dict[str, Any]:
     """The same calls submitted 1,000 to a request (POST /v1/calls), timed until all end."""
     api = Api(session)
     t0 = time.perf_counter()
@@ -99,13 +105,21 @@ async def batched(session: aiohttp.ClientSession, calls: int) -> dict[str, float
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    async with noop_cluster(args.sandboxes, args.concurrency) as session:
-        return {
-            "sandboxes": args.sandboxes,
-            "blocking_sequential": await sequential(session, args.calls),
-            "non_blocking": await throughput(session, args.async_calls, args.concurrency),
-            "non_blocking_batched": await batched(session, args.async_calls),
+    """Each phase with the CPU its calls cost, by process role (µs a call)."""
+    async with noop_cluster(args.sandboxes, args.concurrency) as (session, cluster):
+        phases = {
+            "blocking_sequential": lambda: sequential(session, args.calls),
+            "non_blocking": lambda: throughput(session, args.async_calls, args.concurrency),
+            "non_blocking_batched": lambda: batched(session, args.async_calls),
         }
+        report: dict[str, object] = {"sandboxes": args.sandboxes}
+        for name, phase in phases.items():
+            before = cpu_by_role(cluster)
+            figures = await phase()
+            calls = int(figures["calls"])
+            figures["cpu_us_per_call"] = cpu_per_call(before, cpu_by_role(cluster), calls)
+            report[name] = figures
+        return report
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ async def load(session: aiohttp.ClientSession, args: argparse.Namespace) -> dict
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    async with noop_cluster(args.sandboxes, args.clients) as session:
+    async with noop_cluster(args.sandboxes, args.clients) as (session, _):
         return {"sandboxes": args.sandboxes, **await load(session, args)}
 
 

@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 import zmq
 from fum.session import Session, error_report, tcp_address
+from fum.stem import READY as STEM_READY
+
+from services.miniworker.docker_driver import stem_argv
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -250,6 +253,82 @@ def test_handler_spec_defaults(
     call_uuid = host.send_call({"name": "Bo"})
     assert host.receive_ok() == [b"ok", NODE_ID.encode(), call_uuid]
     assert host.result()["greeting"] == "hello Bo"
+
+
+# -- the stem: python -m fum.stem, started before its function is known ---------------------
+
+
+@pytest.mark.parametrize(
+    ("example", "argv"), [("dice", ["test.py"]), ("hello-handler", ["-m", "fum", "main:handle"])]
+)
+def test_stem_becomes_the_run_command(
+    tmp_path: Path, host: Host, example: str, argv: list[str]
+) -> None:
+    """Started with no FUM environment and no code, told the run command later: it serves
+    calls exactly as ``python3 <argv>`` started afterwards would."""
+    workdir = tmp_path / "function"
+    workdir.mkdir()
+    env = host.environ()
+    fum_env = {k: env.pop(k) for k in list(env) if k.startswith("FUM_")}
+    with subprocess.Popen(
+        [FUNCTION_PYTHON, "-m", "fum.stem"],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as stem:
+        try:
+            _serve_through(stem, host, workdir, example, argv, fum_env)
+        finally:
+            stem.kill()
+
+
+def _serve_through(
+    stem: subprocess.Popen[bytes],
+    host: Host,
+    workdir: Path,
+    example: str,
+    argv: list[str],
+    fum_env: dict[str, str],
+) -> None:
+    """The ready mark, then the code arrives, then the order: setup ok and one call."""
+    assert stem.stdout is not None and stem.stdin is not None
+    assert stem.stdout.read(len(STEM_READY)) == STEM_READY
+    shutil.copytree(EXAMPLES / example, workdir, dirs_exist_ok=True)  # the code comes late
+    stem.stdin.write(json.dumps({"argv": argv, "env": fum_env}).encode() + b"\n")
+    stem.stdin.flush()
+    assert_setup_ok(host)
+    call_uuid = host.send_call({"roll": "3d6", "name": "Cy"})
+    assert host.receive_ok() == [b"ok", NODE_ID.encode(), call_uuid]
+    if example == "dice":
+        assert len(host.result()) == 3
+    else:
+        assert host.result()["greeting"] == "hello Cy"
+
+
+def test_stem_told_nothing_ends_quietly() -> None:
+    done = subprocess.run(
+        [FUNCTION_PYTHON, "-m", "fum.stem"], input=b"", capture_output=True, timeout=DEADLINE_S
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, STEM_READY, b"")
+
+
+@pytest.mark.parametrize(
+    ("run", "argv"),
+    [
+        ("python3 test.py", ["test.py"]),
+        ("python3 -m fum main:handle", ["-m", "fum", "main:handle"]),
+        ("python app.py --port 3", ["app.py", "--port", "3"]),
+        ("python3 -u test.py", None),  # interpreter options: run as written
+        ("python3 -m", None),
+        ("node index.js", None),
+        ("cd src && python3 test.py", None),  # a shell line
+        ("X=1 python3 test.py", None),
+        ("/usr/bin/python3 test.py", None),  # another interpreter than the stem's
+    ],
+)
+def test_which_run_commands_a_stem_can_become(run: str, argv: list[str] | None) -> None:
+    assert stem_argv(run) == argv
 
 
 def test_handler_that_cannot_load_exits_without_setup_ok(host: Host, start: Any) -> None:

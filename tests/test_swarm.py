@@ -88,6 +88,21 @@ def swarm(images: None) -> Iterator[tuple[str, dict[str, str]]]:
             )
 
 
+def state() -> str:
+    """The stack's tasks and the tail of each service's log, for a failure's message."""
+    out = subprocess.run(
+        "docker service ls; docker ps -a --filter label=com.docker.stack.namespace; "
+        "for s in $(docker service ls -q); do docker service ps --no-trunc $s; "
+        "docker service logs --tail 30 $s; done",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return out.stdout + out.stderr
+
+
 @pytest.mark.timeout(600)
 def test_one_node_swarm_serves_the_original_sequence(swarm: tuple[str, dict[str, str]]) -> None:
     url, _ = swarm
@@ -99,7 +114,7 @@ def test_one_node_swarm_serves_the_original_sequence(swarm: tuple[str, dict[str,
                 break
         except OSError:
             pass
-        assert time.monotonic() < deadline, "the swarm's worker never registered"
+        assert time.monotonic() < deadline, "the swarm's worker never registered\n" + state()
         time.sleep(1)
     assert nodes[0]["driver"] == "docker" and nodes[0]["nodeId"] > 1  # derived from the name
     request(

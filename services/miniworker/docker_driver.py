@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shlex
 import shutil
 import tarfile
 import uuid
@@ -39,6 +40,24 @@ LABEL = "fum"
 LABEL_NODE = "fum.node"
 LABEL_MINIWORKER = "fum.miniworker"
 LABEL_NETWORK = "fum.network"  # the cluster: two clusters on one engine use two networks
+# See libs/fum/fum/stem.py: what the stem writes once Python and pyzmq are loaded.
+STEM_READY = b"\x00fum-stem-ready\n"
+STEM_WAIT = 10.0  # how long a launch waits for a stem to be ready before going without it
+_SHELL = set(";&|<>$`(){}[]*?~!#\\'\"\n")
+
+
+def stem_argv(run: str) -> list[str] | None:
+    """The arguments after ``python3`` when ``run`` is a plain ``python3 script ...`` or
+    ``python3 -m module ...`` (the stem can become it); None for anything else."""
+    if _SHELL & set(run):
+        return None
+    words = shlex.split(run)
+    if len(words) < 2 or words[0] not in ("python", "python3"):
+        return None
+    args = words[1:]
+    if args[0] == "-m":
+        return args if len(args) > 1 else None
+    return None if args[0].startswith("-") else args
 
 
 def package_as_tar(package: Path, path: str) -> bytes:
@@ -132,6 +151,9 @@ class DockerSandbox(Sandbox):
         self._exec: Any = None
         self._pump: asyncio.Task[None] | None = None
         self._exit_code: int | None = None
+        # the interpreter started ahead for a ``python3 ...`` run command (fum.stem)
+        self._stem_argv = stem_argv(runtime.run)
+        self._stem: asyncio.Task[tuple[Any, Any, asyncio.Future[bool]] | None] | None = None
 
     @property
     def input_dir(self) -> Path:
@@ -167,6 +189,58 @@ class DockerSandbox(Sandbox):
             await self._start_container()
         except aiodocker.DockerError as exc:
             raise SandboxFailed(f"container of {self.runtime.image!r}: {exc.message}") from None
+        if self._stem_argv is not None:  # Python starts while the code is being installed
+            self._stem = asyncio.get_running_loop().create_task(self._start_stem())
+
+    async def _start_stem(self) -> tuple[Any, Any, asyncio.Future[bool]] | None:
+        """``python3 -m fum.stem`` in the container, its output pumped; None if it fails."""
+        python = shlex.split(self.runtime.run)[0]
+        try:
+            execution = await self._container.exec(
+                [python, "-m", "fum.stem"], stdin=True, workdir=self.runtime.path
+            )
+            stream = execution.start(detach=False)
+            await stream.__aenter__()
+        except aiodocker.DockerError as exc:
+            log.info("docker.stem_failed", error=exc.message)
+            return None
+        ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pump = asyncio.get_running_loop().create_task(
+            self._read_output(stream, execution, ready)
+        )
+        return stream, execution, ready
+
+    async def _go_stem(self, env: dict[str, str]) -> bool:
+        """Hand the run command to the stem; False when there is no stem ready to take it."""
+        task, self._stem = self._stem, None
+        if task is None or self._stem_argv is None:
+            return False
+        started = await task
+        if started is None:
+            return False
+        stream, execution, ready = started
+        try:
+            ok = await asyncio.wait_for(asyncio.shield(ready), STEM_WAIT)
+        except TimeoutError:
+            ok = False
+        if not ok:  # no fum in the image, say: the stem's words are not the call's
+            log.info("docker.stem_unready", output=tail(self.output.take(), 5))
+            await self._drop_stem(stream)
+            return False
+        self.output = OutputBuffer()
+        self._exec = execution
+        order = {"argv": self._stem_argv, "env": env}
+        try:
+            await stream.write_in(json.dumps(order).encode() + b"\n")
+        except (aiodocker.DockerError, OSError, RuntimeError) as exc:
+            raise SandboxFailed(f"the container cannot run the function: {exc}") from None
+        return True
+
+    async def _drop_stem(self, stream: Any) -> None:
+        await stream.close()
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
 
     async def _start_container(self) -> None:
         await self._container.start()
@@ -210,10 +284,12 @@ class DockerSandbox(Sandbox):
         self.output = OutputBuffer()
         self._exit_code = None
         try:
+            fum_env = {**env, "FUM_NODE_IP": self._ip, "FUM_NODE_PORT": str(FUM_PORT)}
+            if await self._go_stem(fum_env):
+                return self._ip, FUM_PORT
             info = await self._container.show()
             if not info["State"]["Running"]:  # killed after a crash or a timeout
                 await self._start_container()
-            fum_env = {**env, "FUM_NODE_IP": self._ip, "FUM_NODE_PORT": str(FUM_PORT)}
             self._exec = await self._run(f"exec {self.runtime.run}", fum_env)
             stream = self._exec.start(detach=False)
             await stream.__aenter__()  # starts the command now; the pump closes the stream
@@ -222,19 +298,35 @@ class DockerSandbox(Sandbox):
         self._pump = asyncio.get_running_loop().create_task(self._read_output(stream, self._exec))
         return self._ip, FUM_PORT
 
-    async def _read_output(self, stream: Any, execution: Any) -> None:
+    async def _read_output(
+        self, stream: Any, execution: Any, ready: asyncio.Future[bool] | None = None
+    ) -> None:
+        """Feed the command's output to the sandbox's buffer; set ``exited`` when it ends.
+        A stem's output counts from its ready mark on, and only once it was put to use."""
+        early = b""
         try:
             while (message := await stream.read_out()) is not None:
-                self.output.feed(message.data)
+                data = message.data
+                if ready is not None and not ready.done():
+                    early += data
+                    if STEM_READY not in early:
+                        continue
+                    data = early.partition(STEM_READY)[2]
+                    ready.set_result(True)
+                self.output.feed(data)
         except (aiodocker.DockerError, OSError) as exc:
             log.warning("docker.output_lost", error=str(exc))
         finally:
+            if ready is not None and not ready.done():
+                self.output.feed(early)
+                ready.set_result(False)
             await stream.close()
-            try:
-                self._exit_code = (await execution.inspect())["ExitCode"]
-            except aiodocker.DockerError:
-                self._exit_code = None
-            self.exited.set()
+            if execution is self._exec:  # not for a stem that was never used
+                try:
+                    self._exit_code = (await execution.inspect())["ExitCode"]
+                except aiodocker.DockerError:
+                    self._exit_code = None
+                self.exited.set()
 
     def exit_reason(self) -> str:
         code = self._exit_code
@@ -254,6 +346,9 @@ class DockerSandbox(Sandbox):
             self._pump = None
 
     async def destroy(self) -> None:
+        if self._stem is not None:
+            self._stem.cancel()
+            self._stem = None
         if self._container is not None:
             try:
                 await self._container.delete(force=True)

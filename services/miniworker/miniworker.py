@@ -165,7 +165,6 @@ class Miniworker:
             "FUM_HOST_PORT": str(host.port),
         }
         node_ip, node_port = await sandbox.launch(env)
-        host.connect(node_ip, node_port)
         setup = asyncio.ensure_future(host.wait_setup())
         exited = asyncio.ensure_future(sandbox.exited.wait())
         try:
@@ -178,11 +177,14 @@ class Miniworker:
             setup.cancel()
             exited.cancel()
         if setup in done:
+            # The sandbox binds its REP before its set-up ok: connected now, the first call
+            # goes at once (connected earlier, ZeroMQ would retry every 100 ms until then).
+            host.connect(node_ip, node_port)
             return
         await sandbox.stop_run()
         if exited in done:
             raise SandboxFailed(
-                f"{sandbox.exit_reason()} during its set-up:\n{tail(sandbox.output.take())}"
+                f"{sandbox.exit_reason()} during its set-up:\n{tail(await sandbox.take_output())}"
             )
         raise SandboxFailed(
             f"the function did not finish its set-up within {self.settings.setup_timeout:g}s"
@@ -234,7 +236,7 @@ class Miniworker:
                 await self._specialise(function, Path(message.package))
                 init_ms = (time.perf_counter() - t0) * 1000
         except (FumError, OSError) as exc:
-            logs = self._sandbox.output.take() if self._sandbox else ""
+            logs = await self._sandbox.take_output() if self._sandbox else ""
             await self._reset()
             outcome = Outcome(
                 call_num=call.call_num,
@@ -286,8 +288,7 @@ class Miniworker:
             else:
                 status, error = "TIMEOUT", f"the call did not finish within {timeout:g}s"
             await sandbox.stop_run()
-        await sandbox.output.settle()  # what the call printed may trail its ok a little
-        logs = sandbox.output.take()
+        logs = await sandbox.take_output()
         if status == "ERROR" and not healthy:
             error = f"{error}\n{tail(logs)}" if logs.strip() else error
         _clear(sandbox.input_dir)

@@ -5,7 +5,8 @@ on the node holding the function's code (``code/``, standing for the runtime's `
 its own virtualenv (``venv/``, first on ``PATH`` so ``pip3`` and ``python3`` are its own)
 and the FUM ``input``/``output`` folders. The ``fum`` library and ``pyzmq`` are made
 importable in the virtualenv by a ``.pth`` file, as the runtime image has them installed.
-The run command gets its own session (killed as a group) and dies with its miniworker.
+The run command gets its own session (killed as a group) and dies with its miniworker;
+its output goes to ``run.log``, read to its end when a call is over.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -27,7 +29,7 @@ from services.common.archive import extract_package
 from services.common.models import Function, Limits, Runtime
 from services.common.proc import die_with_parent
 
-from .sandbox import Driver, OutputBuffer, Sandbox, SandboxFailed, tail
+from .sandbox import LOG_LIMIT, Driver, OutputBuffer, Sandbox, SandboxFailed, tail
 
 log = structlog.get_logger()
 
@@ -111,6 +113,10 @@ class ProcessSandbox(Sandbox):
         self._passthrough = passthrough_env
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
+        # The run command's stdout and stderr go to a file, read up to its end when a call
+        # is over: what the function wrote before its ``ok`` is all there, nothing trails.
+        self._log_path = root / "run.log"
+        self._log: BinaryIO | None = None
 
     @property
     def input_dir(self) -> Path:
@@ -176,27 +182,40 @@ class ProcessSandbox(Sandbox):
         self.exited.clear()
         self.output = OutputBuffer()
         fum_env = {**env, "FUM_NODE_IP": "127.0.0.1", "FUM_NODE_PORT": str(port)}
-        self._proc = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            f"exec {self.runtime.run}",
-            cwd=self.code_dir,
-            env=self._env(fum_env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_child_setup(self.limits.memory),
-        )
-        self._pump = asyncio.get_running_loop().create_task(self._read_output(self._proc))
+        self._close_log()
+        with self._log_path.open("wb") as out:  # the child keeps its own descriptor
+            self._proc = await asyncio.create_subprocess_exec(
+                "/bin/sh",
+                "-c",
+                f"exec {self.runtime.run}",
+                cwd=self.code_dir,
+                env=self._env(fum_env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_child_setup(self.limits.memory),
+            )
+        self._log = self._log_path.open("rb")
+        self._pump = asyncio.get_running_loop().create_task(self._watch(self._proc))
         return "127.0.0.1", port
 
-    async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while chunk := await proc.stdout.read(65536):
-            self.output.feed(chunk)
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
         self.exited.set()
+
+    async def take_output(self) -> str:
+        if self._log is not None:
+            self.output.feed(self._log.read())
+            if self._log.tell() > LOG_LIMIT:  # between calls: nothing is being written
+                os.truncate(self._log_path, 0)
+                self._log.seek(0)
+        return self.output.take()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def exit_reason(self) -> str:
         code = self._proc.returncode if self._proc else None
@@ -216,6 +235,7 @@ class ProcessSandbox(Sandbox):
 
     async def destroy(self) -> None:
         await self.stop_run()
+        self._close_log()
         await asyncio.to_thread(shutil.rmtree, self.root, True)
 
 

@@ -110,6 +110,13 @@ class Sandbox(abc.ABC):
     async def destroy(self) -> None:
         """Remove the sandbox and everything in it."""
 
+    async def take_output(self) -> str:
+        """What the sandbox printed since the last take: all of it, up to the ``ok`` that
+        ended the call. A stream can deliver its last lines after that ``ok``: wait for it
+        to go quiet (a driver that reads a file has nothing to wait for)."""
+        await self.output.settle()
+        return self.output.take()
+
     def exit_reason(self) -> str:
         """Why the run command is gone, for the call's error text."""
         return "the function's process exited"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import os
 import sys
@@ -56,6 +57,14 @@ def _port(environ: Mapping[str, str], name: str) -> int | None:
         return int(value)
     except ValueError:
         raise ValueError(f"{name} must be a port number, got {value!r}") from None
+
+
+def _whole_lines() -> None:
+    """Write stdout and stderr a line at a time: unbuffered (``PYTHONUNBUFFERED``, as fum
+    starts functions) each ``print`` is several writes, and the two streams' pieces mix."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, write_through=False)
 
 
 class Session:
@@ -162,6 +171,7 @@ class Session:
             context.term()
             raise
         self._context, self._rep, self._push = context, rep, push
+        _whole_lines()
         atexit.register(self._at_exit)
         self._hook_uncaught_exceptions()
 
@@ -182,6 +192,8 @@ class Session:
     def _report(self, uuid: bytes) -> None:
         """PUSH ok, node id and UUID to the host, plus the error report if the call failed."""
         assert self._push is not None
+        for stream in (sys.stdout, sys.stderr):  # what the call printed goes before its ok
+            stream.flush()
         frames = [OK, self.node_id.encode(), uuid]
         if self._error is not None:
             frames.append(json.dumps(self._error).encode())
