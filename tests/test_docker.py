@@ -13,7 +13,7 @@ import pytest
 from fum_cli.local import LocalCluster
 
 from .conftest import start_cluster
-from .support import Api
+from .support import Api, targz
 
 pytestmark = pytest.mark.docker
 
@@ -23,6 +23,18 @@ def handle(params):
     for i in range(0, len(hog), 4096):
         hog[i] = 1
     return len(hog)
+"""
+
+# sleeps, and says which container it sleeps in: a file in its output folder, on the node
+MARKED_SLEEP = """
+import time
+
+import fum
+
+def handle(params):
+    fum.output_path(f"running-{params['s']}").touch()
+    time.sleep(params["s"])
+    return "slept"
 """
 
 
@@ -60,23 +72,22 @@ async def api(cluster: LocalCluster) -> AsyncIterator[Api]:
         yield api
 
 
-async def container_running(cluster: LocalCluster, params: str) -> str:
-    """The container running the call whose params.json holds ``params`` right now."""
+async def container_running(cluster: LocalCluster, seconds: str) -> str:
+    """The container running MARKED_SLEEP's call of ``seconds`` right now."""
     sandboxes = cluster.data_dir / "node-0" / "sandboxes"
     for _ in range(200):
-        for found in sandboxes.glob("*/input/input/params.json"):
-            if params in found.read_text():
-                mw = found.parent.parent.parent.name
-                return docker(
-                    "ps",
-                    "-q",
-                    "--filter",
-                    f"label=fum.miniworker={mw}",
-                    "--filter",
-                    f"label=fum.network={cluster.docker_network}",
-                ).strip()
+        for found in sandboxes.glob(f"*/output/output/running-{seconds}"):
+            mw = found.parent.parent.parent.name
+            return docker(
+                "ps",
+                "-q",
+                "--filter",
+                f"label=fum.miniworker={mw}",
+                "--filter",
+                f"label=fum.network={cluster.docker_network}",
+            ).strip()
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no call with params {params} is running")
+    raise AssertionError(f"no call of {seconds}s is running")
 
 
 async def test_containers_are_unprivileged_limited_and_labelled(
@@ -116,7 +127,9 @@ async def test_memory_limit_is_enforced(api: Api) -> None:
 async def test_container_killed_or_removed_mid_call_is_retried(
     api: Api, cluster: LocalCluster, fault: str
 ) -> None:
-    name = await api.handler_function("sleepy", "pyh")
+    name = f"marked-{fault}"
+    status, _ = await api.deploy(name, "pyh", targz({"main.py": MARKED_SLEEP}))
+    assert status in (200, 201)
     _, warm = await api.invoke(name, {"s": 0})
     assert warm["status"] == "DONE"
     _, pending = await api.invoke(name, {"s": 2.5}, blocking=False)

@@ -16,12 +16,17 @@ from fum_cli.local import LocalCluster
 from .conftest import start_cluster
 from .support import Api, targz
 
-# echoes its params after a pause: each call's result says which call it was
+# echoes its params after a pause: each call's result says which call it was; while it
+# sleeps, a file in its output folder says which sandbox it sleeps in
 SLOW_ECHO = """
 import time
 
+import fum
+
 def handle(params):
-    time.sleep(params.get("pause", 0.1))
+    pause = params.get("pause", 0.1)
+    fum.output_path(f"running-{pause}").touch()
+    time.sleep(pause)
     return params
 """
 
@@ -81,13 +86,11 @@ async def test_worker_killed_halfway_loses_no_call(two_workers: LocalCluster) ->
     assert any(c["attempts"] > 1 for c in done)  # some ran again on node 0
 
 
-def sandbox_pids(cluster: LocalCluster, marker: str) -> list[int]:
-    """Processes of the process driver's sandboxes whose call's params hold ``marker``."""
+def sandbox_pids(cluster: LocalCluster, pause: str) -> list[int]:
+    """Processes of the process driver's sandbox running SLOW_ECHO's call of ``pause``."""
     pids = []
-    for params in (cluster.data_dir / "node-0" / "sandboxes").glob("*/input/params.json"):
-        if marker not in params.read_text():
-            continue
-        code = params.parent.parent / "code"
+    for marker in (cluster.data_dir / "node-0" / "sandboxes").glob(f"*/output/running-{pause}"):
+        code = marker.parent.parent / "code"
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:

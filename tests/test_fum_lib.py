@@ -144,11 +144,12 @@ def function_log(tmp_path: Path) -> str:
     return (tmp_path / "function.log").read_text(errors="replace")
 
 
-def assert_setup_ok(host: Host) -> None:
-    """The first message is the setup ok: a bare ok frame first, then node id and empty UUID."""
+def assert_setup_ok(host: Host, inline: bool = False) -> None:
+    """The first message is the setup ok: a bare ok frame first, then node id and empty UUID
+    (and, from a handler, no error and the inline offer)."""
     frames = host.receive_ok()
     assert frames[0] == b"ok"
-    assert frames == [b"ok", NODE_ID.encode(), b""]
+    assert frames == [b"ok", NODE_ID.encode(), b""] + ([b"", b"inline"] if inline else [])
 
 
 # -- the loop style: examples/dice/test.py -------------------------------------------------
@@ -216,7 +217,7 @@ def test_malformed_request_is_refused_not_taken_as_a_call(host: Host, start: Any
 def test_handler_mode_results_errors_and_current_uuid(host: Host, start: Any) -> None:
     """Handler return values become results, exceptions error frames; the loop goes on."""
     start("hello-handler", "-m", "fum", "main:handle")
-    assert_setup_ok(host)
+    assert_setup_ok(host, inline=True)
 
     first = host.send_call({"name": "Ada"})
     assert host.receive_ok() == [b"ok", NODE_ID.encode(), first]
@@ -236,6 +237,30 @@ def test_handler_mode_results_errors_and_current_uuid(host: Host, start: Any) ->
     assert host.result() == {"greeting": "hello world", "call": after.decode()}
 
 
+def test_handler_mode_takes_calls_inline(host: Host, start: Any) -> None:
+    """A call sent as UUID and params frames gets its result in its report, no files; a
+    failing one an error frame and no result; a UUID alone still goes through the files."""
+    start("hello-handler", "-m", "fum", "main:handle")
+    assert_setup_ok(host, inline=True)
+    assert host.req is None
+    host.req = host.context.socket(zmq.REQ)
+    host.req.connect(tcp_address("127.0.0.1", host.node_port))
+    for params, fails in ((b'{"name": "Ada"}', False), (b'{"name": 42}', True)):
+        call_uuid = str(uuid.uuid4()).encode()
+        host.req.send_multipart([call_uuid, params])
+        assert host.req.recv_multipart() == [b"ok"]
+        frames = host.receive_ok()
+        assert frames[:3] == [b"ok", NODE_ID.encode(), call_uuid]
+        if fails:
+            assert len(frames) == 4 and json.loads(frames[3])["type"] == "ValueError"
+        else:
+            assert frames[3] == b"" and json.loads(frames[4])["greeting"] == "hello Ada"
+        assert not list(host.output_dir.iterdir())
+    call_uuid = host.send_call({"name": "Bo"})  # the file way
+    assert host.receive_ok() == [b"ok", NODE_ID.encode(), call_uuid]
+    assert host.result()["greeting"] == "hello Bo"
+
+
 @pytest.mark.parametrize(
     ("argv", "env"),
     [
@@ -249,7 +274,7 @@ def test_handler_spec_defaults(
 ) -> None:
     """The handler is the argument, else $FUM_HANDLER, else main:handle."""
     start("hello-handler", *argv, env=env)
-    assert_setup_ok(host)
+    assert_setup_ok(host, inline=True)
     call_uuid = host.send_call({"name": "Bo"})
     assert host.receive_ok() == [b"ok", NODE_ID.encode(), call_uuid]
     assert host.result()["greeting"] == "hello Bo"
@@ -297,7 +322,7 @@ def _serve_through(
     shutil.copytree(EXAMPLES / example, workdir, dirs_exist_ok=True)  # the code comes late
     stem.stdin.write(json.dumps({"argv": argv, "env": fum_env}).encode() + b"\n")
     stem.stdin.flush()
-    assert_setup_ok(host)
+    assert_setup_ok(host, inline=example == "hello-handler")
     call_uuid = host.send_call({"roll": "3d6", "name": "Cy"})
     assert host.receive_ok() == [b"ok", NODE_ID.encode(), call_uuid]
     if example == "dice":

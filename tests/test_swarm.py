@@ -55,7 +55,7 @@ def request(url: str, data: bytes | None = None, form: tuple[str, bytes] | None 
 
 
 @pytest.fixture
-def swarm(images: None) -> Iterator[tuple[str, dict[str, str]]]:
+def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
     if state != "inactive":
         pytest.fail(f"the engine is already in a swarm ({state}); this test makes its own")
@@ -65,7 +65,10 @@ def swarm(images: None) -> Iterator[tuple[str, dict[str, str]]]:
         "FUM_PORT": str(free_port()),
         "FUM_REGISTRY_PORT": str(free_port()),
         "FUM_NETWORK": stack,
+        # Swarm refuses a bind mount whose source is missing (DEPLOY.md): made here
+        "FUM_NODES_DIR": str(tmp_path / "nodes"),
     }
+    (tmp_path / "nodes" / "node-0").mkdir(parents=True)
     docker("swarm", "init", "--advertise-addr", "127.0.0.1")
     try:
         docker("stack", "deploy", *FILES, stack, env=env)

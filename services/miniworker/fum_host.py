@@ -12,6 +12,7 @@ import zmq
 import zmq.asyncio
 
 OK = b"ok"
+INLINE = b"inline"  # a setup report's payload: calls may go inline (see libs/fum session)
 
 
 class CallFailed(Exception):
@@ -25,6 +26,8 @@ class FumHost:
         self._pull.setsockopt(zmq.LINGER, 0)
         self.port = self._pull.bind_to_random_port(f"tcp://{bind_ip}")
         self._rep: zmq.asyncio.Socket | None = None
+        #: the sandbox takes params and gives its result in the messages, not in files
+        self.inline = False
 
     def connect(self, node_ip: str, node_port: int) -> None:
         # A DEALER, not a REQ: a call that timed out must not wedge the socket's state.
@@ -33,25 +36,30 @@ class FumHost:
         self._rep.connect(f"tcp://{node_ip}:{node_port}")
 
     async def wait_setup(self) -> None:
-        """The sandbox's first ``ok``: its set-up is done."""
-        await self._next_ok(None)
+        """The sandbox's first ``ok``: its set-up is done (and whether it goes inline)."""
+        frames = await self._next_ok(None)
+        self.inline = frames[4:5] == [INLINE]
 
-    async def run(self, uuid: str) -> None:
-        """Hand ``uuid`` to the sandbox and wait for its two ``ok``s; raise ``CallFailed``."""
+    async def run(self, uuid: str, params: bytes) -> bytes | None:
+        """Hand the call to the sandbox and wait for its two ``ok``s; raise ``CallFailed``.
+        Inline, ``params`` go with the UUID and the result (JSON) is returned; else the
+        caller has put the params in the input folder and reads the output folder."""
         assert self._rep is not None
         key = uuid.encode()
-        await self._rep.send_multipart([b"", key])
+        await self._rep.send_multipart([b"", key, params] if self.inline else [b"", key])
         _, answer = await self._rep.recv_multipart()
         if answer != OK:
             raise CallFailed(f"the function answered {answer[:64]!r} to its call, not 'ok'")
         frames = await self._next_ok(key)
         if len(frames) > 3 and frames[3]:
             raise CallFailed(_error_text(frames[3]))
+        return frames[4] if len(frames) > 4 else None
 
     async def _next_ok(self, uuid: bytes | None) -> list[bytes]:
         """The next ``ok`` for ``uuid`` (``None``: set-up); a stale one is skipped.
 
-        A bare ``ok`` is accepted as the one awaited. Frames: ok, node id, uuid, error.
+        A bare ``ok`` is accepted as the one awaited. Frames: ok, node id, uuid, error,
+        payload.
         """
         while True:
             frames = await self._pull.recv_multipart()

@@ -60,6 +60,10 @@ def _read_result(output_dir: Path) -> bytes | None:
         data = (output_dir / "result.json").read_bytes()
     except FileNotFoundError:
         return None
+    return _as_json(data)
+
+
+def _as_json(data: bytes) -> bytes:
     try:
         msgspec.json.decode(data)
     except msgspec.DecodeError:
@@ -264,8 +268,9 @@ class Miniworker:
         """Run one call over FUM; return its outcome and whether the sandbox is still good."""
         sandbox, host = self._sandbox, self._host
         assert sandbox is not None and host is not None
-        (sandbox.input_dir / "params.json").write_bytes(call.params)
-        running = asyncio.ensure_future(host.run(call.uuid))
+        if not host.inline:
+            (sandbox.input_dir / "params.json").write_bytes(call.params)
+        running = asyncio.ensure_future(host.run(call.uuid, call.params))
         exited = asyncio.ensure_future(sandbox.exited.wait())
         done, _ = await asyncio.wait(
             {running, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -278,7 +283,10 @@ class Miniworker:
                 status, error = "ERROR", str(failure)
             elif failure is not None:
                 raise failure
-            result = _read_result(sandbox.output_dir)
+            elif (inline := running.result()) is not None:
+                result = _as_json(inline)
+            else:
+                result = _read_result(sandbox.output_dir)
         else:
             running.cancel()
             exited.cancel()

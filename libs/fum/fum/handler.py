@@ -30,6 +30,7 @@ def load_handler(spec: str) -> Callable[[Any], Any]:
 
 def serve(handler: Callable[[Any], Any]) -> None:
     """Answer calls forever: each call's params go to handler, its return value is the result."""
+    fum.Fum.inline = True  # params and result only through fum: they may travel in messages
     while True:
         fum.fum_yield()
         try:

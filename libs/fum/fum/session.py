@@ -23,6 +23,11 @@ RESULT_FILE = "result.json"
 OK = b"ok"
 # A setup report carries an empty UUID frame, so the host can tell it from a call's report.
 SETUP_UUID = b""
+# Reports are ok, node id, UUID, then optionally an error report (empty: none) and a
+# payload. A session that takes its params and gives its result in the messages
+# ("inline", no files) says so in its setup report's payload; the host may then send a
+# call as two frames, UUID and params, and reads the result from the call's report.
+INLINE = b"inline"
 # Long enough to flush the last report to a live host, short enough that a process whose
 # host is gone still exits promptly.
 PUSH_LINGER_MS = 2000
@@ -87,6 +92,11 @@ class Session:
         self.host_port = host_port
         self.input_dir = input_dir
         self.output_dir = output_dir
+        #: offer the inline mode (handler mode does: its params and result go through
+        #: params() and result(); a script that reads the files itself must not)
+        self.inline = False
+        self._params: bytes | None = None  # the current call's inline params
+        self._result: bytes | None = None  # the current call's result, to send inline
         # The UUID of the call being worked on; None during setup and while waiting.
         self.current_uuid: str | None = None
         self._error: dict[str, str] | None = None
@@ -130,6 +140,7 @@ class Session:
             self._report(self.current_uuid.encode("ascii"))
         self.current_uuid = None
         self._error = None
+        self._params = self._result = None
         self.current_uuid = self._receive_uuid()
         return self.current_uuid
 
@@ -195,8 +206,12 @@ class Session:
         for stream in (sys.stdout, sys.stderr):  # what the call printed goes before its ok
             stream.flush()
         frames = [OK, self.node_id.encode(), uuid]
-        if self._error is not None:
-            frames.append(json.dumps(self._error).encode())
+        error = json.dumps(self._error).encode() if self._error is not None else b""
+        payload = INLINE if uuid == SETUP_UUID and self.inline else self._result
+        if error or payload is not None:
+            frames.append(error)
+        if payload is not None:
+            frames.append(payload)
         self._push.send_multipart(frames)
 
     def _receive_uuid(self) -> str:
@@ -204,12 +219,14 @@ class Session:
         assert self._rep is not None
         while True:
             frames = self._rep.recv_multipart()
+            inline = self.inline and len(frames) == 2
             try:
-                uuid = frames[0].decode("ascii").strip() if len(frames) == 1 else ""
+                uuid = frames[0].decode("ascii").strip() if len(frames) == 1 or inline else ""
             except UnicodeDecodeError:
                 uuid = ""
             if uuid:
                 self._rep.send(OK)
+                self._params = frames[1] if inline else None
                 return uuid
             # REP must answer every request; a malformed one is refused, not taken as a call.
             self._rep.send(b"error")
@@ -248,15 +265,23 @@ class Session:
         return Path(self.output_dir) / name
 
     def params(self) -> Any:
-        """Return the call's parameters from input_dir/params.json ({} if there is none)."""
-        try:
-            text = self.input_path(PARAMS_FILE).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return {}
+        """Return the call's parameters from input_dir/params.json ({} if there is none),
+        or from the call's message in the inline mode."""
+        if self._params is not None:
+            text = self._params.decode("utf-8")
+        else:
+            try:
+                text = self.input_path(PARAMS_FILE).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                return {}
         return json.loads(text) if text.strip() else {}
 
     def result(self, value: Any) -> None:
-        """Write the call's result as JSON to output_dir/result.json."""
+        """Write the call's result as JSON to output_dir/result.json (inline mode: keep it
+        for the call's report)."""
         # Encode first, so a value that is not JSON-able leaves no half-written file.
         text = json.dumps(value, separators=(",", ":"))  # compact, as the original "[4,6,4,3]"
-        self.output_path(RESULT_FILE).write_text(text, encoding="utf-8")
+        if self._params is not None:  # the call came inline: so goes its result
+            self._result = text.encode("utf-8")
+        else:
+            self.output_path(RESULT_FILE).write_text(text, encoding="utf-8")
