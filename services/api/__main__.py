@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvloop
 from aiohttp import web
 
+from services.common import profiling
 from services.common.logs import setup_logging
 from services.common.settings import load_settings
 
@@ -15,14 +16,17 @@ from .settings import ApiSettings
 def main() -> None:
     settings = load_settings(ApiSettings)
     setup_logging("api", settings.log_level)
-    web.run_app(
-        init_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        print=None,
-        access_log=None,
-        loop=uvloop.new_event_loop(),
-        shutdown_timeout=5,
+    profiling.run(
+        "api",
+        lambda: web.run_app(
+            init_app(settings),
+            host=settings.http_host,
+            port=settings.http_port,
+            print=None,
+            access_log=None,
+            loop=uvloop.new_event_loop(),
+            shutdown_timeout=5,
+        ),
     )
 
 

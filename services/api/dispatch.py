@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from services.common.node_protocol import (
     Registered,
 )
 from services.common.protocol import Message, Protocol
-from services.common.rpc import EVENT, bound_endpoint, make_socket, send_soon
+from services.common.rpc import EVENT, Channel, bound_endpoint, make_socket
 
 from .admission import Admission
 from .policies import POLICIES, Node
@@ -71,10 +72,11 @@ class Dispatcher:
         # Calls finished lately, as their worker reported them: a worker may report before
         # the db has the result, and a client that was answered must then find it here.
         self.recent: OrderedDict[int, Call] = OrderedDict()
-        self._sock = make_socket(ctx, zmq.ROUTER)
-        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its id back
-        self._sock.bind(settings.node_bind)
-        self.endpoint = bound_endpoint(self._sock)
+        sock = make_socket(ctx, zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its id back
+        sock.bind(settings.node_bind)
+        self.endpoint = bound_endpoint(sock)
+        self._channel = Channel(sock, self._on_frames, name="nodes")
         self._handlers: dict[type[Message], Callable[[bytes, Message], Message | None]] = {
             Register: self._on_register,  # type: ignore[dict-item]
             Heartbeat: self._on_heartbeat,  # type: ignore[dict-item]
@@ -156,31 +158,32 @@ class Dispatcher:
             log.warning("dispatch.send_failed", node=node.node_id, error=str(exc))
             self._declare_dead(node)
 
-        send_soon(self._sock, [node.identity, EVENT, NODE_PROTOCOL.encode(message)], failed)
+        try:
+            self._channel.send([node.identity, EVENT, NODE_PROTOCOL.encode(message)])
+        except zmq.ZMQError as exc:
+            failed(exc)
 
     # ---- the node channel
 
     async def serve(self) -> None:
-        reaper = asyncio.get_running_loop().create_task(self._reap())
+        """Declare dead the workers whose heartbeats stopped (messages come by callback)."""
+        await self._reap()
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            return
+        identity, request_id, payload = frames
         try:
-            while True:
-                frames = await self._sock.recv_multipart()
-                if len(frames) != 3:
-                    continue
-                identity, request_id, payload = frames
-                try:
-                    message = NODE_PROTOCOL.decode(payload)
-                    handler = self._handlers.get(type(message))
-                    if handler is None:
-                        raise FumError(f"node: {message.msg_type} is not for the api")
-                    reply = handler(identity, message)
-                except FumError as exc:
-                    reply = Protocol.error(exc)
-                if reply is not None and request_id != EVENT:
-                    frames = [identity, request_id, NODE_PROTOCOL.encode(reply)]
-                    send_soon(self._sock, frames, lambda exc: None)  # the worker left meanwhile
-        finally:
-            reaper.cancel()
+            message = NODE_PROTOCOL.decode(payload)
+            handler = self._handlers.get(type(message))
+            if handler is None:
+                raise FumError(f"node: {message.msg_type} is not for the api")
+            reply = handler(identity, message)
+        except FumError as exc:
+            reply = Protocol.error(exc)
+        if reply is not None and request_id != EVENT:
+            with contextlib.suppress(zmq.ZMQError):  # the worker left meanwhile
+                self._channel.send([identity, request_id, NODE_PROTOCOL.encode(reply)])
 
     def _on_register(self, identity: bytes, message: Register) -> Registered:
         old = self.nodes.get(message.node_id)
@@ -296,4 +299,4 @@ class Dispatcher:
 
     def close(self) -> None:
         self.fail_waiters("the api stopped")
-        self._sock.close()
+        self._channel.close()

@@ -12,8 +12,9 @@ import uvloop
 import zmq
 import zmq.asyncio
 
+from services.common import profiling
 from services.common.logs import setup_logging
-from services.common.rpc import close_context, make_socket
+from services.common.rpc import close_context, configure
 from services.common.settings import load_settings
 
 from .server import DbServer
@@ -36,7 +37,7 @@ async def run(settings: DbSettings) -> int:
         stack.push_async_callback(store.close)
         ctx = zmq.asyncio.Context()
         stack.push_async_callback(close_context, ctx)
-        sock = make_socket(ctx, zmq.ROUTER)
+        sock = configure(ctx.socket(zmq.ROUTER), zmq.ROUTER)
         stack.callback(sock.close)
         sock.bind(settings.db_bind)
         server = DbServer(sock, store)
@@ -69,7 +70,7 @@ async def run(settings: DbSettings) -> int:
 def main() -> None:
     settings = load_settings(DbSettings)
     setup_logging("db", settings.log_level)
-    sys.exit(uvloop.run(run(settings)))
+    sys.exit(profiling.run("db", lambda: uvloop.run(run(settings))))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import signal
 
 import uvloop
 
+from services.common import profiling
 from services.common.logs import setup_logging
 from services.common.settings import load_settings
 
@@ -51,7 +52,7 @@ def main() -> None:
     settings = load_settings(MiniworkerSettings)
     setup_logging(f"miniworker-{settings.mw_id}", settings.log_level)
     passthrough = {name: os.environ[name] for name in PASSTHROUGH if name in os.environ}
-    uvloop.run(serve(settings, passthrough))
+    profiling.run("miniworker", lambda: uvloop.run(serve(settings, passthrough)))
 
 
 if __name__ == "__main__":

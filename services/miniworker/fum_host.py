@@ -7,9 +7,12 @@ every launch, so nothing queued for a killed sandbox can be read for the next on
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import zmq
-import zmq.asyncio
+
+from services.common.rpc import Channel, make_socket
 
 OK = b"ok"
 INLINE = b"inline"  # a setup report's payload: calls may go inline (see libs/fum session)
@@ -20,20 +23,22 @@ class CallFailed(Exception):
 
 
 class FumHost:
-    def __init__(self, ctx: zmq.asyncio.Context, bind_ip: str) -> None:
+    def __init__(self, ctx: zmq.Context, bind_ip: str) -> None:
         self._ctx = ctx
-        self._pull = ctx.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.LINGER, 0)
-        self.port = self._pull.bind_to_random_port(f"tcp://{bind_ip}")
-        self._rep: zmq.asyncio.Socket | None = None
+        pull = make_socket(ctx, zmq.PULL)
+        self.port = pull.bind_to_random_port(f"tcp://{bind_ip}")
+        self._oks: asyncio.Queue[list[bytes]] = asyncio.Queue()
+        self._pull = Channel(pull, self._oks.put_nowait, name="fum-oks")
+        self._answers: asyncio.Queue[list[bytes]] = asyncio.Queue()
+        self._rep: Channel | None = None
         #: the sandbox takes params and gives its result in the messages, not in files
         self.inline = False
 
     def connect(self, node_ip: str, node_port: int) -> None:
         # A DEALER, not a REQ: a call that timed out must not wedge the socket's state.
-        self._rep = self._ctx.socket(zmq.DEALER)
-        self._rep.setsockopt(zmq.LINGER, 0)
-        self._rep.connect(f"tcp://{node_ip}:{node_port}")
+        rep = make_socket(self._ctx, zmq.DEALER)
+        rep.connect(f"tcp://{node_ip}:{node_port}")
+        self._rep = Channel(rep, self._answers.put_nowait, name="fum-calls")
 
     async def wait_setup(self) -> None:
         """The sandbox's first ``ok``: its set-up is done (and whether it goes inline)."""
@@ -46,11 +51,17 @@ class FumHost:
         caller has put the params in the input folder and reads the output folder."""
         assert self._rep is not None
         key = uuid.encode()
-        await self._rep.send_multipart([b"", key, params] if self.inline else [b"", key])
-        _, answer = await self._rep.recv_multipart()
-        if answer != OK:
-            raise CallFailed(f"the function answered {answer[:64]!r} to its call, not 'ok'")
-        frames = await self._next_ok(key)
+        if self.inline:  # the reply is the call's report
+            self._rep.send([b"", key, params])
+            frames = (await self._answers.get())[1:]
+            if frames[:1] != [OK] or frames[2:3] != [key]:
+                raise CallFailed(f"the function answered {frames[:3]!r} to its call")
+        else:
+            self._rep.send([b"", key])
+            answer = (await self._answers.get())[-1]
+            if answer != OK:
+                raise CallFailed(f"the function answered {answer[:64]!r} to its call, not 'ok'")
+            frames = await self._next_ok(key)
         if len(frames) > 3 and frames[3]:
             raise CallFailed(_error_text(frames[3]))
         return frames[4] if len(frames) > 4 else None
@@ -62,7 +73,7 @@ class FumHost:
         payload.
         """
         while True:
-            frames = await self._pull.recv_multipart()
+            frames = await self._oks.get()
             if frames[0] != OK:
                 continue
             if len(frames) < 3 or frames[2] == (uuid or b""):

@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import structlog
@@ -26,7 +27,7 @@ from services.common.pool_protocol import (
     Stop,
 )
 from services.common.protocol import Message
-from services.common.rpc import make_socket
+from services.common.rpc import Channel, make_socket
 
 from .fum_host import CallFailed, FumHost
 from .sandbox import Driver, Sandbox, SandboxFailed, tail
@@ -76,21 +77,25 @@ class Miniworker:
         self.settings = settings
         self._driver = driver
         self._ctx = zmq.asyncio.Context.instance()
-        self._sock = make_socket(self._ctx, zmq.DEALER, settings.mw_id.encode())
+        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()  # the worker's messages, in order
+        self._channel: Channel | None = None
         self._sandbox: Sandbox | None = None
         self._started = False  # the sandbox exists, generic or not
         self._function: Function | None = None  # what it is set up for
         self._host: FumHost | None = None  # FUM with the launched run command
+        self._exited: asyncio.Future[Any] | None = None  # ends when that command exits
         self._handlers = {Prepare: self._on_prepare, Run: self._on_run}
 
     async def serve(self) -> None:
         """Talk to the worker until it says Stop (or the process is told to stop)."""
-        self._sock.connect(self.settings.worker_endpoint)
+        sock = make_socket(self._ctx, zmq.DEALER, self.settings.mw_id.encode())
+        sock.connect(self.settings.worker_endpoint)
+        self._channel = Channel(sock, lambda frames: self._inbox.put_nowait(frames[-1]), "worker")
         alive = asyncio.get_running_loop().create_task(self._beat())
         try:
-            await self._send(Ready())
+            self._send(Ready())
             while True:
-                payload = await self._sock.recv()
+                payload = await self._inbox.get()
                 try:
                     message = POOL_PROTOCOL.decode(payload)
                 except FumError as exc:
@@ -108,21 +113,21 @@ class Miniworker:
             await self.close()
 
     async def close(self) -> None:
-        if self._host is not None:
-            self._host.close()
-            self._host = None
+        self._close_host()
         if self._sandbox is not None:
             await self._sandbox.destroy()
             self._sandbox = None
-        self._sock.close()
+        if self._channel is not None:
+            self._channel.close()
 
-    async def _send(self, message: Message) -> None:
-        await self._sock.send(POOL_PROTOCOL.encode(message))
+    def _send(self, message: Message) -> None:
+        assert self._channel is not None
+        self._channel.send([POOL_PROTOCOL.encode(message)])
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.settings.alive_interval)
-            await self._send(Alive())
+            self._send(Alive())
 
     def _ready(self) -> Ready:
         runtime = self._sandbox.runtime.name if self._sandbox and self._started else None
@@ -142,10 +147,16 @@ class Miniworker:
         await self._sandbox.start()
         self._started = True
 
-    async def _reset(self) -> None:
+    def _close_host(self) -> None:
         if self._host is not None:
             self._host.close()
             self._host = None
+        if self._exited is not None:
+            self._exited.cancel()
+            self._exited = None
+
+    async def _reset(self) -> None:
+        self._close_host()
         if self._sandbox is not None:
             await self._sandbox.destroy()
         self._sandbox, self._started, self._function = None, False, None
@@ -160,8 +171,7 @@ class Miniworker:
         """Start the run command and wait for its set-up ``ok`` (or its death)."""
         sandbox = self._sandbox
         assert sandbox is not None
-        if self._host is not None:
-            self._host.close()
+        self._close_host()
         host = self._host = FumHost(self._ctx, sandbox.host_bind_ip)
         env = {
             "FUM_NODE_ID": str(self.settings.node_id),
@@ -179,11 +189,13 @@ class Miniworker:
             )
         finally:
             setup.cancel()
-            exited.cancel()
+            if setup not in done:
+                exited.cancel()
         if setup in done:
             # The sandbox binds its REP before its set-up ok: connected now, the first call
             # goes at once (connected earlier, ZeroMQ would retry every 100 ms until then).
             host.connect(node_ip, node_port)
+            self._exited = exited  # watched by every call of this launch
             return
         await sandbox.stop_run()
         if exited in done:
@@ -207,9 +219,9 @@ class Miniworker:
         except (FumError, OSError) as exc:
             log.warning("miniworker.prepare_failed", error=str(exc))
             await self._reset()
-            await self._send(PrepareFailed(error=str(exc)))
+            self._send(PrepareFailed(error=str(exc)))
             return
-        await self._send(self._ready())
+        self._send(self._ready())
 
     # ---- calls
 
@@ -252,32 +264,30 @@ class Miniworker:
                 started_at=started_at,
                 finished_at=time.time(),
             )
-            await self._send(CallDone(outcome=outcome))
-            await self._send(Ready())
+            self._send(CallDone(outcome=outcome))
+            self._send(Ready())
             return
         outcome, healthy = await self._exchange(call, message.timeout, started_at)
         outcome = msgspec.structs.replace(outcome, start=start, init_ms=init_ms)
-        await self._send(CallDone(outcome=outcome, ready=healthy))
+        self._send(CallDone(outcome=outcome, ready=healthy))
         if not healthy:
             await self._relaunch()
-            await self._send(self._ready())
+            self._send(self._ready())
 
     async def _exchange(
         self, call: Call, timeout: float, started_at: float
     ) -> tuple[Outcome, bool]:
         """Run one call over FUM; return its outcome and whether the sandbox is still good."""
-        sandbox, host = self._sandbox, self._host
-        assert sandbox is not None and host is not None
+        sandbox, host, exited = self._sandbox, self._host, self._exited
+        assert sandbox is not None and host is not None and exited is not None
         if not host.inline:
             (sandbox.input_dir / "params.json").write_bytes(call.params)
         running = asyncio.ensure_future(host.run(call.uuid, call.params))
-        exited = asyncio.ensure_future(sandbox.exited.wait())
         done, _ = await asyncio.wait(
             {running, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         status, result, error, healthy, retryable = "DONE", None, None, True, False
         if running in done:
-            exited.cancel()
             failure = running.exception()
             if isinstance(failure, CallFailed):
                 status, error = "ERROR", str(failure)
@@ -289,7 +299,6 @@ class Miniworker:
                 result = _read_result(sandbox.output_dir)
         else:
             running.cancel()
-            exited.cancel()
             healthy = False
             if exited in done:
                 status, error, retryable = "ERROR", sandbox.exit_reason(), True
@@ -299,7 +308,8 @@ class Miniworker:
         logs = await sandbox.take_output()
         if status == "ERROR" and not healthy:
             error = f"{error}\n{tail(logs)}" if logs.strip() else error
-        _clear(sandbox.input_dir)
+        if not host.inline:  # inline, nothing was written there
+            _clear(sandbox.input_dir)
         _clear(sandbox.output_dir)
         outcome = Outcome(
             call_num=call.call_num,

@@ -11,6 +11,7 @@ import socket
 import msgspec
 import uvloop
 
+from services.common import profiling
 from services.common.logs import setup_logging
 from services.common.settings import load_settings
 
@@ -35,7 +36,7 @@ def main() -> None:
         settings = msgspec.structs.replace(settings, node_id=node_number(name))
     setup_logging(f"worker-{settings.node_id}", settings.log_level)
     # Miniworkers inherit the node's environment (PATH, proxies), not just fum's settings.
-    uvloop.run(serve(settings, dict(os.environ)))
+    profiling.run("worker", lambda: uvloop.run(serve(settings, dict(os.environ))))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from services.common.pool_protocol import (
 )
 from services.common.proc import die_with_parent
 from services.common.protocol import Message
-from services.common.rpc import bound_endpoint, make_socket, send_soon
+from services.common.rpc import Channel, bound_endpoint, make_socket
 from services.common.settings import settings_env
 from services.common.tasks import Background
 from services.miniworker.settings import MiniworkerSettings
@@ -124,9 +124,10 @@ class Pool:
         self._ids = itertools.count(1)
         self._background = Background()
         self._closing = False
-        self._sock = make_socket(ctx, zmq.ROUTER)
-        self._sock.bind(settings.pool_bind or default_pool_bind(Path(settings.node_dir)))
-        self.endpoint = bound_endpoint(self._sock)
+        sock = make_socket(ctx, zmq.ROUTER)
+        sock.bind(settings.pool_bind or default_pool_bind(Path(settings.node_dir)))
+        self.endpoint = bound_endpoint(sock)
+        self._channel = Channel(sock, self._on_frames, name="pool")
         self._sandboxes = Path(settings.node_dir) / "sandboxes"
         shutil.rmtree(self._sandboxes, ignore_errors=True)  # what a previous run left
         self._sandboxes.mkdir(parents=True)
@@ -143,7 +144,7 @@ class Pool:
         if self._closing:
             return
         self._queues.setdefault(job.function.name, deque()).append(job)
-        self._schedule()
+        self._schedule(preload=False)
 
     def sync(self, runtimes: list[Runtime], functions: list[Function]) -> None:
         """Replace the catalogue (after registering with the api)."""
@@ -203,27 +204,27 @@ class Pool:
     # ---- the loop
 
     async def serve(self) -> None:
-        """Read the miniworkers' messages, and declare silent ones dead."""
-        watchdog = asyncio.get_running_loop().create_task(self._watchdog())
+        """Declare silent miniworkers dead (their messages come by callback)."""
+        await self._watchdog()
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            return
+        identity, payload = frames
+        slot = self._slots.get(identity.decode())
+        if slot is None:
+            return  # a miniworker already declared dead
         try:
-            while True:
-                identity, payload = await self._sock.recv_multipart()
-                slot = self._slots.get(identity.decode())
-                if slot is None:
-                    continue  # a miniworker already declared dead
-                try:
-                    message = POOL_PROTOCOL.decode(payload)
-                except FumError as exc:
-                    log.error("pool.bad_message", mw=slot.mw_id, error=str(exc))
-                    continue
-                slot.last_alive = time.monotonic()
-                handler = self._handlers.get(type(message))
-                if handler is None:
-                    log.error("pool.unexpected", mw=slot.mw_id, msg_type=message.msg_type)
-                    continue
-                handler(slot, message)  # type: ignore[operator]
-        finally:
-            watchdog.cancel()
+            message = POOL_PROTOCOL.decode(payload)
+        except FumError as exc:
+            log.error("pool.bad_message", mw=slot.mw_id, error=str(exc))
+            return
+        slot.last_alive = time.monotonic()
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            log.error("pool.unexpected", mw=slot.mw_id, msg_type=message.msg_type)
+            return
+        handler(slot, message)  # type: ignore[operator]
 
     async def _watchdog(self) -> None:
         while True:
@@ -254,7 +255,7 @@ class Pool:
                     proc.kill()
                     await proc.wait()
         await self._background.close()
-        self._sock.close()
+        self._channel.close()
 
     # ---- miniworker messages
 
@@ -262,12 +263,17 @@ class Pool:
         def failed(exc: zmq.ZMQError) -> None:  # not connected (yet, or any more)
             log.warning("pool.send_failed", mw=slot.mw_id, error=str(exc))
 
-        send_soon(self._sock, [slot.mw_id.encode(), POOL_PROTOCOL.encode(message)], failed)
+        try:
+            self._channel.send([slot.mw_id.encode(), POOL_PROTOCOL.encode(message)])
+        except zmq.ZMQError as exc:
+            failed(exc)
 
     def _on_alive(self, slot: Slot, message: Alive) -> None:
         pass  # last_alive is stamped for every message
 
-    def _on_ready(self, slot: Slot, message: Ready) -> None:
+    def _on_ready(self, slot: Slot, message: Ready, settled: bool = False) -> None:
+        """A miniworker is ready for work; ``settled``: a warm one back from a call, the
+        sandboxes on the node the same as before it."""
         if slot.state == "stopping":
             return
         if slot.state == "starting":
@@ -285,7 +291,8 @@ class Pool:
             slot.function = None
         if self._stale(slot):
             self._stop(slot)
-        self._schedule()
+            settled = False
+        self._schedule(preload=not settled)
 
     async def _prepare(self, slot: Slot) -> None:
         slot.state = "preparing"
@@ -321,6 +328,7 @@ class Pool:
                     function=job.function.name,
                     sha256=job.function.sha256,
                 ),
+                settled=True,
             )
         self._on_outcome(job, message.outcome)
 
@@ -373,7 +381,11 @@ class Pool:
             1 for s in self._slots.values() if s.state != "stopping" and s.runtime is not SPARE
         )
 
-    def _schedule(self) -> None:
+    def _schedule(self, preload: bool = True) -> None:
+        """Start the waiting calls that can start; then, if the node's sandboxes changed
+        (or ``preload``), keep what the preload policy asks for. A call that only takes a
+        warm idle sandbox changes nothing there: the common case skips the preload pass."""
+        changed = False
         for name in list(self._queues):
             queue = self._queues[name]
             while queue:
@@ -383,8 +395,10 @@ class Pool:
                     break
                 queue.popleft()
                 if slot is not None:
+                    changed = changed or not slot.warm_for(job.function)  # specialised
                     self._run(slot, job)
                 else:
+                    changed = True
                     runtime = self.runtimes.get(job.function.runtime)
                     if runtime is None:
                         self._fail(job, f"runtime {job.function.runtime!r} is not on this node")
@@ -397,7 +411,8 @@ class Pool:
                         self._spawn(runtime, job.function, job)
             if not queue:
                 del self._queues[name]
-        self._preload()
+        if preload or changed:
+            self._preload()
 
     def _make_room(self, function: Function) -> bool:
         """Whether a slot may be spawned now, evicting the LRU idle slot of another if full."""

@@ -130,7 +130,7 @@ class Worker:
                 log.warning("worker.heartbeat_failed", error=str(exc))
                 self._registered.clear()
 
-    async def _on_event(self, message: Message) -> None:
+    def _on_event(self, message: Message) -> None:
         handler = self._handlers.get(type(message))
         if handler is None:
             log.error("worker.unexpected", msg_type=message.msg_type)
@@ -242,12 +242,12 @@ class Worker:
             finished_at=finished,
         )
         if early:
-            await self._tell_api(final)
+            self._tell_api(final)
             if not await self._write(update):
                 log.error("worker.early_result_not_stored", call=call.call_num)
             return
         if await self._write(update):
-            await self._tell_api(final)
+            self._tell_api(final)
             return
         # Another run of this call (dispatched again after a node was lost) finished first:
         # the api hears of the result that is stored, not of this one.
@@ -258,8 +258,8 @@ class Worker:
         except FumError as exc:
             log.error("worker.db_read_failed", call=call.call_num, error=str(exc))
             return
-        await self._tell_api(stored)
+        self._tell_api(stored)
 
-    async def _tell_api(self, call: Call) -> None:
+    def _tell_api(self, call: Call) -> None:
         with contextlib.suppress(zmq.ZMQError):
-            await self.api.send_event(CallFinished(call=call))
+            self.api.send_event(CallFinished(call=call))

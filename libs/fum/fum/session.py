@@ -26,7 +26,8 @@ SETUP_UUID = b""
 # Reports are ok, node id, UUID, then optionally an error report (empty: none) and a
 # payload. A session that takes its params and gives its result in the messages
 # ("inline", no files) says so in its setup report's payload; the host may then send a
-# call as two frames, UUID and params, and reads the result from the call's report.
+# call as two frames, UUID and params, and the report, result included, is the reply to
+# that request (two messages a call instead of three).
 INLINE = b"inline"
 # Long enough to flush the last report to a live host, short enough that a process whose
 # host is gone still exits promptly.
@@ -212,7 +213,10 @@ class Session:
             frames.append(error)
         if payload is not None:
             frames.append(payload)
-        self._push.send_multipart(frames)
+        if self._params is not None and self._rep is not None:
+            self._rep.send_multipart(frames)  # an inline call: its request awaits this
+        else:
+            self._push.send_multipart(frames)
 
     def _receive_uuid(self) -> str:
         """Block until the host sends a call UUID on REP, answer ok and return it."""
@@ -225,8 +229,9 @@ class Session:
             except UnicodeDecodeError:
                 uuid = ""
             if uuid:
-                self._rep.send(OK)
                 self._params = frames[1] if inline else None
+                if not inline:
+                    self._rep.send(OK)  # an inline call is answered by its report
                 return uuid
             # REP must answer every request; a malformed one is refused, not taken as a call.
             self._rep.send(b"error")
