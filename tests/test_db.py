@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 import uuid
@@ -25,15 +27,20 @@ from services.common.db_protocol import (
     CallsCreated,
     CallsUpdated,
     CreateCalls,
+    DeleteFunction,
     GetCall,
+    GetRuntime,
     Ping,
     Pong,
     PutFunction,
+    PutRuntime,
+    RuntimeReply,
     UpdateCalls,
 )
 from services.common.errors import BadRequest, Conflict, NotFound, Unavailable
 from services.common.models import CallUpdate, Function, Limits, NewCall, Runtime
 from services.common.protocol import Error, Message
+from services.db.store import MIGRATIONS, SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
 START_DEADLINE = 20.0
@@ -57,6 +64,13 @@ class DbProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def batch_sizes(self, event: str = "db.batch") -> list[int]:
+        """How many requests each batch logged with ``event`` had, in order."""
+        lines = [line for line in self.log_text().splitlines() if line.startswith("{")]
+        return [
+            entry["requests"] for entry in map(json.loads, lines) if entry.get("event") == event
+        ]
 
 
 @dataclass
@@ -186,6 +200,40 @@ async def request_all(
     """Pipeline every message on one DEALER, then match each reply to its request id."""
     for number, message in enumerate(messages):
         await sock.send_multipart([number.to_bytes(4, "big"), DB_PROTOCOL.encode(message)])
+    return await replies_to(sock, messages, timeout)
+
+
+async def request_one_batch(
+    db: DbProcess, sock: zmq.asyncio.Socket, messages: list[Message]
+) -> list[Message]:
+    """Like ``request_all``, but the db surely reads ``messages`` as one batch.
+
+    The write lock of the file is held here while a first request, sent alone, waits for
+    it inside the db (a DELETE, whose lock wait SQLite retries up to the busy timeout);
+    the rest queue up at the db meanwhile, and are all waiting when the lock goes.
+    """
+    gate = DeleteFunction(name="gate")
+    lock = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        await sock.send_multipart([len(messages).to_bytes(4, "big"), DB_PROTOCOL.encode(gate)])
+        await asyncio.sleep(0.2)
+        for number, message in enumerate(messages):
+            await sock.send_multipart([number.to_bytes(4, "big"), DB_PROTOCOL.encode(message)])
+        await asyncio.sleep(0.2)
+        lock.execute("ROLLBACK")
+    finally:
+        lock.close()
+    *replies, opened = await replies_to(sock, [*messages, gate])
+    assert isinstance(opened, Error)
+    assert opened.code == "not_found"
+    return replies
+
+
+async def replies_to(
+    sock: zmq.asyncio.Socket, messages: list[Message], timeout: float = 30.0
+) -> list[Message]:
+    """The replies to ``messages``, sent with their index as request id, in their order."""
     replies: dict[int, Message] = {}
     async with asyncio.timeout(timeout):
         while len(replies) < len(messages):
@@ -464,28 +512,95 @@ async def test_many_requests_in_flight_on_one_dealer(
 
 
 async def test_failing_request_leaves_its_batch_intact(
-    client: DbClient, dealer: zmq.asyncio.Socket
+    client: DbClient, dealer: zmq.asyncio.Socket, db: DbProcess
 ) -> None:
     messages: list[Message] = [CreateCalls(calls=[new_call(), new_call()]) for _ in range(60)]
     messages[20] = CreateCalls(calls=[new_call(), new_call("bad name")])
     messages[40] = PutFunction(function=function(runtime="missing"))
-    replies = await request_all(dealer, messages)
+    messages[50] = PutRuntime(runtime=runtime())
+    replies = await request_one_batch(db, dealer, messages)
 
     assert isinstance(replies[20], Error)
     assert replies[20].code == "bad_request"
     assert isinstance(replies[40], Error)
     assert replies[40].code == "not_found"
+    assert isinstance(replies[50], RuntimeReply)
+    assert await client.get_runtime("python3") == replies[50].runtime
     created = [
         call.call_num
         for reply in replies
         if isinstance(reply, CallsCreated)
         for call in reply.calls
     ]
-    assert len(created) == 58 * 2
+    assert len(created) == 57 * 2
     assert created == sorted(created)
     assert len(set(created)) == len(created)
     stored = await client.list_calls(limit=1000)
     assert sorted(c.call_num for c in stored) == created
+    assert created == list(range(1, len(created) + 1)), "a failed create takes no number"
+    assert (await client.create_call(new_call())).call_num == len(created) + 1
+    # Logged after the replies went, but before the db read the next request.
+    assert 60 in db.batch_sizes(), "the requests ran as one batch"
+
+
+def deferred_call_check(path: Path) -> None:
+    """A database at the current schema where a call must name a stored function, checked
+    only at COMMIT: a create of an unknown function makes its batch's commit fail."""
+    column = "func_name TEXT NOT NULL,"
+    checked = "func_name TEXT NOT NULL REFERENCES functions (name) DEFERRABLE INITIALLY DEFERRED,"
+    statements = [statement for migration in MIGRATIONS for statement in migration]
+    assert sum(column in statement for statement in statements) == 1
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in statements:
+            db.execute(statement.replace(column, checked))
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    finally:
+        db.close()
+
+
+async def test_failed_commit_fails_the_whole_batch(
+    launcher: DbLauncher, ctx: zmq.asyncio.Context, tmp_path: Path
+) -> None:
+    deferred_call_check(tmp_path / "deferred.sqlite3")
+    db = await launcher.start(path=tmp_path / "deferred.sqlite3")
+    client = DbClient(ctx, db.endpoint)
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(db.endpoint)
+    try:
+        await client.put_runtime(runtime())
+        await client.put_function(function())
+        # A lone writer whose commit fails.
+        with pytest.raises(Unavailable, match="not committed"):
+            await client.create_call(new_call("ghost"))
+
+        # Three writers (each in its savepoint) and a read: every statement succeeds, the
+        # commit does not, and no request of the batch may be answered as done.
+        replies = await request_one_batch(
+            db,
+            sock,
+            [
+                CreateCalls(calls=[new_call()]),
+                PutRuntime(runtime=runtime("other")),
+                GetRuntime(name="python3"),
+                CreateCalls(calls=[new_call("ghost")]),
+            ],
+        )
+        for reply in replies:
+            assert isinstance(reply, Error), reply
+            assert reply.code == "unavailable"
+            assert "FOREIGN KEY" in reply.message
+        assert db.batch_sizes("db.batch_failed") == [1, 4]
+
+        # All rolled back, the call counter too, and the db serves on.
+        assert await client.list_calls() == []
+        with pytest.raises(NotFound):
+            await client.get_runtime("other")
+        assert (await client.create_call(new_call())).call_num == 1
+    finally:
+        sock.close()
+        await client.close()
 
 
 async def test_pipelined_requests_see_each_other_in_order(

@@ -158,10 +158,7 @@ class Dispatcher:
             log.warning("dispatch.send_failed", node=node.node_id, error=str(exc))
             self._declare_dead(node)
 
-        try:
-            self._channel.send([node.identity, EVENT, NODE_PROTOCOL.encode(message)])
-        except zmq.ZMQError as exc:
-            failed(exc)
+        self._channel.send_event([node.identity, EVENT], NODE_PROTOCOL.encode(message), failed)
 
     # ---- the node channel
 
@@ -170,20 +167,21 @@ class Dispatcher:
         await self._reap()
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        if len(frames) != 3:
+        if len(frames) < 3:
             return
-        identity, request_id, payload = frames
-        try:
-            message = NODE_PROTOCOL.decode(payload)
-            handler = self._handlers.get(type(message))
-            if handler is None:
-                raise FumError(f"node: {message.msg_type} is not for the api")
-            reply = handler(identity, message)
-        except FumError as exc:
-            reply = Protocol.error(exc)
-        if reply is not None and request_id != EVENT:
-            with contextlib.suppress(zmq.ZMQError):  # the worker left meanwhile
-                self._channel.send([identity, request_id, NODE_PROTOCOL.encode(reply)])
+        identity, request_id, *payloads = frames  # events may come several to a message
+        for payload in payloads:
+            try:
+                message = NODE_PROTOCOL.decode(payload)
+                handler = self._handlers.get(type(message))
+                if handler is None:
+                    raise FumError(f"node: {message.msg_type} is not for the api")
+                reply = handler(identity, message)
+            except FumError as exc:
+                reply = Protocol.error(exc)
+            if reply is not None and request_id != EVENT:
+                with contextlib.suppress(zmq.ZMQError):  # the worker left meanwhile
+                    self._channel.send([identity, request_id, NODE_PROTOCOL.encode(reply)])
 
     def _on_register(self, identity: bytes, message: Register) -> Registered:
         old = self.nodes.get(message.node_id)

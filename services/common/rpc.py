@@ -75,32 +75,70 @@ class Channel:
         self._on_frames = on_frames
         self._loop = asyncio.get_running_loop()
         self._out: deque[list[bytes]] = deque()  # what the socket could not take yet
+        # events of this loop turn, by routing prefix: they leave as one message each
+        self._batches: dict[tuple[bytes, ...], tuple[list[bytes], Callable[..., None]]] = {}
         self._look_soon = False
         self._closed = False
         self._fd = int(sock.getsockopt(zmq.FD))
         self._loop.add_reader(self._fd, self._service)
         self._look()
 
-    def send(self, frames: list[bytes]) -> None:
+    def send_event(
+        self,
+        prefix: list[bytes],
+        payload: bytes,
+        on_error: Callable[[zmq.ZMQError], None] = lambda exc: None,
+    ) -> None:
+        """Send ``prefix + [payload]`` at the end of this loop turn, together with the other
+        events for the same prefix: one ZeroMQ message ``prefix + [payload, ...]`` (the
+        receiver reads every frame after the prefix as a message). Under load a burst of
+        calls to one worker is one message, not one each. Order is kept: a plain ``send``
+        first sends the events before it."""
+        key = tuple(prefix)
+        batch = self._batches.get(key)
+        if batch is None:
+            if not self._batches:
+                self._loop.call_soon(self._flush)
+            self._batches[key] = ([payload], on_error)
+        else:
+            batch[0].append(payload)
+
+    def _flush(self) -> None:
+        batches, self._batches = self._batches, {}
+        for key, (payloads, on_error) in batches.items():
+            try:
+                self.send([*key, *payloads])
+            except zmq.ZMQError as exc:
+                on_error(exc)
+
+    def send(self, frames: list[bytes], wait: bool = True) -> None:
         """Send now, or (in order) as soon as the socket can take it. Raises ZMQError when
-        the socket refuses it outright (a ROUTER's unknown peer: EHOSTUNREACH)."""
+        the socket refuses it outright (a ROUTER's unknown peer: EHOSTUNREACH), or, with
+        ``wait=False``, when it cannot take it now (a peer that stopped reading)."""
         if self._closed:
             raise zmq.ZMQError(zmq.ENOTSOCK, f"channel {self.name} is closed")
+        if self._batches:
+            self._flush()
         if self._out:
+            if not wait:
+                raise zmq.Again()
             self._out.append(frames)
         else:
             try:
                 self.sock.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:
+                if not wait:
+                    raise
                 self._out.append(frames)
         self._look()
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Stop reading and close the socket, giving what it holds ``linger_ms`` to leave."""
         if self._closed:
             return
         self._closed = True
         self._loop.remove_reader(self._fd)
-        self.sock.close(linger=0)
+        self.sock.close(linger=linger_ms)
 
     def _look(self) -> None:
         if not self._look_soon:
@@ -203,22 +241,27 @@ class Client:
         return reply
 
     def send_event(self, message: Message) -> None:
-        """Send a message that gets no reply (ZMQError if the socket is closed)."""
-        self._channel.send([EVENT, self.protocol.encode(message)])
+        """Send a message that gets no reply, with the other events of this loop turn."""
+        self._channel.send_event([EVENT], self.protocol.encode(message))
+
+    def _decode(self, payload: bytes) -> Message:
+        try:
+            return self.protocol.decode(payload)
+        except FumError as exc:
+            return Protocol.error(exc)
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
+        if len(frames) < 2:
             log.warning("rpc.bad_frames", endpoint=self.endpoint, frames=len(frames))
             return
-        request_id, payload = frames
-        try:
-            message = self.protocol.decode(payload)
-        except FumError as exc:
-            message = Protocol.error(exc)
-        if request_id == EVENT:
-            if self._on_event is not None:
-                self._on_event(message)
+        request_id, *payloads = frames
+        if request_id == EVENT:  # one or more events
+            for payload in payloads:
+                message = self._decode(payload)
+                if self._on_event is not None:
+                    self._on_event(message)
             return
+        message = self._decode(payloads[-1])
         future = self._waiters.get(request_id)
         if future is not None and not future.done():
             future.set_result(message)

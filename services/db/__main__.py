@@ -14,7 +14,7 @@ import zmq.asyncio
 
 from services.common import profiling
 from services.common.logs import setup_logging
-from services.common.rpc import close_context, configure
+from services.common.rpc import close_context, make_socket
 from services.common.settings import load_settings
 
 from .server import DbServer
@@ -37,10 +37,10 @@ async def run(settings: DbSettings) -> int:
         stack.push_async_callback(store.close)
         ctx = zmq.asyncio.Context()
         stack.push_async_callback(close_context, ctx)
-        sock = configure(ctx.socket(zmq.ROUTER), zmq.ROUTER)
-        stack.callback(sock.close)
+        sock = make_socket(ctx, zmq.ROUTER)
         sock.bind(settings.db_bind)
         server = DbServer(sock, store)
+        stack.callback(server.close)
 
         def on_signal(signum: signal.Signals) -> None:
             if not server.stopping:
@@ -61,8 +61,10 @@ async def run(settings: DbSettings) -> int:
             if not server.stopping:
                 raise
             log.warning("db.stopped_without_draining")
-            return 1  # the open transaction is rolled back when the store closes
-        sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
+            # The batch in hand still ends on the store's thread (commit or rollback), with
+            # no replies: its clients time out and retry (creates are idempotent by uuid).
+            return 1
+        server.close(REPLY_LINGER_MS)  # the last replies get a moment to leave
     log.info("db.stopped")
     return 0
 

@@ -1,4 +1,4 @@
-"""Throughput of call creation: ``python -m services.db.bench [--sync normal|full]``.
+"""Latency and throughput of call creation: ``python -m services.db.bench [--sync ...]``.
 
 Starts a real db process on a free loopback port with a fresh file, connects one DEALER,
 pipelines CreateCalls requests (each with its own request id) and reports calls/s from the
@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +24,7 @@ import zmq.asyncio
 
 from services.common.db_client import DbClient
 from services.common.db_protocol import DB_PROTOCOL, CallsCreated, CreateCalls
-from services.common.models import NewCall
+from services.common.models import CallUpdate, NewCall
 
 SCENARIOS = ((10_000, 1), (100, 100))  # (requests, calls per request)
 
@@ -99,6 +100,34 @@ async def pipeline(ctx: zmq.asyncio.Context, endpoint: str, payloads: list[bytes
         sock.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def sequential(client: DbClient, pid: int, count: int = 2000) -> str:
+    """One create, then its final update, awaited one after the other (as a lone blocking
+    invoke does): the latency of each and the db's CPU per call."""
+    creates, updates = [], []
+    cpu = cpu_seconds(pid)
+    for _ in range(count):
+        new = NewCall(uuid=uuid.uuid4().hex, func_name="bench", params=b"{}", created_at=0.0)
+        t0 = time.perf_counter()
+        call = await client.create_call(new)
+        t1 = time.perf_counter()
+        await client.update_call(
+            CallUpdate(call_num=call.call_num, status="DONE", result=b"1", finished_at=1.0)
+        )
+        updates.append(time.perf_counter() - t1)
+        creates.append(t1 - t0)
+    cpu = cpu_seconds(pid) - cpu
+    return (
+        f"sequential: create p50 {statistics.median(creates) * 1e6:.0f} µs, "
+        f"update p50 {statistics.median(updates) * 1e6:.0f} µs, "
+        f"db CPU {cpu / count * 1e6:.0f} µs a call"
+    )
+
+
 async def bench(sync: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -115,6 +144,7 @@ async def bench(sync: str) -> None:
             client = DbClient(ctx, endpoint, timeout=10)
             try:
                 await client.ping()
+                print(f"sync={sync}: {await sequential(client, process.pid)}")
             finally:
                 await client.close()
             for count, size in SCENARIOS:

@@ -1,25 +1,31 @@
 """The db server: a ROUTER that answers every request, committing in groups.
 
-Group commit: after one request arrives, every request already waiting on the socket is
-read too (up to ``MAX_BATCH`` requests or ``MAX_BATCH_BYTES``); the batch runs in one
+Group commit: requests are read as they arrive; every request that came while a batch
+was running is the next batch (up to ``MAX_BATCH`` requests or ``MAX_BATCH_BYTES``); it
+runs in one
 transaction, is committed, and only then are its replies sent, so a reply always reports
 something durable. When a batch has more than one writing request, each runs in its own
 SAVEPOINT, so one that fails leaves the rest of its batch intact; a lone writer needs none
 (on failure the transaction holds nothing else and is rolled back). Consecutive
-``CreateCalls`` (or ``UpdateCalls``) of a batch share one trip to the store.
+``CreateCalls`` (or ``UpdateCalls``) of a batch share one call of the store.
+
+The whole batch, from BEGIN to COMMIT or ROLLBACK, is one synchronous function run on the
+store's connection thread (``Store.run``): one thread trip per batch, not one per
+statement. So the handlers are synchronous, and run on that thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 import zmq
-import zmq.asyncio
 
 from services.common.db_protocol import (
     DB_PROTOCOL,
@@ -53,8 +59,9 @@ from services.common.db_protocol import (
 from services.common.errors import FumError, Unavailable, UnknownMessage
 from services.common.models import check_name, now
 from services.common.protocol import Error, Message, Protocol
+from services.common.rpc import Channel
 
-from .store import Store, check_status
+from .store import RollbackFailed, Store, check_status
 
 log = structlog.get_logger()
 
@@ -64,7 +71,7 @@ MAX_BATCH_BYTES = 2 * 1024 * 1024
 
 # What a handler gives for each request: its reply, or the exception that failed it.
 Outcome = Message | Exception
-RunUnit = Callable[[list[Any]], Awaitable[list[Outcome]]]
+RunUnit = Callable[[list[Any]], list[Outcome]]
 R = TypeVar("R", bound=Message)
 
 
@@ -74,14 +81,15 @@ class Handler(NamedTuple):
     run: RunUnit
     writes: bool  # needs the batch transaction and a savepoint
     groups: bool = False  # consecutive requests of this type go to ``run`` together
+    store: bool = True  # uses the store, so the batch must go to its thread
 
 
-def _one(handle: Callable[[Any], Awaitable[Message]]) -> RunUnit:
+def _one(handle: Callable[[Any], Message]) -> RunUnit:
     """Adapt a handler of one request to the list form; its unit is always one request."""
 
-    async def run(requests: list[Any]) -> list[Outcome]:
+    def run(requests: list[Any]) -> list[Outcome]:
         (request,) = requests
-        return [await handle(request)]
+        return [handle(request)]
 
     return run
 
@@ -109,19 +117,17 @@ class _Request:
 class DbServer:
     """Reads requests from a bound ROUTER in batches and answers each exactly once."""
 
-    def __init__(self, sock: zmq.asyncio.Socket, store: Store) -> None:
-        self._sock = sock
-        # The same socket without the asyncio layer, to drain and reply without a future
-        # per message. Used only while no asyncio receive is pending (a plain call can eat
-        # the edge of the notification fd); the asyncio wrapper re-checks EVENTS whenever
-        # it starts to wait, so nothing is missed.
-        self._sync_sock: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+    def __init__(self, sock: zmq.Socket[bytes], store: Store) -> None:
+        # Requests are read as they come (a Channel drains the socket on each wake-up)
+        # and wait here until the batch in hand is done: those are the next batch.
+        self._waiting: deque[list[bytes]] = deque()
+        self._arrived = asyncio.Event()
+        self._channel = Channel(sock, self._on_frames, name="db")
         self._store = store
         self.started_at = now()
         self.stopping = False
-        self._recv: asyncio.Future[list[bytes]] | None = None
         self._handlers: dict[type[Message], Handler] = {
-            Ping: Handler(_one(self._ping), writes=False),
+            Ping: Handler(_one(self._ping), writes=False, store=False),
             PutRuntime: Handler(_one(self._put_runtime), writes=True),
             GetRuntime: Handler(_one(self._get_runtime), writes=False),
             ListRuntimes: Handler(_one(self._list_runtimes), writes=False),
@@ -141,37 +147,33 @@ class DbServer:
     # ---- main loop
 
     def stop(self) -> None:
-        """Drain: read nothing more, finish the batch in hand and reply, then leave ``serve``."""
+        """Drain: take nothing more, finish the batch in hand and reply, then leave ``serve``."""
         self.stopping = True
-        if self._recv is not None:
-            self._recv.cancel()
+        self._arrived.set()
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket, giving the last replies ``linger_ms`` to leave."""
+        self._channel.close(linger_ms)
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        self._waiting.append(frames)
+        self._arrived.set()
 
     async def serve(self) -> None:
-        while not self.stopping:
-            batch = await self._read_batch()
-            if batch is None:
-                break
-            await self._run_batch(batch)
+        while True:
+            await self._arrived.wait()
+            if self.stopping:
+                return
+            self._arrived.clear()
+            while self._waiting and not self.stopping:
+                await self._run_batch(self._next_batch())
 
-    async def _read_batch(self) -> list[list[bytes]] | None:
-        """Wait for one request, then take every one already waiting; ``None`` when stopped."""
-        self._recv = cast("asyncio.Future[list[bytes]]", self._sock.recv_multipart())
-        try:
-            first = await self._recv
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self.stopping and task is not None and not task.cancelling():
-                return None  # stop() cancelled the receive; nobody cancelled this task
-            raise
-        finally:
-            self._recv = None
-        batch = [first]
-        size = len(first[-1])
-        while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES:
-            try:
-                frames = self._sync_sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+    def _next_batch(self) -> list[list[bytes]]:
+        """The requests waiting, oldest first, up to MAX_BATCH or MAX_BATCH_BYTES."""
+        batch = [self._waiting.popleft()]
+        size = len(batch[0][-1])
+        while self._waiting and len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES:
+            frames = self._waiting.popleft()
             batch.append(frames)
             size += len(frames[-1])
         return batch
@@ -181,31 +183,27 @@ class DbServer:
         requests = [self._decode(frames) for frames in batch]
         units = self._units(requests)
         writers = sum(handler.writes for handler, _ in units)
-        writes = writers > 0
         try:
-            if writes:
-                await self._store.begin()
-            for handler, unit in units:
-                await self._run_unit(handler, unit, isolate=writers > 1)
-            if writes:
-                await self._store.commit()
+            if any(handler.store for handler, _ in units):
+                await self._store.run(self._run_units, units, writers)
+            else:
+                self._run_units(units, writers)  # pings: no need to wake the store's thread
         except Exception as exc:
             # Nothing of this batch is durable: no request of it may be answered as done.
             log.error("db.batch_failed", requests=len(requests), exc_info=exc)
             failed = Error(code=Unavailable.code, message=f"db: batch not committed: {exc}")
             for request in requests:
                 request.reply = failed
-            try:
-                await self._store.rollback()
-            finally:
-                self._send_replies(requests)
+            self._send_replies(requests)
+            if isinstance(exc, RollbackFailed):
+                raise  # answered; but no other batch may run on this connection
             return
         self._send_replies(requests)
         log.debug(
             "db.batch",
             requests=len(requests),
             units=len(units),
-            writes=writes,
+            writes=writers > 0,
             ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
@@ -234,23 +232,34 @@ class DbServer:
                 units.append((handler, [request]))
         return units
 
-    async def _run_unit(self, handler: Handler, unit: list[_Request], *, isolate: bool) -> None:
+    def _run_units(self, units: list[tuple[Handler, list[_Request]]], writers: int) -> None:
+        """Run a batch's units in order and set their replies: on the store's thread, unless
+        the batch does not touch the store (pings).
+
+        With any writer, all in one transaction: committed at the end, or rolled back if
+        anything raises out of a unit (or the commit fails), which fails the whole batch.
+        """
+        with self._store.transaction() if writers else nullcontext():
+            for handler, unit in units:
+                self._run_unit(handler, unit, isolate=writers > 1)
+
+    def _run_unit(self, handler: Handler, unit: list[_Request], *, isolate: bool) -> None:
         """Run one unit and set its replies; ``isolate`` puts its writes in a savepoint."""
         requests = [request.message for request in unit]
         outcomes: list[Outcome]
         try:
             if handler.writes and isolate:
-                async with self._store.savepoint():
-                    outcomes = await handler.run(requests)
+                with self._store.savepoint():
+                    outcomes = handler.run(requests)
             else:
-                outcomes = await handler.run(requests)
+                outcomes = handler.run(requests)
         except Exception as exc:
             if handler.writes and isolate and not self._store.in_transaction:
                 raise  # SQLite gave up the whole transaction: the batch fails
             if handler.writes and not isolate:
                 # The batch's only writer: its transaction holds nothing else to keep.
-                await self._store.rollback()
-                await self._store.begin()
+                self._store.rollback()
+                self._store.begin()
             outcomes = [exc] * len(unit)
         for request, outcome in zip(unit, outcomes, strict=True):
             if isinstance(outcome, Message):
@@ -266,52 +275,52 @@ class DbServer:
         for request in requests:
             assert request.reply is not None
             try:
-                self._sync_sock.send_multipart(
-                    [*request.routing, DB_PROTOCOL.encode(request.reply)], zmq.NOBLOCK
+                self._channel.send(
+                    [*request.routing, DB_PROTOCOL.encode(request.reply)], wait=False
                 )
             except zmq.ZMQError as exc:
                 log.warning("db.reply_undelivered", error=str(exc))
 
-    # ---- handlers
+    # ---- handlers: synchronous, run on the store's thread within the batch's transaction
 
-    async def _ping(self, _: Ping) -> Pong:
+    def _ping(self, _: Ping) -> Pong:
         return Pong(started_at=self.started_at)
 
-    async def _put_runtime(self, request: PutRuntime) -> RuntimeReply:
-        runtime, created = await self._store.put_runtime(request.runtime)
+    def _put_runtime(self, request: PutRuntime) -> RuntimeReply:
+        runtime, created = self._store.put_runtime(request.runtime)
         return RuntimeReply(runtime=runtime, created=created)
 
-    async def _get_runtime(self, request: GetRuntime) -> RuntimeReply:
-        return RuntimeReply(runtime=await self._store.get_runtime(request.name))
+    def _get_runtime(self, request: GetRuntime) -> RuntimeReply:
+        return RuntimeReply(runtime=self._store.get_runtime(request.name))
 
-    async def _list_runtimes(self, _: ListRuntimes) -> RuntimeList:
-        return RuntimeList(runtimes=await self._store.list_runtimes())
+    def _list_runtimes(self, _: ListRuntimes) -> RuntimeList:
+        return RuntimeList(runtimes=self._store.list_runtimes())
 
-    async def _delete_runtime(self, request: DeleteRuntime) -> Deleted:
-        await self._store.delete_runtime(request.name)
+    def _delete_runtime(self, request: DeleteRuntime) -> Deleted:
+        self._store.delete_runtime(request.name)
         return Deleted(name=request.name)
 
-    async def _put_function(self, request: PutFunction) -> FunctionReply:
-        function, created = await self._store.put_function(request.function)
+    def _put_function(self, request: PutFunction) -> FunctionReply:
+        function, created = self._store.put_function(request.function)
         return FunctionReply(function=function, created=created)
 
-    async def _get_function(self, request: GetFunction) -> FunctionReply:
-        return FunctionReply(function=await self._store.get_function(request.name))
+    def _get_function(self, request: GetFunction) -> FunctionReply:
+        return FunctionReply(function=self._store.get_function(request.name))
 
-    async def _list_functions(self, _: ListFunctions) -> FunctionList:
-        return FunctionList(functions=await self._store.list_functions())
+    def _list_functions(self, _: ListFunctions) -> FunctionList:
+        return FunctionList(functions=self._store.list_functions())
 
-    async def _delete_function(self, request: DeleteFunction) -> Deleted:
-        await self._store.delete_function(request.name)
+    def _delete_function(self, request: DeleteFunction) -> Deleted:
+        self._store.delete_function(request.name)
         return Deleted(name=request.name)
 
-    async def _create_calls(self, requests: list[CreateCalls]) -> list[Outcome]:
-        """All the creates of a group in one store trip; a malformed one fails alone."""
+    def _create_calls(self, requests: list[CreateCalls]) -> list[Outcome]:
+        """All the creates of a group in one store call; a malformed one fails alone."""
         errors = _check_each(
             requests, lambda request: [check_name("function", c.func_name) for c in request.calls]
         )
         calls = iter(
-            await self._store.create_calls(
+            self._store.create_calls(
                 [
                     new
                     for request, error in zip(requests, errors, strict=True)
@@ -325,13 +334,13 @@ class DbServer:
             for request, error in zip(requests, errors, strict=True)
         ]
 
-    async def _update_calls(self, requests: list[UpdateCalls]) -> list[Outcome]:
-        """All the updates of a group in one store trip; a malformed one fails alone."""
+    def _update_calls(self, requests: list[UpdateCalls]) -> list[Outcome]:
+        """All the updates of a group in one store call; a malformed one fails alone."""
         errors = _check_each(
             requests, lambda request: [check_status(update.status) for update in request.updates]
         )
         applied = iter(
-            await self._store.update_calls(
+            self._store.update_calls(
                 [
                     update
                     for request, error in zip(requests, errors, strict=True)
@@ -347,19 +356,19 @@ class DbServer:
             for request, error in zip(requests, errors, strict=True)
         ]
 
-    async def _get_call(self, request: GetCall) -> CallReply:
-        return CallReply(call=await self._store.get_call(request.call_num))
+    def _get_call(self, request: GetCall) -> CallReply:
+        return CallReply(call=self._store.get_call(request.call_num))
 
-    async def _get_calls(self, request: GetCalls) -> CallList:
-        return CallList(calls=await self._store.get_calls(request.call_nums))
+    def _get_calls(self, request: GetCalls) -> CallList:
+        return CallList(calls=self._store.get_calls(request.call_nums))
 
-    async def _get_call_logs(self, request: GetCallLogs) -> CallLogs:
-        logs = await self._store.get_call_logs(request.call_num)
+    def _get_call_logs(self, request: GetCallLogs) -> CallLogs:
+        logs = self._store.get_call_logs(request.call_num)
         return CallLogs(call_num=request.call_num, logs=logs)
 
-    async def _list_calls(self, request: ListCalls) -> CallList:
+    def _list_calls(self, request: ListCalls) -> CallList:
         return CallList(
-            calls=await self._store.list_calls(
+            calls=self._store.list_calls(
                 func_name=request.func_name,
                 status=request.status,
                 before=request.before,

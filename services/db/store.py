@@ -1,22 +1,29 @@
 """The SQLite store of runtimes, functions and calls, on aiosqlite.
 
-This process is the only writer. Transactions are opened by the caller (the server runs a
-whole batch of requests in one), so the write methods here assume one is open; each of
-them validates with reads first and then writes, and the server wraps each request in a
-SAVEPOINT so that a failing request leaves the rest of its batch intact.
+This process is the only writer. aiosqlite runs the sqlite3 connection on a thread of its
+own, and every trip there (queue, thread wake-up, wake-up of the loop back) costs far
+more than the SQL of a typical request. So nothing here awaits statement by statement:
+the server hands a whole batch to ``Store.run``, one trip, and on that thread the batch
+calls the plain synchronous methods here, from BEGIN to COMMIT or ROLLBACK. Those methods
+may only run there: sqlite3 refuses a connection used off the thread that opened it.
 
-Every ``await`` here is a hop to aiosqlite's thread, so the call paths that carry load
-(``create_calls``, ``update_calls``) take a whole batch and do it in two statements.
+Transactions are opened by the caller (the server runs a whole batch of requests in
+one), so the write methods here assume one is open; each of them validates with reads
+first and then writes, and the server wraps each request in a SAVEPOINT (when its batch
+has several writers) so that a failing request leaves the rest of its batch intact.
+``create_calls`` and ``update_calls`` take the requests of a whole group at once and do
+them in two statements.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 import msgspec
@@ -39,6 +46,9 @@ from services.common.models import (
 from .settings import DbSettings
 
 log = structlog.get_logger()
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Migration i (0-based) takes the schema from version i to i + 1 (PRAGMA user_version).
 # Append new ones; never edit one that has shipped.
@@ -195,11 +205,23 @@ def check_status(status: str) -> str:
     return status
 
 
+class RollbackFailed(Exception):
+    """A failed transaction could not be rolled back either: the connection is in an
+    unknown state, so the process must stop rather than run another batch on it."""
+
+
 class Store:
-    """Runtimes, functions and calls in one SQLite file (WAL, foreign keys on)."""
+    """Runtimes, functions and calls in one SQLite file (WAL, foreign keys on).
+
+    Every method but ``open``, ``close`` and ``run`` is synchronous and runs on the
+    connection's thread, inside a function given to ``run``; so does every change to the
+    call counter.
+    """
 
     def __init__(self, conn: aiosqlite.Connection, next_call_num: int) -> None:
         self._conn = conn
+        # The sqlite3 connection that aiosqlite opened on its thread, for the code run there.
+        self._db: sqlite3.Connection = conn._conn
         self._next_call_num = next_call_num
 
     @classmethod
@@ -209,18 +231,10 @@ class Store:
             Path(settings.db_path).parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(settings.db_path, isolation_level=None)
         try:
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute(f"PRAGMA synchronous = {settings.db_sync.upper()}")
-            await conn.execute("PRAGMA busy_timeout = 5000")
-            if settings.db_start_policy == "wipe":
-                await _wipe(conn)
-            await conn.execute("PRAGMA foreign_keys = ON")
-            version = await _migrate(conn)
-            rows = await conn.execute_fetchall("SELECT MAX(call_num) FROM calls")
+            version, next_call_num = await _on_thread(conn, _prepare, conn._conn, settings)
         except BaseException:
             await conn.close()
             raise
-        next_call_num = (next(iter(rows))[0] or 0) + 1
         log.info(
             "db.store_opened",
             path=settings.db_path,
@@ -234,53 +248,67 @@ class Store:
     async def close(self) -> None:
         await self._conn.close()
 
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` on the connection's thread and give its result: one trip there,
+        however many statements ``fn`` runs through this store's methods."""
+        return await _on_thread(self._conn, fn, *args, **kwargs)
+
     # ---- transactions
 
     @property
     def in_transaction(self) -> bool:
-        return self._conn.in_transaction
+        return self._db.in_transaction
 
-    async def begin(self) -> None:
-        await self._conn.execute("BEGIN")
+    def begin(self) -> None:
+        self._db.execute("BEGIN")
 
-    async def commit(self) -> None:
-        await self._conn.execute("COMMIT")
-
-    async def rollback(self) -> None:
+    def rollback(self) -> None:
         """Undo the open transaction, if SQLite has not already, and resync the call counter."""
-        if self._conn.in_transaction:
-            await self._conn.execute("ROLLBACK")
-        rows = await self._conn.execute_fetchall("SELECT MAX(call_num) FROM calls")
-        self._next_call_num = (next(iter(rows))[0] or 0) + 1
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._next_call_num = _first_free_call_num(self._db)
 
-    @asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[None]:
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run a block in one transaction: committed if it returns, rolled back if it or
+        the commit raises (and the exception goes on, or ``RollbackFailed`` over it)."""
+        self.begin()
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            try:
+                self.rollback()
+            except Exception as failure:
+                raise RollbackFailed(f"db: could not roll back: {failure}") from failure
+            raise
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
         """Run a block so that, if it raises, none of its writes stay in the transaction."""
         next_call_num = self._next_call_num
-        await self._conn.execute("SAVEPOINT request")
+        self._db.execute("SAVEPOINT request")
         try:
             yield
         except BaseException:
             self._next_call_num = next_call_num
-            await self._conn.execute("ROLLBACK TO request")
-            await self._conn.execute("RELEASE request")
+            self._db.execute("ROLLBACK TO request")
+            self._db.execute("RELEASE request")
             raise
-        await self._conn.execute("RELEASE request")
+        self._db.execute("RELEASE request")
 
     # ---- runtimes
 
-    async def put_runtime(self, runtime: Runtime) -> tuple[Runtime, bool]:
+    def put_runtime(self, runtime: Runtime) -> tuple[Runtime, bool]:
         """Insert or replace a runtime, keeping its creation time; say whether it is new."""
         check_name("runtime", runtime.name)
-        rows = list(
-            await self._conn.execute_fetchall(
-                "SELECT created_at FROM runtimes WHERE name = ?", (runtime.name,)
-            )
-        )
+        row = self._db.execute(
+            "SELECT created_at FROM runtimes WHERE name = ?", (runtime.name,)
+        ).fetchone()
         updated_at = now()
-        created_at = rows[0][0] if rows else updated_at
+        created_at = row[0] if row else updated_at
         stored = msgspec.structs.replace(runtime, created_at=created_at, updated_at=updated_at)
-        await self._conn.execute(
+        self._db.execute(
             _PUT_RUNTIME,
             (
                 stored.name,
@@ -292,29 +320,25 @@ class Store:
                 stored.updated_at,
             ),
         )
-        return stored, not rows
+        return stored, row is None
 
-    async def get_runtime(self, name: str) -> Runtime:
-        rows = list(
-            await self._conn.execute_fetchall(
-                f"SELECT {_RUNTIME_COLUMNS} FROM runtimes WHERE name = ?", (name,)
-            )
-        )
-        if not rows:
+    def get_runtime(self, name: str) -> Runtime:
+        row = self._db.execute(
+            f"SELECT {_RUNTIME_COLUMNS} FROM runtimes WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
             raise NotFound(f"no runtime named {name!r}")
-        return _runtime(rows[0])
+        return _runtime(row)
 
-    async def list_runtimes(self) -> list[Runtime]:
-        rows = await self._conn.execute_fetchall(
-            f"SELECT {_RUNTIME_COLUMNS} FROM runtimes ORDER BY name"
-        )
+    def list_runtimes(self) -> list[Runtime]:
+        rows = self._db.execute(f"SELECT {_RUNTIME_COLUMNS} FROM runtimes ORDER BY name")
         return [_runtime(row) for row in rows]
 
-    async def delete_runtime(self, name: str) -> None:
+    def delete_runtime(self, name: str) -> None:
         """Delete a runtime; ``Conflict`` while functions still use it."""
         users = [
             row[0]
-            for row in await self._conn.execute_fetchall(
+            for row in self._db.execute(
                 "SELECT name FROM functions WHERE runtime = ? ORDER BY name LIMIT 6", (name,)
             )
         ]
@@ -322,7 +346,7 @@ class Store:
             shown = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
             raise Conflict(f"runtime {name!r} is used by functions: {shown}")
         try:
-            cursor = await self._conn.execute("DELETE FROM runtimes WHERE name = ?", (name,))
+            cursor = self._db.execute("DELETE FROM runtimes WHERE name = ?", (name,))
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"runtime {name!r} is still in use: {exc}") from None
         if cursor.rowcount == 0:
@@ -330,23 +354,21 @@ class Store:
 
     # ---- functions
 
-    async def put_function(self, function: Function) -> tuple[Function, bool]:
+    def put_function(self, function: Function) -> tuple[Function, bool]:
         """Insert or replace a function of a known runtime; say whether it is new."""
         check_name("function", function.name)
-        known = await self._conn.execute_fetchall(
+        known = self._db.execute(
             "SELECT 1 FROM runtimes WHERE name = ?", (function.runtime,)
-        )
-        if not list(known):
+        ).fetchone()
+        if known is None:
             raise NotFound(f"no runtime named {function.runtime!r}")
-        rows = list(
-            await self._conn.execute_fetchall(
-                "SELECT created_at FROM functions WHERE name = ?", (function.name,)
-            )
-        )
+        row = self._db.execute(
+            "SELECT created_at FROM functions WHERE name = ?", (function.name,)
+        ).fetchone()
         updated_at = now()
-        created_at = rows[0][0] if rows else updated_at
+        created_at = row[0] if row else updated_at
         stored = msgspec.structs.replace(function, created_at=created_at, updated_at=updated_at)
-        await self._conn.execute(
+        self._db.execute(
             _PUT_FUNCTION,
             (
                 stored.name,
@@ -359,33 +381,29 @@ class Store:
                 stored.updated_at,
             ),
         )
-        return stored, not rows
+        return stored, row is None
 
-    async def get_function(self, name: str) -> Function:
-        rows = list(
-            await self._conn.execute_fetchall(
-                f"SELECT {_FUNCTION_COLUMNS} FROM functions WHERE name = ?", (name,)
-            )
-        )
-        if not rows:
+    def get_function(self, name: str) -> Function:
+        row = self._db.execute(
+            f"SELECT {_FUNCTION_COLUMNS} FROM functions WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
             raise NotFound(f"no function named {name!r}")
-        return _function(rows[0])
+        return _function(row)
 
-    async def list_functions(self) -> list[Function]:
-        rows = await self._conn.execute_fetchall(
-            f"SELECT {_FUNCTION_COLUMNS} FROM functions ORDER BY name"
-        )
+    def list_functions(self) -> list[Function]:
+        rows = self._db.execute(f"SELECT {_FUNCTION_COLUMNS} FROM functions ORDER BY name")
         return [_function(row) for row in rows]
 
-    async def delete_function(self, name: str) -> None:
+    def delete_function(self, name: str) -> None:
         """Delete a function; its calls stay, as history."""
-        cursor = await self._conn.execute("DELETE FROM functions WHERE name = ?", (name,))
+        cursor = self._db.execute("DELETE FROM functions WHERE name = ?", (name,))
         if cursor.rowcount == 0:
             raise NotFound(f"no function named {name!r}")
 
     # ---- calls
 
-    async def create_calls(self, new_calls: Sequence[NewCall]) -> list[Call]:
+    def create_calls(self, new_calls: Sequence[NewCall]) -> list[Call]:
         """Create calls in order, numbered from the counter; a known uuid returns its call.
 
         Two statements whatever the count: one lookup of the uuids, one executemany.
@@ -396,7 +414,7 @@ class Store:
             call.uuid: call
             for call in map(
                 _call,
-                await self._conn.execute_fetchall(
+                self._db.execute(
                     f"SELECT {_CALL_COLUMNS} FROM calls "
                     "WHERE uuid IN (SELECT value FROM json_each(?))",
                     (_json.encode([new.uuid for new in new_calls]).decode(),),
@@ -421,11 +439,11 @@ class Store:
                 next_call_num += 1
             calls.append(call)
         if rows:
-            await self._conn.executemany(_INSERT_CALL, rows)
+            self._db.executemany(_INSERT_CALL, rows)
             self._next_call_num = next_call_num
         return calls
 
-    async def update_calls(self, updates: Sequence[CallUpdate]) -> list[bool]:
+    def update_calls(self, updates: Sequence[CallUpdate]) -> list[bool]:
         """Apply updates in order to calls that are not final yet; say which applied.
 
         A call that has reached a final status never changes again, so a call cannot be
@@ -436,7 +454,7 @@ class Store:
             return []
         statuses: dict[int, str] = {
             row[0]: row[1]
-            for row in await self._conn.execute_fetchall(
+            for row in self._db.execute(
                 "SELECT call_num, status FROM calls "
                 "WHERE call_num IN (SELECT value FROM json_each(?))",
                 (_json.encode([update.call_num for update in updates]).decode(),),
@@ -467,39 +485,33 @@ class Store:
                 )
             )
         if rows:
-            await self._conn.executemany(_UPDATE_CALL, rows)
+            self._db.executemany(_UPDATE_CALL, rows)
         return applied
 
-    async def get_call(self, call_num: int) -> Call:
-        rows = list(
-            await self._conn.execute_fetchall(
-                f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_num = ?", (call_num,)
-            )
-        )
-        if not rows:
+    def get_call(self, call_num: int) -> Call:
+        row = self._db.execute(
+            f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_num = ?", (call_num,)
+        ).fetchone()
+        if row is None:
             raise NotFound(f"no call number {call_num}")
-        return _call(rows[0])
+        return _call(row)
 
-    async def get_calls(self, call_nums: list[int]) -> list[Call]:
+    def get_calls(self, call_nums: list[int]) -> list[Call]:
         """The calls that exist among ``call_nums``, in call-number order."""
-        rows = await self._conn.execute_fetchall(
+        rows = self._db.execute(
             f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_num IN "
             "(SELECT value FROM json_each(?)) ORDER BY call_num",
             (json.dumps(call_nums),),
         )
         return [_call(row) for row in rows]
 
-    async def get_call_logs(self, call_num: int) -> str:
-        rows = list(
-            await self._conn.execute_fetchall(
-                "SELECT logs FROM calls WHERE call_num = ?", (call_num,)
-            )
-        )
-        if not rows:
+    def get_call_logs(self, call_num: int) -> str:
+        row = self._db.execute("SELECT logs FROM calls WHERE call_num = ?", (call_num,)).fetchone()
+        if row is None:
             raise NotFound(f"no call number {call_num}")
-        return rows[0][0] or ""
+        return row[0] or ""
 
-    async def list_calls(
+    def list_calls(
         self,
         *,
         func_name: str | None = None,
@@ -525,51 +537,82 @@ class Store:
             params.append(after)
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
         params.append(max(1, min(limit, MAX_LIST)))
-        rows = await self._conn.execute_fetchall(
+        rows = self._db.execute(
             f"SELECT {_CALL_COLUMNS} FROM calls {where}ORDER BY call_num DESC LIMIT ?", params
         )
         return [_call(row) for row in rows]
 
 
-async def _wipe(conn: aiosqlite.Connection) -> None:
+async def _on_thread(
+    conn: aiosqlite.Connection, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """Run ``fn`` on aiosqlite's connection thread, through the primitive its own methods
+    use (``Connection._execute``: one queued function, one future).
+
+    ``fn`` runs in a copy of the caller's context: the thread has its own, and the log
+    lines ``fn`` writes would lose what is bound in this one (the service's name).
+    """
+    result: T = await conn._execute(contextvars.copy_context().run, fn, *args, **kwargs)
+    return result
+
+
+def _prepare(db: sqlite3.Connection, settings: DbSettings) -> tuple[int, int]:
+    """Set the connection up, apply the start policy and the migrations (on the
+    connection's thread); the schema version and the next call number."""
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(f"PRAGMA synchronous = {settings.db_sync.upper()}")
+    db.execute("PRAGMA busy_timeout = 5000")
+    if settings.db_start_policy == "wipe":
+        _wipe(db)
+    db.execute("PRAGMA foreign_keys = ON")
+    return _migrate(db), _first_free_call_num(db)
+
+
+def _first_free_call_num(db: sqlite3.Connection) -> int:
+    """The number the next created call gets: one past the highest stored."""
+    (highest,) = db.execute("SELECT MAX(call_num) FROM calls").fetchone()
+    return int(highest or 0) + 1
+
+
+def _wipe(db: sqlite3.Connection) -> None:
     """Drop every table (start policy ``wipe``); the migrations then rebuild the schema."""
-    await conn.execute("PRAGMA foreign_keys = OFF")
-    await conn.execute("BEGIN")
+    db.execute("PRAGMA foreign_keys = OFF")
+    db.execute("BEGIN")
     try:
         tables = [
             row[0]
-            for row in await conn.execute_fetchall(
+            for row in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
         ]
         for table in tables:
-            await conn.execute(f"DROP TABLE {_quote(table)}")
-        await conn.execute("PRAGMA user_version = 0")
-        await conn.execute("COMMIT")
+            db.execute(f"DROP TABLE {_quote(table)}")
+        db.execute("PRAGMA user_version = 0")
+        db.execute("COMMIT")
     except BaseException:
-        await conn.execute("ROLLBACK")
+        db.execute("ROLLBACK")
         raise
-    await conn.execute("VACUUM")
+    db.execute("VACUUM")
     log.info("db.wiped", tables=tables)
 
 
-async def _migrate(conn: aiosqlite.Connection) -> int:
+def _migrate(db: sqlite3.Connection) -> int:
     """Bring the schema to ``SCHEMA_VERSION``, one transaction per migration."""
-    version: int = next(iter(await conn.execute_fetchall("PRAGMA user_version")))[0]
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise FumError(
             f"database schema version {version} is newer than this db service knows "
             f"({SCHEMA_VERSION}); refusing to open it"
         )
     for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-        await conn.execute("BEGIN")
+        db.execute("BEGIN")
         try:
             for statement in statements:
-                await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version = {target}")
-            await conn.execute("COMMIT")
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {target}")
+            db.execute("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
         log.info("db.migrated", schema_version=target)
         version = target
