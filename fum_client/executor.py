@@ -150,6 +150,7 @@ class CallFuture:
     def result(self, timeout: float | None = None, throw_except: bool = True) -> Any:
         """The call's result (a callable's return value); raises its CallError if it failed,
         ``WaitTimeout`` if it has not ended within ``timeout`` s."""
+        self._executor._send_now(self)
         if not self._event.wait(timeout):
             raise WaitTimeout(f"call {self.call_num} ({self.function}) is still running")
         failure = self._failure()
@@ -161,6 +162,7 @@ class CallFuture:
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The error the call ended with, or ``None``."""
+        self._executor._send_now(self)
         if not self._event.wait(timeout):
             raise WaitTimeout(f"call {self.call_num} ({self.function}) is still running")
         return self._failure()
@@ -483,6 +485,15 @@ class FunctionExecutor:
             if self._submitter is None:
                 self._submitter = self._start(self._submit_loop, "fum-submit")
             self._submit_cond.notify()
+
+    def _send_now(self, future: CallFuture) -> None:
+        """Waiting for the only call not sent yet: send it from this thread (one request,
+        no hand-over to the submit thread and back: a sequential caller's latency)."""
+        with self._lock:
+            if len(self._to_submit) != 1 or self._to_submit[0] is not future or self._closed:
+                return
+            self._to_submit.popleft()
+        self._submit([future])
 
     def _start(self, target: Callable[[], None], name: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)

@@ -635,6 +635,34 @@ async def test_pipelined_requests_see_each_other_in_order(
 # ---- restarts: durability and start policies
 
 
+async def test_reserved_call_numbers(launcher: DbLauncher, ctx: zmq.asyncio.Context) -> None:
+    """Numbers set aside are created with as asked, never given twice (a restart
+    included), and a number that was not set aside is refused."""
+    db = await launcher.start()
+    client = DbClient(ctx, db.endpoint)
+    try:
+        before = await client.create_call(new_call())
+        first = await client.reserve_call_nums(10)
+        assert first == before.call_num + 1
+        mine = msgspec.structs.replace(new_call(), call_num=first + 3)
+        assert (await client.create_call(mine)).call_num == first + 3
+        assert (await client.create_call(mine)).call_num == first + 3  # idempotent
+        assert (await client.create_call(new_call())).call_num == first + 10  # after the block
+        for bad in (first + 11, 10**9, 0):
+            with pytest.raises(BadRequest):
+                await client.create_call(msgspec.structs.replace(new_call(), call_num=bad))
+        db.process.kill()
+    finally:
+        await client.close()
+    await launcher.stop(db)
+    db = await launcher.start(path=db.path, policy="keep")
+    client = DbClient(ctx, db.endpoint)
+    try:  # a block not used up stays set aside
+        assert await client.reserve_call_nums(5) == first + 11
+    finally:
+        await client.close()
+
+
 async def test_keep_policy_survives_kill(launcher: DbLauncher, ctx: zmq.asyncio.Context) -> None:
     db = await launcher.start()
     client = DbClient(ctx, db.endpoint)

@@ -16,11 +16,12 @@ from services.common.errors import FumError, Overloaded, Unavailable
 from services.common.models import Call
 from services.common.rpc import close_context
 
+from .callnums import CallNumbers
 from .catalog import Catalog, PackageStore
 from .dispatch import Dispatcher
 from .routes import add_routes
 from .settings import ApiSettings
-from .views import CATALOG, DB, DISPATCHER, SETTINGS, json_response
+from .views import CALL_NUMS, CATALOG, DB, DB_DEADLINE, DISPATCHER, SETTINGS, json_response
 
 log = structlog.get_logger()
 
@@ -103,6 +104,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     catalog = Catalog(db, PackageStore(Path(settings.data_dir) / "packages"), dispatcher)
     app[DB], app[DISPATCHER], app[CATALOG] = db, dispatcher, catalog
+    app[CALL_NUMS] = CallNumbers(db, DB_DEADLINE)
     serving = None
     try:
         await wait_for_db(db)

@@ -18,12 +18,14 @@ from services.common.models import (
     LIMIT_NAMES,
     STATUSES,
     Call,
+    CallUpdate,
     Limits,
     NewCall,
     Runtime,
 )
 from services.common.tasks import retrying
 
+from .callnums import CallNumbers
 from .catalog import Catalog
 from .dispatch import Dispatcher
 from .settings import ApiSettings
@@ -32,6 +34,7 @@ SETTINGS = web.AppKey("settings", ApiSettings)
 DB = web.AppKey("db", DbClient)
 CATALOG = web.AppKey("catalog", Catalog)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+CALL_NUMS = web.AppKey("call_nums", CallNumbers)
 
 _json = msgspec.json.Encoder()
 DB_DEADLINE = 30.0  # seconds a write waits for a db that does not answer (a restart)
@@ -267,22 +270,49 @@ def limits_from(fields: dict[str, Any], base: Limits, default_timeout: float) ->
 
 
 async def invoke(app: web.Application, func_name: str, params: bytes, wait: float | None) -> Call:
-    """Store the call, dispatch it, and (when ``wait``) wait up to that long for its end."""
+    """Store the call and dispatch it; when ``wait``, wait up to that long for its end.
+
+    A non-blocking call is stored, then dispatched: the 202 says it is durable. A blocking
+    call is numbered here (``CallNumbers``) and dispatched while the db stores it; its
+    client hears nothing before the db has it (see docs/SCHEDULING.md, "Durability")."""
     timeout = app[CATALOG].function(func_name).limits.timeout
-    dispatcher = app[DISPATCHER]
+    dispatcher, db = app[DISPATCHER], app[DB]
     dispatcher.reserve(func_name)  # 429 here, before anything is stored
     new = NewCall(uuid=uuid.uuid4().hex, func_name=func_name, params=params, created_at=time.time())
     try:
-        # Idempotent by the uuid: a create lost in a db restart is sent again.
-        call = await retrying(lambda: app[DB].create_call(new), DB_DEADLINE, "create call")
+        if wait:
+            new = msgspec.structs.replace(new, call_num=await app[CALL_NUMS].take())
+            # Idempotent by the uuid: a create lost in a db restart is sent again.
+            stored = asyncio.ensure_future(
+                retrying(lambda: db.create_call(new), DB_DEADLINE, "create call")
+            )
+        else:
+            call = await retrying(lambda: db.create_call(new), DB_DEADLINE, "create call")
     except BaseException:
         dispatcher.release(func_name)
         raise
     if not wait:
         dispatcher.dispatch(call, timeout)
         return call
+    assert new.call_num is not None
+    call = Call(
+        call_num=new.call_num,
+        uuid=new.uuid,
+        func_name=func_name,
+        params=params,
+        created_at=new.created_at,
+    )
     future = dispatcher.wait(call.call_num)
     dispatcher.dispatch(call, timeout)
+    try:
+        await stored
+    except BaseException:
+        dispatcher.forget(call.call_num, future)
+        raise
+    if future.done() and not future.exception():
+        # Finished before the db had the call: the worker's write may have found no call
+        # to update. Write the result now (a final update applies once: no harm if it did).
+        await _store_result(db, future.result())
     try:
         return await asyncio.wait_for(asyncio.shield(future), wait)
     except TimeoutError:
@@ -290,6 +320,22 @@ async def invoke(app: web.Application, func_name: str, params: bytes, wait: floa
         return await fetch_call(app, call.call_num)
     except Unavailable as exc:
         raise Unavailable(f"{exc.message} (call {call.call_num})") from None
+
+
+async def _store_result(db: DbClient, call: Call) -> None:
+    update = CallUpdate(
+        call_num=call.call_num,
+        status=call.status,
+        node_id=call.node_id,
+        attempts=call.attempts,
+        result=call.result,
+        error=call.error,
+        start=call.start,
+        init_ms=call.init_ms,
+        started_at=call.started_at,
+        finished_at=call.finished_at,
+    )
+    await retrying(lambda: db.update_call(update), DB_DEADLINE, "store result")
 
 
 def check_params(body: bytes) -> bytes:

@@ -19,6 +19,7 @@ from .db_protocol import (
     DB_PROTOCOL,
     CallList,
     CallLogs,
+    CallNumsReserved,
     CallReply,
     CallsCreated,
     CallsUpdated,
@@ -40,6 +41,7 @@ from .db_protocol import (
     Pong,
     PutFunction,
     PutRuntime,
+    ReserveCallNums,
     RuntimeList,
     RuntimeReply,
     UpdateCalls,
@@ -207,6 +209,10 @@ class DbClient:
     async def create_calls(self, new_calls: list[NewCall]) -> list[Call]:
         """Create calls in one message; a uuid already known returns its existing call."""
         return (await self._request(CreateCalls(calls=new_calls), CallsCreated)).calls
+
+    async def reserve_call_nums(self, count: int) -> int:
+        """The first of ``count`` call numbers set aside for this client."""
+        return (await self._request(ReserveCallNums(count=count), CallNumsReserved)).first
 
     async def update_calls(self, updates: list[CallUpdate]) -> list[bool]:
         return (await self._request(UpdateCalls(updates=updates), CallsUpdated)).applied

@@ -48,6 +48,12 @@ class CreateCalls(Message, frozen=True):
     calls: list[NewCall]
 
 
+class ReserveCallNums(Message, frozen=True):
+    """Set ``count`` call numbers aside for the asker, never to be given again."""
+
+    count: int
+
+
 class UpdateCalls(Message, frozen=True):
     updates: list[CallUpdate]
 
@@ -109,6 +115,12 @@ class CallsCreated(Message, frozen=True):
     calls: list[Call]
 
 
+class CallNumsReserved(Message, frozen=True):
+    """The reserved numbers are ``first`` to ``first + count - 1``."""
+
+    first: int
+
+
 class CallsUpdated(Message, frozen=True):
     """For each update, in order: whether it changed the stored call."""
 
@@ -140,6 +152,7 @@ DB_PROTOCOL = Protocol(
     ListFunctions,
     DeleteFunction,
     CreateCalls,
+    ReserveCallNums,
     UpdateCalls,
     GetCall,
     GetCalls,
@@ -152,6 +165,7 @@ DB_PROTOCOL = Protocol(
     FunctionList,
     Deleted,
     CallsCreated,
+    CallNumsReserved,
     CallsUpdated,
     CallReply,
     CallLogs,

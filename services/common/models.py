@@ -110,12 +110,14 @@ class Call(Model, frozen=True):
 
 
 class NewCall(Model, frozen=True):
-    """What the api asks the db to create; ``uuid`` makes a retried create idempotent."""
+    """What the api asks the db to create; ``uuid`` makes a retried create idempotent.
+    ``call_num``: a number the api reserved (``ReserveCallNums``); None, the db numbers it."""
 
     uuid: str
     func_name: str
     params: bytes
     created_at: float
+    call_num: int | None = None
 
 
 class CallUpdate(Model, frozen=True):

@@ -31,6 +31,7 @@ from services.common.db_protocol import (
     DB_PROTOCOL,
     CallList,
     CallLogs,
+    CallNumsReserved,
     CallReply,
     CallsCreated,
     CallsUpdated,
@@ -52,6 +53,7 @@ from services.common.db_protocol import (
     Pong,
     PutFunction,
     PutRuntime,
+    ReserveCallNums,
     RuntimeList,
     RuntimeReply,
     UpdateCalls,
@@ -137,6 +139,7 @@ class DbServer:
             ListFunctions: Handler(_one(self._list_functions), writes=False),
             DeleteFunction: Handler(_one(self._delete_function), writes=True),
             CreateCalls: Handler(self._create_calls, writes=True, groups=True),
+            ReserveCallNums: Handler(_one(self._reserve_call_nums), writes=True),
             UpdateCalls: Handler(self._update_calls, writes=True, groups=True),
             GetCall: Handler(_one(self._get_call), writes=False),
             GetCalls: Handler(_one(self._get_calls), writes=False),
@@ -316,9 +319,12 @@ class DbServer:
 
     def _create_calls(self, requests: list[CreateCalls]) -> list[Outcome]:
         """All the creates of a group in one store call; a malformed one fails alone."""
-        errors = _check_each(
-            requests, lambda request: [check_name("function", c.func_name) for c in request.calls]
-        )
+        def check(request: CreateCalls) -> None:
+            for new in request.calls:
+                check_name("function", new.func_name)
+                self._store.check_reserved(new.call_num)
+
+        errors = _check_each(requests, check)
         calls = iter(
             self._store.create_calls(
                 [
@@ -333,6 +339,9 @@ class DbServer:
             CallsCreated(calls=[next(calls) for _ in request.calls]) if error is None else error
             for request, error in zip(requests, errors, strict=True)
         ]
+
+    def _reserve_call_nums(self, request: ReserveCallNums) -> CallNumsReserved:
+        return CallNumsReserved(first=self._store.reserve_call_nums(request.count))
 
     def _update_calls(self, requests: list[UpdateCalls]) -> list[Outcome]:
         """All the updates of a group in one store call; a malformed one fails alone."""

@@ -103,6 +103,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX calls_by_func ON calls (func_name, call_num DESC)",
         "CREATE INDEX calls_by_status ON calls (status, call_num DESC)",
     ),
+    # 2: call numbers reserved by the api (ReserveCallNums) are never given again, even
+    # unused and across restarts: the next free number is kept, not derived from the calls.
+    ("CREATE TABLE call_numbers (next INTEGER NOT NULL)",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -427,21 +430,40 @@ class Store:
         for new in new_calls:
             call = by_uuid.get(new.uuid)
             if call is None:
+                self.check_reserved(new.call_num)
+                num = next_call_num if new.call_num is None else new.call_num
                 call = Call(
-                    call_num=next_call_num,
+                    call_num=num,
                     uuid=new.uuid,
                     func_name=new.func_name,
                     params=new.params,
                     created_at=new.created_at,
                 )
                 by_uuid[new.uuid] = call
-                rows.append((next_call_num, new.uuid, new.func_name, new.params, new.created_at))
-                next_call_num += 1
+                rows.append((num, new.uuid, new.func_name, new.params, new.created_at))
+                if new.call_num is None:
+                    next_call_num += 1
             calls.append(call)
         if rows:
             self._db.executemany(_INSERT_CALL, rows)
             self._next_call_num = next_call_num
         return calls
+
+    def check_reserved(self, call_num: int | None) -> None:
+        """A number a create names must have been given out by ``reserve_call_nums``."""
+        if call_num is not None and not 0 < call_num < self._next_call_num:
+            raise BadRequest(f"call number {call_num} was not reserved")
+
+    def reserve_call_nums(self, count: int) -> int:
+        """Set ``count`` numbers aside (kept in the db, so a restart never gives them);
+        return the first."""
+        if not 0 < count <= 1_000_000:
+            raise BadRequest(f"cannot reserve {count} call numbers")
+        first = self._next_call_num
+        self._db.execute("DELETE FROM call_numbers")
+        self._db.execute("INSERT INTO call_numbers (next) VALUES (?)", (first + count,))
+        self._next_call_num = first + count
+        return first
 
     def update_calls(self, updates: Sequence[CallUpdate]) -> list[bool]:
         """Apply updates in order to calls that are not final yet; say which applied.
@@ -569,9 +591,10 @@ def _prepare(db: sqlite3.Connection, settings: DbSettings) -> tuple[int, int]:
 
 
 def _first_free_call_num(db: sqlite3.Connection) -> int:
-    """The number the next created call gets: one past the highest stored."""
+    """The number the next created call gets: one past the highest stored or reserved."""
     (highest,) = db.execute("SELECT MAX(call_num) FROM calls").fetchone()
-    return int(highest or 0) + 1
+    (reserved,) = db.execute("SELECT MAX(next) FROM call_numbers").fetchone()
+    return max(int(highest or 0) + 1, int(reserved or 0))
 
 
 def _wipe(db: sqlite3.Connection) -> None:
