@@ -323,18 +323,7 @@ async def invoke(app: web.Application, func_name: str, params: bytes, wait: floa
 
 
 async def _store_result(db: DbClient, call: Call) -> None:
-    update = CallUpdate(
-        call_num=call.call_num,
-        status=call.status,
-        node_id=call.node_id,
-        attempts=call.attempts,
-        result=call.result,
-        error=call.error,
-        start=call.start,
-        init_ms=call.init_ms,
-        started_at=call.started_at,
-        finished_at=call.finished_at,
-    )
+    update = CallUpdate.storing(call)
     await retrying(lambda: db.update_call(update), DB_DEADLINE, "store result")
 
 

@@ -138,3 +138,20 @@ class CallUpdate(Model, frozen=True):
     init_ms: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+
+    @classmethod
+    def storing(cls, call: Call, logs: str | None = None) -> CallUpdate:
+        """The update that stores ``call`` (a finished one) as it is, with its output."""
+        return cls(
+            call_num=call.call_num,
+            status=call.status,
+            node_id=call.node_id,
+            attempts=call.attempts,
+            result=call.result,
+            error=call.error,
+            logs=logs,
+            start=call.start,
+            init_ms=call.init_ms,
+            started_at=call.started_at,
+            finished_at=call.finished_at,
+        )

@@ -217,19 +217,6 @@ class Worker:
         node = self.settings.node_id
         finished = outcome.finished_at or time.time()
         started = outcome.started_at or finished
-        update = CallUpdate(
-            call_num=call.call_num,
-            status=outcome.status,
-            node_id=node,
-            attempts=call.attempts,
-            result=outcome.result,
-            error=outcome.error,
-            logs=outcome.logs,
-            start=outcome.start,
-            init_ms=outcome.init_ms,
-            started_at=started,
-            finished_at=finished,
-        )
         final = msgspec.structs.replace(
             call,
             status=outcome.status,
@@ -241,6 +228,7 @@ class Worker:
             started_at=started,
             finished_at=finished,
         )
+        update = CallUpdate.storing(final, logs=outcome.logs)
         if early:
             self._tell_api(final)
             if not await self._write(update):
