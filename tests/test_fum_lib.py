@@ -333,6 +333,24 @@ def _serve_through(
         assert host.result()["greeting"] == "hello Cy"
 
 
+def test_stem_writes_to_the_log_it_is_given(tmp_path: Path) -> None:
+    """With ``log`` in the order, the function's stdout and stderr go to that file."""
+    (tmp_path / "say.py").write_text(
+        "import sys\nprint('out', sys.argv[1:])\nprint('err', file=sys.stderr)\n"
+    )
+    log = tmp_path / "run.log"
+    order = {"argv": ["say.py", "x"], "env": {}, "log": str(log)}
+    done = subprocess.run(
+        [FUNCTION_PYTHON, "-m", "fum.stem"],
+        input=json.dumps(order).encode() + b"\n",
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=DEADLINE_S,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, STEM_READY, b"")
+    assert log.read_text() == "out ['x']\nerr\n"
+
+
 def test_stem_told_nothing_ends_quietly() -> None:
     done = subprocess.run(
         [FUNCTION_PYTHON, "-m", "fum.stem"], input=b"", capture_output=True, timeout=DEADLINE_S

@@ -38,6 +38,7 @@ CALL_NUMS = web.AppKey("call_nums", CallNumbers)
 
 _json = msgspec.json.Encoder()
 DB_DEADLINE = 30.0  # seconds a write waits for a db that does not answer (a restart)
+LOGS_WAIT = 2.0  # seconds a reported call's logs may take to reach the db
 
 
 def json_response(
@@ -640,7 +641,16 @@ async def get_call(request: web.Request) -> web.Response:
 
 async def get_call_logs(request: web.Request) -> web.Response:
     num = match_int(request, "callNum")
-    logs = await request.app[DB].get_call_logs(num)
+    db = request.app[DB]
+    if num in request.app[DISPATCHER].recent:
+        # Reported finished, perhaps before its worker wrote it (with its output) to the
+        # db, which follows within milliseconds: a client that was answered reads its logs.
+        deadline = time.monotonic() + LOGS_WAIT
+        while (await db.get_call(num)).status not in FINAL_STATUSES:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.005)
+    logs = await db.get_call_logs(num)
     return json_response({"callNum": num, "logs": logs})
 
 

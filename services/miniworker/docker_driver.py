@@ -4,8 +4,11 @@ The container is started from the runtime's image with an idle main process, so 
 exist before it knows its function (the ``runtime`` preload). Installing puts the
 package's files in the runtime's ``path`` (a tar through the Docker API, no shared
 volume) and runs the ``dependencies`` command there; launching execs the ``run`` command
-with the FUM environment. A crash or a timeout kills the container; the next launch
-starts it again, with its files (code and installed dependencies) as they were.
+with the FUM environment, its stdout and stderr to a log file in a folder bound from the
+node (read to its end after each call: exact per-call output, where Docker's own stream
+can deliver the last lines after the call's ``ok``). A crash or a timeout kills the
+container; the next launch starts it again, with its files (code and installed
+dependencies) as they were.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ LABEL = "fum"
 LABEL_NODE = "fum.node"
 LABEL_MINIWORKER = "fum.miniworker"
 LABEL_NETWORK = "fum.network"  # the cluster: two clusters on one engine use two networks
+LOG_DIR = "/fum-log"  # bound from the node: the run command's output, read by the host
+RUN_LOG = f"{LOG_DIR}/run.log"
 # See libs/fum/fum/stem.py: what the stem writes once Python and pyzmq are loaded.
 STEM_READY = b"\x00fum-stem-ready\n"
 STEM_WAIT = 10.0  # how long a launch waits for a stem to be ready before going without it
@@ -140,7 +145,7 @@ class DockerSandbox(Sandbox):
         docker: aiodocker.Docker,
         host_ip: str,
     ) -> None:
-        super().__init__(runtime)
+        super().__init__(runtime, Path(settings.sandbox_dir) / "log" / "run.log")
         self.settings = settings
         self.limits = limits or Limits()
         self.host_ip = host_ip
@@ -166,10 +171,14 @@ class DockerSandbox(Sandbox):
     async def start(self) -> None:
         await ensure_image(self._docker, self.runtime.image, self.settings.docker_registry)
         shutil.rmtree(self.root, ignore_errors=True)
-        for folder in (self.input_dir, self.output_dir):
+        for folder in (self.input_dir, self.output_dir, self.log_path.parent):
             folder.mkdir(parents=True)
             folder.chmod(0o777)  # the image's user may be anyone
-        binds = [f"{self.root / 'input'}:/input", f"{self.root / 'output'}:/output"]
+        binds = [
+            f"{self.root / 'input'}:/input",
+            f"{self.root / 'output'}:/output",
+            f"{self.log_path.parent}:{LOG_DIR}",
+        ]
         config: dict[str, Any] = {
             "Image": self.runtime.image,
             "Cmd": IDLE,
@@ -229,7 +238,7 @@ class DockerSandbox(Sandbox):
             return False
         self.output = OutputBuffer()
         self._exec = execution
-        order = {"argv": self._stem_argv, "env": env}
+        order = {"argv": self._stem_argv, "env": env, "log": RUN_LOG}
         try:
             await stream.write_in(json.dumps(order).encode() + b"\n")
         except (aiodocker.DockerError, OSError, RuntimeError) as exc:
@@ -285,12 +294,13 @@ class DockerSandbox(Sandbox):
         self._exit_code = None
         try:
             fum_env = {**env, "FUM_NODE_IP": self._ip, "FUM_NODE_PORT": str(FUM_PORT)}
+            self.new_log()
             if await self._go_stem(fum_env):
                 return self._ip, FUM_PORT
             info = await self._container.show()
             if not info["State"]["Running"]:  # killed after a crash or a timeout
                 await self._start_container()
-            self._exec = await self._run(f"exec {self.runtime.run}", fum_env)
+            self._exec = await self._run(f"exec {self.runtime.run} >>{RUN_LOG} 2>&1", fum_env)
             stream = self._exec.start(detach=False)
             await stream.__aenter__()  # starts the command now; the pump closes the stream
         except aiodocker.DockerError as exc:
@@ -359,6 +369,7 @@ class DockerSandbox(Sandbox):
         if self._pump is not None:
             self._pump.cancel()
             self._pump = None
+        self.close_log()
         await asyncio.to_thread(shutil.rmtree, self.root, True)
 
 

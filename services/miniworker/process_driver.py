@@ -21,7 +21,6 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import structlog
 
@@ -29,7 +28,7 @@ from services.common.archive import extract_package
 from services.common.models import Function, Limits, Runtime
 from services.common.proc import die_with_parent
 
-from .sandbox import LOG_LIMIT, Driver, OutputBuffer, Sandbox, SandboxFailed, tail
+from .sandbox import Driver, OutputBuffer, Sandbox, SandboxFailed, tail
 
 log = structlog.get_logger()
 
@@ -104,7 +103,7 @@ class ProcessSandbox(Sandbox):
         passthrough_env: dict[str, str],
         limits: Limits | None = None,
     ) -> None:
-        super().__init__(runtime)
+        super().__init__(runtime, root / "run.log")
         self.root = root
         self.node_dir = node_dir
         self.code_dir = root / "code"
@@ -113,10 +112,6 @@ class ProcessSandbox(Sandbox):
         self._passthrough = passthrough_env
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
-        # The run command's stdout and stderr go to a file, read up to its end when a call
-        # is over: what the function wrote before its ``ok`` is all there, nothing trails.
-        self._log_path = root / "run.log"
-        self._log: BinaryIO | None = None
 
     @property
     def input_dir(self) -> Path:
@@ -182,8 +177,8 @@ class ProcessSandbox(Sandbox):
         self.exited.clear()
         self.output = OutputBuffer()
         fum_env = {**env, "FUM_NODE_IP": "127.0.0.1", "FUM_NODE_PORT": str(port)}
-        self._close_log()
-        with self._log_path.open("wb") as out:  # the child keeps its own descriptor
+        self.new_log()
+        with self.log_path.open("ab") as out:  # the child keeps its own descriptor
             self._proc = await asyncio.create_subprocess_exec(
                 "/bin/sh",
                 "-c",
@@ -196,26 +191,12 @@ class ProcessSandbox(Sandbox):
                 start_new_session=True,
                 preexec_fn=_child_setup(self.limits.memory),
             )
-        self._log = self._log_path.open("rb")
         self._pump = asyncio.get_running_loop().create_task(self._watch(self._proc))
         return "127.0.0.1", port
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
         self.exited.set()
-
-    async def take_output(self) -> str:
-        if self._log is not None:
-            self.output.feed(self._log.read())
-            if self._log.tell() > LOG_LIMIT:  # between calls: nothing is being written
-                os.truncate(self._log_path, 0)
-                self._log.seek(0)
-        return self.output.take()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def exit_reason(self) -> str:
         code = self._proc.returncode if self._proc else None
@@ -235,7 +216,7 @@ class ProcessSandbox(Sandbox):
 
     async def destroy(self) -> None:
         await self.stop_run()
-        self._close_log()
+        self.close_log()
         await asyncio.to_thread(shutil.rmtree, self.root, True)
 
 

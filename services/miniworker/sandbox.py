@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import time
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 from services.common.errors import FumError
 from services.common.models import Function, Limits, Runtime
@@ -33,26 +34,12 @@ class OutputBuffer:
         self._limit = limit
         self._chunks = bytearray()
         self._dropped = False
-        self._last_feed = 0.0
 
     def feed(self, data: bytes) -> None:
-        self._last_feed = time.monotonic()
         self._chunks += data
         if len(self._chunks) > 2 * self._limit:
             del self._chunks[: len(self._chunks) - self._limit]
             self._dropped = True
-
-    async def settle(self, quiet: float = 0.003, most: float = 0.03) -> None:
-        """Wait until no output came for ``quiet`` seconds (at most ``most``), when the call
-        printed anything: its last lines can reach the pipe (or Docker's stream) after the
-        ``ok`` that ended it. A call that printed nothing does not wait."""
-        await asyncio.sleep(0)
-        if not self._chunks:
-            return
-        deadline = time.monotonic() + most
-        # a poll, not an event: what ends the wait is output that does not come
-        while time.monotonic() - self._last_feed < quiet and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(quiet / 3)
 
     def take(self) -> str:
         data = bytes(self._chunks[-self._limit :])
@@ -75,10 +62,15 @@ class Sandbox(abc.ABC):
     #: the address the sandbox uses to reach that socket
     host_ip: str = "127.0.0.1"
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, log_path: Path) -> None:
         self.runtime = runtime
         self.output = OutputBuffer()
         self.exited: asyncio.Event = asyncio.Event()  # the run command is gone
+        # The run command's stdout and stderr go to this file (the driver sees to it), read
+        # to its end when a call is over: what the function wrote before its ``ok`` is all
+        # there (the library flushes first), nothing trails into the next call.
+        self.log_path = log_path
+        self._log: BinaryIO | None = None
 
     @property
     @abc.abstractmethod
@@ -110,11 +102,27 @@ class Sandbox(abc.ABC):
     async def destroy(self) -> None:
         """Remove the sandbox and everything in it."""
 
+    def new_log(self) -> None:
+        """An empty log file for a launch of the run command, open for reading."""
+        self.close_log()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.write_bytes(b"")
+        self.log_path.chmod(0o666)  # the image's user may be anyone
+        self._log = self.log_path.open("rb")
+
+    def close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     async def take_output(self) -> str:
         """What the sandbox printed since the last take: all of it, up to the ``ok`` that
-        ended the call. A stream can deliver its last lines after that ``ok``: wait for it
-        to go quiet (a driver that reads a file has nothing to wait for)."""
-        await self.output.settle()
+        ended the call (and anything the driver caught on its own stream)."""
+        if self._log is not None:
+            self.output.feed(self._log.read())
+            if self._log.tell() > LOG_LIMIT:  # between calls: nothing is being written
+                os.truncate(self.log_path, 0)
+                self._log.seek(0)
         return self.output.take()
 
     def exit_reason(self) -> str:

@@ -6,11 +6,12 @@ Starting Python and importing pyzmq is most of what a container's first call wai
 container is still generic: it imports what every FUM function imports, says it is
 ready, and waits for one order on stdin, a JSON line::
 
-    {"argv": ["test.py"], "env": {"FUM_NODE_PORT": "5555", ...}}
+    {"argv": ["test.py"], "env": {"FUM_NODE_PORT": "5555", ...}, "log": "/fum-log/run.log"}
 
-It then becomes what ``python3 <argv>`` would have been, in the same process: the
-environment set, ``fum.Fum`` read again from it, ``sys.argv``/``sys.path`` as the
-interpreter sets them, and the script or module run as ``__main__``. An empty stdin
+It then becomes what ``python3 <argv> >>log 2>&1`` would have been, in the same
+process: its output to ``log`` (when given), the environment set, ``fum.Fum`` read
+again from it, ``sys.argv``/``sys.path`` as the interpreter sets them, and the script
+or module run as ``__main__``. An empty stdin
 (the sandbox chose not to use it) ends it quietly.
 """
 
@@ -34,6 +35,12 @@ READY = b"\x00fum-stem-ready\n"
 def become(order: dict[str, object]) -> None:
     """Run the order's ``python3`` arguments in this interpreter."""
     argv = [str(arg) for arg in order["argv"]]  # type: ignore[attr-defined]
+    log = order.get("log")
+    if log:  # stdout and stderr to the file the host reads, as a shell's >>log 2>&1
+        fd = os.open(str(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     env = order.get("env") or {}
     os.environ.update({str(k): str(v) for k, v in env.items()})  # type: ignore[attr-defined]
     fum.Fum = fum.Session.from_environ()  # the session of the real environment
