@@ -62,11 +62,21 @@ MAX_COALESCED = 1000
 
 
 class _Coalescer(Generic[T, R]):
-    """Queues items submitted in one loop iteration and sends them as one request."""
+    """Queues items submitted in one loop iteration and sends them as one request.
 
-    def __init__(self, name: str, send: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+    With ``in_flight``, at most that many requests are out at once: what comes while they
+    are goes in the next one, sent when one is answered. Under load the batches grow by
+    themselves (fewer db transactions), and a lone item still goes at once."""
+
+    def __init__(
+        self,
+        name: str,
+        send: Callable[[list[T]], Awaitable[list[R]]],
+        in_flight: int | None = None,
+    ) -> None:
         self._name = name
         self._send = send
+        self._in_flight = in_flight
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,6 +95,8 @@ class _Coalescer(Generic[T, R]):
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._in_flight is not None and len(self._tasks) >= self._in_flight:
+            return  # sent when one of those is answered (_sent)
         pending, self._pending = self._pending, []
         if self.closed:
             _fail(pending, Unavailable(f"db client closed: cannot {self._name}"))
@@ -93,7 +105,13 @@ class _Coalescer(Generic[T, R]):
         for start in range(0, len(pending), MAX_COALESCED):
             task = loop.create_task(self._run(pending[start : start + MAX_COALESCED]))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
@@ -135,7 +153,11 @@ class DbClient:
         self.endpoint = endpoint
         self._rpc = Client(ctx, endpoint, DB_PROTOCOL, timeout=timeout)
         self._creates = _Coalescer[NewCall, Call]("create calls", self.create_calls)
-        self._updates = _Coalescer[CallUpdate, bool]("update calls", self.update_calls)
+        # Results are written after their client was answered (docs/SCHEDULING.md): their
+        # batches may wait for the one in flight, and grow under load.
+        self._updates = _Coalescer[CallUpdate, bool](
+            "update calls", self.update_calls, in_flight=1
+        )
         self.requests_sent = 0
         self._closed = False
 
