@@ -181,6 +181,7 @@ class Miniworker:
         node_ip, node_port = await sandbox.launch(env)
         setup = asyncio.ensure_future(host.wait_setup())
         exited = asyncio.ensure_future(sandbox.exited.wait())
+        done: set[asyncio.Future[Any]] = set()  # stays empty if the wait is cancelled
         try:
             done, _ = await asyncio.wait(
                 {setup, exited},
@@ -200,7 +201,7 @@ class Miniworker:
         await sandbox.stop_run()
         if exited in done:
             raise SandboxFailed(
-                f"{sandbox.exit_reason()} during its set-up:\n{tail(await sandbox.take_output())}"
+                f"{sandbox.exit_reason()} during its set-up:\n{tail(sandbox.take_output())}"
             )
         raise SandboxFailed(
             f"the function did not finish its set-up within {self.settings.setup_timeout:g}s"
@@ -252,7 +253,7 @@ class Miniworker:
                 await self._specialise(function, Path(message.package))
                 init_ms = (time.perf_counter() - t0) * 1000
         except (FumError, OSError) as exc:
-            logs = await self._sandbox.take_output() if self._sandbox else ""
+            logs = self._sandbox.take_output() if self._sandbox else ""
             await self._reset()
             outcome = Outcome(
                 call_num=call.call_num,
@@ -305,7 +306,7 @@ class Miniworker:
             else:
                 status, error = "TIMEOUT", f"the call did not finish within {timeout:g}s"
             await sandbox.stop_run()
-        logs = await sandbox.take_output()
+        logs = sandbox.take_output()
         if status == "ERROR" and not healthy:
             error = f"{error}\n{tail(logs)}" if logs.strip() else error
         if not host.inline:  # inline, nothing was written there

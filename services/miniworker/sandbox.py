@@ -115,7 +115,7 @@ class Sandbox(abc.ABC):
             self._log.close()
             self._log = None
 
-    async def take_output(self) -> str:
+    def take_output(self) -> str:
         """What the sandbox printed since the last take: all of it, up to the ``ok`` that
         ended the call (and anything the driver caught on its own stream)."""
         if self._log is not None:
