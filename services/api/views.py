@@ -296,13 +296,7 @@ async def invoke(app: web.Application, func_name: str, params: bytes, wait: floa
         dispatcher.dispatch(call, timeout)
         return call
     assert new.call_num is not None
-    call = Call(
-        call_num=new.call_num,
-        uuid=new.uuid,
-        func_name=func_name,
-        params=params,
-        created_at=new.created_at,
-    )
+    call = new.pending(new.call_num)
     future = dispatcher.wait(call.call_num)
     dispatcher.dispatch(call, timeout)
     try:

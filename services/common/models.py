@@ -119,6 +119,16 @@ class NewCall(Model, frozen=True):
     created_at: float
     call_num: int | None = None
 
+    def pending(self, call_num: int) -> Call:
+        """The call as it is created: numbered ``call_num``, PENDING, never run."""
+        return Call(
+            call_num=call_num,
+            uuid=self.uuid,
+            func_name=self.func_name,
+            params=self.params,
+            created_at=self.created_at,
+        )
+
 
 class CallUpdate(Model, frozen=True):
     """A change to a call. Fields left ``None`` are kept as stored.

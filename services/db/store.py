@@ -432,13 +432,7 @@ class Store:
             if call is None:
                 self.check_reserved(new.call_num)
                 num = next_call_num if new.call_num is None else new.call_num
-                call = Call(
-                    call_num=num,
-                    uuid=new.uuid,
-                    func_name=new.func_name,
-                    params=new.params,
-                    created_at=new.created_at,
-                )
+                call = new.pending(num)
                 by_uuid[new.uuid] = call
                 rows.append((num, new.uuid, new.func_name, new.params, new.created_at))
                 if new.call_num is None:
