@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import structlog
-import zmq.asyncio
+import zmq
 from aiohttp import web
 
 from services.common.db_client import DbClient
@@ -96,7 +96,7 @@ async def stop_waiting(app: web.Application) -> None:
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start the db client, the node channel and the catalogue; stop them after."""
     settings = app[SETTINGS]
-    ctx = zmq.asyncio.Context()
+    ctx: zmq.Context = zmq.Context()
     db = DbClient(ctx, settings.db_url, timeout=5.0)
     # The dispatcher sends each registering worker the catalogue, which pushes through it.
     dispatcher = Dispatcher(

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 import zmq
-import zmq.asyncio
 
 from services.common.errors import FumError, Unavailable, UnknownNode
 from services.common.models import Call, Function, Limits, Runtime
@@ -53,7 +52,7 @@ class Dispatcher:
     def __init__(
         self,
         settings: ApiSettings,
-        ctx: zmq.asyncio.Context,
+        ctx: zmq.Context,
         catalogue: Callable[[], tuple[list[Runtime], list[Function]]],
         function: Callable[[str], Function | None],
     ) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import structlog
-import zmq.asyncio
+import zmq
 
 from .db_protocol import (
     DB_PROTOCOL,
@@ -149,7 +149,7 @@ def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: BaseException) -> None:
 class DbClient:
     """Typed, awaitable access to the db over one DEALER; many requests in flight."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, timeout: float = 10.0) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, timeout: float = 10.0) -> None:
         self.endpoint = endpoint
         self._rpc = Client(ctx, endpoint, DB_PROTOCOL, timeout=timeout)
         self._creates = _Coalescer[NewCall, Call]("create calls", self.create_calls)

@@ -16,7 +16,6 @@ from typing import TypeVar
 
 import structlog
 import zmq
-import zmq.asyncio
 
 from .errors import FumError, Unavailable, error_from_code
 from .protocol import Error, Message, Protocol
@@ -179,7 +178,7 @@ def bound_endpoint(sock: zmq.Socket) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-async def close_context(ctx: zmq.asyncio.Context) -> None:
+async def close_context(ctx: zmq.Context) -> None:
     """Terminate a context once its sockets are closed and their pending callbacks ran."""
     await asyncio.sleep(0)
     ctx.destroy(linger=0)

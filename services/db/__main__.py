@@ -10,7 +10,6 @@ from contextlib import AsyncExitStack
 import structlog
 import uvloop
 import zmq
-import zmq.asyncio
 
 from services.common import profiling
 from services.common.logs import setup_logging
@@ -35,7 +34,7 @@ async def run(settings: DbSettings) -> int:
     async with AsyncExitStack() as stack:
         store = await Store.open(settings)
         stack.push_async_callback(store.close)
-        ctx = zmq.asyncio.Context()
+        ctx: zmq.Context = zmq.Context()
         stack.push_async_callback(close_context, ctx)
         sock = make_socket(ctx, zmq.ROUTER)
         sock.bind(settings.db_bind)

@@ -11,7 +11,6 @@ from typing import Any
 import msgspec
 import structlog
 import zmq
-import zmq.asyncio
 
 from services.common.errors import FumError
 from services.common.models import Call, Function, Runtime
@@ -76,7 +75,7 @@ class Miniworker:
     def __init__(self, settings: MiniworkerSettings, driver: Driver) -> None:
         self.settings = settings
         self._driver = driver
-        self._ctx = zmq.asyncio.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue()  # the worker's messages, in order
         self._channel: Channel | None = None
         self._sandbox: Sandbox | None = None

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import structlog
 import zmq
-import zmq.asyncio
 
 from services.common.errors import FumError
 from services.common.models import Call, Function, Runtime
@@ -105,7 +104,7 @@ class Pool:
     def __init__(
         self,
         settings: WorkerSettings,
-        ctx: zmq.asyncio.Context,
+        ctx: zmq.Context,
         packages: PackageCache,
         base_env: dict[str, str],
         on_start: Callable[[Job], None],

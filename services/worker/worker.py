@@ -12,7 +12,6 @@ import aiohttp
 import msgspec
 import structlog
 import zmq
-import zmq.asyncio
 
 from services.common.db_client import DbClient
 from services.common.errors import FumError, Unavailable, UnknownNode
@@ -64,7 +63,7 @@ class Worker:
         s = self.settings
         if s.driver == "docker":
             await self._prepare_docker()
-        ctx = zmq.asyncio.Context()
+        ctx: zmq.Context = zmq.Context()
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(close_context, ctx)
             session = await stack.enter_async_context(aiohttp.ClientSession())
