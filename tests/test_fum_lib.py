@@ -263,6 +263,41 @@ def test_handler_mode_takes_calls_inline(host: Host, start: Any) -> None:
     assert host.result()["greeting"] == "hello Bo"
 
 
+def test_handler_mode_takes_a_batch_and_reports_each_call(
+    host: Host, start: Any, tmp_path: Path
+) -> None:
+    """Several calls in one request: a bare ok answers it, then each call's report comes
+    by PUSH, in order, with where the output log stood when the call ended, so each call's
+    output can be told apart (the failing one's traceback lies between its neighbours')."""
+    start("hello-handler", "-m", "fum", "main:handle")
+    assert_setup_ok(host, inline=True)
+    host.req = host.context.socket(zmq.REQ)
+    host.req.connect(tcp_address("127.0.0.1", host.node_port))
+    calls = [
+        (str(uuid.uuid4()).encode(), params)
+        for params in (b'{"name": "Ada"}', b'{"name": 42}', b"{}")
+    ]
+    host.req.send_multipart([frame for call in calls for frame in call])
+    assert host.req.poll(int(DEADLINE_S * 1000))
+    assert host.req.recv_multipart() == [b"ok"]
+    reports = [host.receive_ok() for _ in calls]
+    assert [r[:3] for r in reports] == [[b"ok", NODE_ID.encode(), u] for u, _ in calls]
+    assert all(len(r) == 6 for r in reports)
+    assert json.loads(reports[0][4])["greeting"] == "hello Ada" and reports[0][3] == b""
+    assert json.loads(reports[1][3])["type"] == "ValueError" and reports[1][4] == b""
+    assert json.loads(reports[2][4])["greeting"] == "hello world"
+    ends = [int(r[5]) for r in reports]
+    log = (tmp_path / "function.log").read_bytes()
+    assert b"ValueError" not in log[: ends[0]]
+    assert b"ValueError" in log[ends[0] : ends[1]]
+    assert ends[1] == ends[2]  # the last call printed nothing
+    # the REP socket is free again: the next request, a single inline call, works
+    single = str(uuid.uuid4()).encode()
+    host.req.send_multipart([single, b'{"name": "Cy"}'])
+    assert host.req.poll(int(DEADLINE_S * 1000))
+    assert json.loads(host.req.recv_multipart()[4])["greeting"] == "hello Cy"
+
+
 @pytest.mark.parametrize(
     ("argv", "env"),
     [

@@ -1,7 +1,8 @@
 """The worker <-> miniworker channel (worker ROUTER, miniworker DEALER named by its id).
 
-All events: a miniworker says what it is warm for, is handed one call at a time and
-reports each outcome; its liveness is its process plus ``Alive`` beats with a deadline.
+All events: a miniworker says what it is warm for, is handed calls (one ``Run`` at a
+time, of one call or a batch) and reports their outcomes; its liveness is its process
+plus ``Alive`` beats with a deadline.
 """
 
 from __future__ import annotations
@@ -40,10 +41,16 @@ class Outcome(Message, frozen=True):
 
 
 class CallDone(Message, frozen=True):
-    outcome: Outcome
-    # The sandbox is good for the next call now (no Ready follows); False: it is being
-    # started again, and a Ready (or PrepareFailed) follows.
+    """Calls of a ``Run`` that are over (several when they ended close together)."""
+
+    outcomes: list[Outcome]
+    # The sandbox is done with the Run and good for the next one (no Ready follows);
+    # False: more of the Run's calls are to come, or (with ``unrun``) the sandbox is
+    # being started again, and a Ready (or PrepareFailed) follows.
     ready: bool = False
+    # Calls of the Run the sandbox never began (it died or timed out on an earlier one):
+    # the worker queues them again, as they were.
+    unrun: list[int] = []
 
 
 class Alive(Message, frozen=True):
@@ -62,7 +69,10 @@ class Prepare(Message, frozen=True):
 
 
 class Run(Message, frozen=True):
-    call: Call
+    """Run these calls, in order, one at a time (all of ``function``, each within
+    ``timeout``): a batch when many wait for a function whose calls are short."""
+
+    calls: list[Call]
     timeout: float
     runtime: Runtime
     function: Function

@@ -8,6 +8,8 @@ every launch, so nothing queued for a killed sandbox can be read for the next on
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from typing import NamedTuple
 
 import msgspec
 import zmq
@@ -16,6 +18,15 @@ from services.common.rpc import Channel, make_socket
 
 OK = b"ok"
 INLINE = b"inline"  # a setup report's payload: calls may go inline (see libs/fum session)
+
+
+class Report(NamedTuple):
+    """A batched call's report: its error text or its result (JSON), and where the
+    sandbox's output log stood when it ended (None: unknown)."""
+
+    error: str | None
+    result: bytes | None
+    log_position: int | None
 
 
 class CallFailed(Exception):
@@ -27,12 +38,17 @@ class FumHost:
         self._ctx = ctx
         pull = make_socket(ctx, zmq.PULL)
         self.port = pull.bind_to_random_port(f"tcp://{bind_ip}")
-        self._oks: asyncio.Queue[list[bytes]] = asyncio.Queue()
-        self._pull = Channel(pull, self._oks.put_nowait, name="fum-oks")
+        self._oks: deque[list[bytes]] = deque()
+        self._arrived = asyncio.Event()
+        self._pull = Channel(pull, self._on_ok, name="fum-oks")
         self._answers: asyncio.Queue[list[bytes]] = asyncio.Queue()
         self._rep: Channel | None = None
         #: the sandbox takes params and gives its result in the messages, not in files
         self.inline = False
+
+    def _on_ok(self, frames: list[bytes]) -> None:
+        self._oks.append(frames)
+        self._arrived.set()
 
     def connect(self, node_ip: str, node_port: int) -> None:
         # A DEALER, not a REQ: a call that timed out must not wedge the socket's state.
@@ -66,6 +82,41 @@ class FumHost:
             raise CallFailed(_error_text(frames[3]))
         return frames[4] if len(frames) > 4 else None
 
+    def send_batch(self, calls: list[tuple[str, bytes]]) -> None:
+        """Hand several calls (UUID, params) to an inline sandbox in one request; then
+        ``batch_taken``, and each call's report comes by ``take_report``."""
+        assert self._rep is not None and self.inline
+        frames = [b""]
+        for uuid, params in calls:
+            frames += (uuid.encode(), params)
+        self._rep.send(frames)
+
+    async def batch_taken(self) -> None:
+        """The sandbox's answer to a batch; ``CallFailed`` if it refused it (a library
+        that offers inline calls but not batches: send it one call at a time)."""
+        answer = (await self._answers.get())[-1]
+        if answer != OK:
+            raise CallFailed(f"the function answered {answer[:64]!r} to a batch, not 'ok'")
+
+    def take_report(self, uuid: str) -> Report | None:
+        """The report of the batched call ``uuid`` if it has come (stale ones skipped)."""
+        key = uuid.encode()
+        while self._oks:
+            frames = self._oks.popleft()
+            if frames[0] != OK or len(frames) < 3 or frames[2] != key:
+                continue
+            error = _error_text(frames[3]) if len(frames) > 3 and frames[3] else None
+            result = frames[4] if len(frames) > 4 and frames[4] else None
+            position = frames[5] if len(frames) > 5 else b""
+            return Report(error, result, int(position) if position.isdigit() else None)
+        return None
+
+    async def arrival(self) -> None:
+        """Wait until a report is there to take."""
+        while not self._oks:
+            self._arrived.clear()
+            await self._arrived.wait()
+
     async def _next_ok(self, uuid: bytes | None) -> list[bytes]:
         """The next ``ok`` for ``uuid`` (``None``: set-up); a stale one is skipped.
 
@@ -73,7 +124,8 @@ class FumHost:
         payload.
         """
         while True:
-            frames = await self._oks.get()
+            await self.arrival()
+            frames = self._oks.popleft()
             if frames[0] != OK:
                 continue
             if len(frames) < 3 or frames[2] == (uuid or b""):

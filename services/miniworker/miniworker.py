@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -69,6 +70,14 @@ def _as_json(data: bytes) -> bytes:
     except msgspec.DecodeError:
         return msgspec.json.encode(data.decode("utf-8", "replace"))
     return data.strip()
+
+
+class _First(NamedTuple):
+    """How a Run's first call started (the set-up it waited for), and when."""
+
+    start: str = "warm"
+    init_ms: float = 0.0
+    started_at: float = 0.0
 
 
 class Miniworker:
@@ -234,7 +243,7 @@ class Miniworker:
         )
 
     async def _on_run(self, message: Run) -> None:
-        call, function = message.call, message.function
+        calls, function = message.calls, message.function
         started_at = time.time()
         start, init_ms = "warm", 0.0
         try:
@@ -254,29 +263,148 @@ class Miniworker:
         except (FumError, OSError) as exc:
             logs = self._sandbox.take_output() if self._sandbox else ""
             await self._reset()
-            outcome = Outcome(
-                call_num=call.call_num,
-                status="ERROR",
-                error=f"set-up failed: {exc}",
-                logs=logs,
-                start=start,
-                init_ms=0.0,
-                started_at=started_at,
-                finished_at=time.time(),
-            )
-            self._send(CallDone(outcome=outcome))
+            failed = [
+                Outcome(
+                    call_num=call.call_num,
+                    status="ERROR",
+                    error=f"set-up failed: {exc}",
+                    logs=logs,
+                    start=start,
+                    started_at=started_at,
+                    finished_at=time.time(),
+                )
+                for call in calls
+            ]
+            self._send(CallDone(outcomes=failed))
             self._send(Ready())
             return
-        outcome, healthy = await self._exchange(call, message.timeout, started_at)
-        outcome = msgspec.structs.replace(outcome, start=start, init_ms=init_ms)
-        self._send(CallDone(outcome=outcome, ready=healthy))
+        first = _First(start, init_ms, started_at)
+        assert self._host is not None
+        healthy = None
+        if self._host.inline and len(calls) > 1:
+            healthy = await self._run_batch(calls, message.timeout, first)
+        if healthy is None:  # one at a time
+            healthy = await self._run_each(calls, message.timeout, first)
         if not healthy:
             await self._relaunch()
             self._send(self._ready())
 
-    async def _exchange(
-        self, call: Call, timeout: float, started_at: float
-    ) -> tuple[Outcome, bool]:
+    async def _run_each(self, calls: list[Call], timeout: float, first: _First) -> bool:
+        """Run the calls one at a time over FUM; whether the sandbox is still good."""
+        started_at = first.started_at
+        for i, call in enumerate(calls):
+            outcome, healthy = await self._exchange(
+                call, timeout, first if i == 0 else _First(started_at=started_at)
+            )
+            rest = [] if healthy else [c.call_num for c in calls[i + 1 :]]
+            self._send(
+                CallDone(outcomes=[outcome], ready=healthy and i == len(calls) - 1, unrun=rest)
+            )
+            if not healthy:
+                return False
+            started_at = outcome.finished_at
+        return True
+
+    async def _run_batch(self, calls: list[Call], timeout: float, first: _First) -> bool | None:
+        """Hand the calls to the sandbox in one request and report each as it ends (those
+        that end together, together); whether the sandbox is still good, or None if it
+        takes no batches (then nothing has run)."""
+        sandbox, host = self._sandbox, self._host
+        assert sandbox is not None and host is not None
+        log.debug("miniworker.batch", calls=len(calls))
+        host.send_batch([(call.uuid, call.params) for call in calls])
+        try:
+            broke = await self._within(host.batch_taken(), timeout)
+        except CallFailed:
+            return None
+        done: list[Outcome] = []
+        began = first.started_at
+        for i, call in enumerate(calls):
+            report = host.take_report(call.uuid)
+            while report is None and broke is None:
+                if done:  # what has ended goes now: the rest may take a while
+                    self._send(CallDone(outcomes=done))
+                    done = []
+                broke = await self._within(host.arrival(), began + timeout - time.time())
+                report = host.take_report(call.uuid)
+                if report is not None and broke == "timeout":
+                    broke = None  # it made it, just
+            if report is None:
+                assert broke is not None
+                error = await self._broke(broke, timeout)
+                logs = sandbox.take_output()
+                status, retryable = ("TIMEOUT", False) if broke == "timeout" else ("ERROR", True)
+                if status == "ERROR" and logs.strip():
+                    error = f"{error}\n{tail(logs)}"
+                done.append(
+                    self._outcome(call, i, first, began, status, None, error, logs, retryable)
+                )
+                unrun = [c.call_num for c in calls[i + 1 :]]
+                _clear(sandbox.output_dir)
+                self._send(CallDone(outcomes=done, unrun=unrun))
+                return False
+            ended = time.time()
+            status = "DONE" if report.error is None else "ERROR"
+            result = _as_json(report.result) if report.result is not None else None
+            logs = sandbox.take_output(report.log_position)
+            done.append(self._outcome(call, i, first, began, status, result, report.error, logs))
+            began = ended
+        _clear(sandbox.output_dir)
+        if broke is not None:  # the last call's report came, and then its process died
+            await self._broke(broke, timeout)
+        self._send(CallDone(outcomes=done, ready=broke is None))
+        return broke is None
+
+    async def _within(self, waiting: Coroutine[Any, Any, None], timeout: float) -> str | None:
+        """Await ``waiting`` unless the run command exits or ``timeout`` passes first:
+        None, or which of those two happened ("exited", "timeout")."""
+        exited = self._exited
+        assert exited is not None
+        task = asyncio.ensure_future(waiting)
+        done, _ = await asyncio.wait(
+            {task, exited}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            task.result()  # its exception, if any
+            return None
+        task.cancel()
+        return "exited" if exited in done else "timeout"
+
+    async def _broke(self, how: str, timeout: float) -> str:
+        """Stop the run command after it died or timed out on a call; the call's error."""
+        assert self._sandbox is not None
+        await self._sandbox.stop_run()
+        if how == "exited":
+            return self._sandbox.exit_reason()
+        return f"the call did not finish within {timeout:g}s"
+
+    @staticmethod
+    def _outcome(
+        call: Call,
+        index: int,
+        first: _First,
+        began: float,
+        status: str,
+        result: bytes | None,
+        error: str | None,
+        logs: str,
+        retryable: bool = False,
+    ) -> Outcome:
+        """A batched call's outcome (the first carries how the sandbox was started)."""
+        return Outcome(
+            call_num=call.call_num,
+            status=status,
+            result=result,
+            error=error,
+            logs=logs,
+            start=first.start if index == 0 else "warm",
+            init_ms=first.init_ms if index == 0 else 0.0,
+            started_at=began,
+            finished_at=time.time(),
+            retryable=retryable,
+        )
+
+    async def _exchange(self, call: Call, timeout: float, first: _First) -> tuple[Outcome, bool]:
         """Run one call over FUM; return its outcome and whether the sandbox is still good."""
         sandbox, host, exited = self._sandbox, self._host, self._exited
         assert sandbox is not None and host is not None and exited is not None
@@ -317,7 +445,9 @@ class Miniworker:
             result=result,
             error=error,
             logs=logs,
-            started_at=started_at,
+            start=first.start,
+            init_ms=first.init_ms,
+            started_at=first.started_at,
             finished_at=time.time(),
             retryable=retryable,
         )

@@ -115,14 +115,18 @@ class Sandbox(abc.ABC):
             self._log.close()
             self._log = None
 
-    def take_output(self) -> str:
+    def take_output(self, upto: int | None = None) -> str:
         """What the sandbox printed since the last take: all of it, up to the ``ok`` that
-        ended the call (and anything the driver caught on its own stream)."""
+        ended the call (and anything the driver caught on its own stream). With ``upto``
+        (a call of a batch: the next one may be writing), only the log up to that offset."""
         if self._log is not None:
-            self.output.feed(self._log.read())
-            if self._log.tell() > LOG_LIMIT:  # between calls: nothing is being written
-                os.truncate(self.log_path, 0)
-                self._log.seek(0)
+            if upto is not None:
+                self.output.feed(self._log.read(max(0, upto - self._log.tell())))
+            else:
+                self.output.feed(self._log.read())
+                if self._log.tell() > LOG_LIMIT:  # between calls: nothing is being written
+                    os.truncate(self.log_path, 0)
+                    self._log.seek(0)
         return self.output.take()
 
     def exit_reason(self) -> str:

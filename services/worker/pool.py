@@ -50,6 +50,11 @@ from .settings import WorkerSettings
 log = structlog.get_logger()
 
 STOP_GRACE = 5.0
+# A warm slot of a function whose calls are short takes its calls in batches (one Run,
+# one request to the sandbox) of about this much work, and at most MAX_BATCH calls:
+# under load, most of a call's cost is its messages, and a batch shares them.
+BATCH_WORK = 0.002
+MAX_BATCH = 64
 
 
 @dataclass(eq=False)
@@ -70,7 +75,8 @@ class Slot:
     runtime: Runtime
     function: Function | None = None  # what it is set up (or being set up) for
     state: str = "starting"  # starting -> preparing -> idle <-> busy; stopping
-    job: Job | None = None  # the call it runs, or the call it was spawned for
+    # the calls it runs (one, or a batch), or the call it was spawned for; by number
+    jobs: dict[int, Job] = field(default_factory=dict)
     proc: asyncio.subprocess.Process | None = None
     last_alive: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -120,6 +126,7 @@ class Pool:
         self._slots: dict[str, Slot] = {}
         self._queues: dict[str, deque[Job]] = {}  # function -> calls waiting, oldest first
         self._broken: dict[str, str] = {}  # function -> sha whose set-up failed
+        self._durations: dict[str, float] = {}  # function -> its calls' mean run, seconds
         self._ids = itertools.count(1)
         self._background = Background()
         self._closing = False
@@ -174,14 +181,15 @@ class Pool:
     def running(self) -> list[int]:
         """Calls this node holds: waiting here or running in a slot."""
         held = [job.call.call_num for q in self._queues.values() for job in q]
-        held += [s.job.call.call_num for s in self._slots.values() if s.job is not None]
+        held += [num for s in self._slots.values() for num in s.jobs]
         return held
 
     def load(self) -> Heartbeat:
         """What the node's heartbeat says: busy slots, waiting calls, idle sandboxes."""
         busy = sum(1 for s in self._slots.values() if s.state == "busy")
         queued = sum(len(q) for q in self._queues.values())
-        queued += sum(1 for s in self._slots.values() if s.job is not None and s.state != "busy")
+        # handed to a slot and not begun: a cold start's call, the rest of a batch
+        queued += sum(len(s.jobs) - (s.state == "busy") for s in self._slots.values() if s.jobs)
         idle: dict[str, int] = {}
         generic: dict[str, int] = {}
         for slot in self._slots.values():
@@ -276,8 +284,8 @@ class Pool:
         if slot.state == "stopping":
             return
         if slot.state == "starting":
-            if slot.job is not None:  # spawned for this call: a cold start
-                self._run(slot, slot.job)
+            if slot.jobs:  # spawned for this call: a cold start
+                self._run(slot, list(slot.jobs.values()))
             elif slot.runtime is SPARE:
                 slot.state = "spare"
                 self._schedule()
@@ -315,39 +323,69 @@ class Pool:
                 self._fail(job, f"set-up failed: {message.error}")
 
     def _on_call_done(self, slot: Slot, message: CallDone) -> None:
-        job, slot.job = slot.job, None
-        if job is None or job.call.call_num != message.outcome.call_num:
-            log.error("pool.unexpected_outcome", mw=slot.mw_id, call=message.outcome.call_num)
-            return
-        if message.ready:  # idle before the result is reported: the next call finds it warm
-            self._on_ready(
-                slot,
-                Ready(
-                    runtime=slot.runtime.name,
-                    function=job.function.name,
-                    sha256=job.function.sha256,
-                ),
-                settled=True,
-            )
-        self._on_outcome(job, message.outcome)
+        finished: list[tuple[Job, Outcome]] = []
+        for outcome in message.outcomes:
+            job = slot.jobs.pop(outcome.call_num, None)
+            if job is None:
+                log.error("pool.unexpected_outcome", mw=slot.mw_id, call=outcome.call_num)
+                continue
+            finished.append((job, outcome))
+            if outcome.status == "DONE":
+                self._timed(job.function.name, outcome.finished_at - outcome.started_at)
+        unrun = [job for num in message.unrun if (job := slot.jobs.pop(num, None))]
+        if unrun:  # never begun: back to the head of their queue, as they were
+            self._queues.setdefault(unrun[0].function.name, deque()).extendleft(reversed(unrun))
+        if message.ready and slot.function is not None:
+            # idle before the results are reported: the next call finds it warm
+            function = slot.function
+            ready = Ready(runtime=slot.runtime.name, function=function.name, sha256=function.sha256)
+            self._on_ready(slot, ready, settled=not unrun)
+        for job, outcome in finished:
+            self._on_outcome(job, outcome)
 
     # ---- placing calls
 
-    def _run(self, slot: Slot, job: Job) -> None:
-        slot.state, slot.job, slot.function = "busy", job, job.function
+    def _run(self, slot: Slot, jobs: list[Job]) -> None:
+        """Hand calls of one function (one, or a batch) to a slot."""
+        job = jobs[0]
+        slot.state, slot.function = "busy", job.function
+        slot.jobs = {j.call.call_num: j for j in jobs}
         slot.last_used = time.monotonic()
         runtime = self.runtimes.get(job.function.runtime, slot.runtime)
         self._send(
             slot,
             Run(
-                call=job.call,
+                calls=[j.call for j in jobs],
                 timeout=job.timeout,
                 runtime=runtime,
                 function=job.function,
                 package=str(job.package),
             ),
         )
-        self._on_start(job)
+        for j in jobs:
+            self._on_start(j)
+
+    def _timed(self, function: str, seconds: float) -> None:
+        """Keep a moving average of how long the function's calls take."""
+        mean = self._durations.get(function)
+        self._durations[function] = seconds if mean is None else mean + (seconds - mean) / 8
+
+    def _batch(self, slot: Slot, queue: deque[Job]) -> list[Job]:
+        """The calls a warm slot takes from the head of its function's queue: one, or, for
+        a function whose calls are short, a batch holding about BATCH_WORK of them and no
+        more than the slot's share of the queue (the other idle warm slots take theirs)."""
+        job = queue.popleft()
+        mean = self._durations.get(job.function.name)
+        if not queue or mean is None or not slot.warm_for(job.function):
+            return [job]
+        function = job.function
+        idle = sum(1 for s in self._slots.values() if s.state == "idle" and s.warm_for(function))
+        share = -(-(len(queue) + 1) // idle)  # this slot is one of them
+        size = min(MAX_BATCH, share, int(BATCH_WORK / max(mean, 1e-6)))
+        batch = [job]
+        while queue and len(batch) < size and queue[0].timeout == job.timeout:
+            batch.append(queue.popleft())
+        return batch
 
     def _idle_slot_for(self, function: Function) -> Slot | None:
         generic = None
@@ -392,22 +430,22 @@ class Pool:
                 slot = self._idle_slot_for(job.function)
                 if slot is None and not self._make_room(job.function):
                     break
-                queue.popleft()
                 if slot is not None:
                     changed = changed or not slot.warm_for(job.function)  # specialised
-                    self._run(slot, job)
+                    self._run(slot, self._batch(slot, queue))
+                    continue
+                queue.popleft()
+                changed = True
+                runtime = self.runtimes.get(job.function.runtime)
+                if runtime is None:
+                    self._fail(job, f"runtime {job.function.runtime!r} is not on this node")
+                    continue
+                spare = next((s for s in self._slots.values() if s.state == "spare"), None)
+                if spare is not None:  # a cold start without the process start
+                    spare.runtime = runtime
+                    self._run(spare, [job])
                 else:
-                    changed = True
-                    runtime = self.runtimes.get(job.function.runtime)
-                    if runtime is None:
-                        self._fail(job, f"runtime {job.function.runtime!r} is not on this node")
-                        continue
-                    spare = next((s for s in self._slots.values() if s.state == "spare"), None)
-                    if spare is not None:  # a cold start without the process start
-                        spare.runtime = runtime
-                        self._run(spare, job)
-                    else:
-                        self._spawn(runtime, job.function, job)
+                    self._spawn(runtime, job.function, job)
             if not queue:
                 del self._queues[name]
         if preload or changed:
@@ -464,7 +502,7 @@ class Pool:
             for s in self._slots.values()
             if s.state != "stopping"
             and s.function is None
-            and s.job is None
+            and not s.jobs
             and s.runtime.name == runtime.name
         )
 
@@ -518,7 +556,7 @@ class Pool:
 
     def _retire_stale(self) -> None:
         for slot in list(self._slots.values()):
-            waiting = slot.state in ("idle", "starting", "preparing") and slot.job is None
+            waiting = slot.state in ("idle", "starting", "preparing") and not slot.jobs
             waiting = waiting and slot.runtime is not SPARE
             if waiting and self._stale(slot):
                 self._stop(slot)
@@ -540,7 +578,9 @@ class Pool:
 
     def _spawn(self, runtime: Runtime, function: Function | None, job: Job | None) -> Slot:
         mw_id = f"{self.settings.node_id}-{next(self._ids)}"
-        slot = Slot(mw_id=mw_id, runtime=runtime, function=function, job=job)
+        slot = Slot(mw_id=mw_id, runtime=runtime, function=function)
+        if job is not None:
+            slot.jobs[job.call.call_num] = job
         self._slots[mw_id] = slot
         self._background.spawn(self._run_slot(slot))
         return slot
@@ -575,12 +615,17 @@ class Pool:
             code = await slot.proc.wait()
         finally:
             self._slots.pop(slot.mw_id, None)
-        job, slot.job = slot.job, None
+        jobs, slot.jobs = list(slot.jobs.values()), {}
         if self._closing:
-            return  # its call stays unfinished in the db; the api dispatches it again
+            return  # its calls stay unfinished in the db; the api dispatches them again
         if slot.state != "stopping":
             log.warning("pool.miniworker_died", mw=slot.mw_id, code=code)
-        if job is not None:
+        if jobs:
+            # the first was running (or being set up for); the rest of a batch never began
             error = f"the miniworker running the call died (exit status {code})"
-            self._fail(job, error, retryable=True)
+            self._fail(jobs[0], error, retryable=True)
+            if len(jobs) > 1:
+                self._queues.setdefault(jobs[1].function.name, deque()).extendleft(
+                    reversed(jobs[1:])
+                )
         self._schedule()

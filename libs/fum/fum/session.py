@@ -6,8 +6,10 @@ import atexit
 import io
 import json
 import os
+import stat
 import sys
 import traceback
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +29,10 @@ SETUP_UUID = b""
 # payload. A session that takes its params and gives its result in the messages
 # ("inline", no files) says so in its setup report's payload; the host may then send a
 # call as two frames, UUID and params, and the report, result included, is the reply to
-# that request (two messages a call instead of three).
+# that request (two messages a call instead of three). To such a session the host may
+# also send several calls in one request (UUID, params, UUID, params, ...): the reply is
+# a bare ok, and each call's report then goes by PUSH as it ends, with one more frame,
+# where the output log stood when the call ended (empty when stdout is not a file).
 INLINE = b"inline"
 # Long enough to flush the last report to a live host, short enough that a process whose
 # host is gone still exits promptly.
@@ -65,6 +70,16 @@ def _port(environ: Mapping[str, str], name: str) -> int | None:
         raise ValueError(f"{name} must be a port number, got {value!r}") from None
 
 
+def _log_position() -> bytes:
+    """The size of the file stdout writes to (the run command's log), as ASCII digits;
+    empty when stdout is not a regular file."""
+    try:
+        info = os.fstat(1)
+    except OSError:
+        return b""
+    return str(info.st_size).encode() if stat.S_ISREG(info.st_mode) else b""
+
+
 def _whole_lines() -> None:
     """Write stdout and stderr a line at a time: unbuffered (``PYTHONUNBUFFERED``, as fum
     starts functions) each ``print`` is several writes, and the two streams' pieces mix."""
@@ -98,6 +113,8 @@ class Session:
         self.inline = False
         self._params: bytes | None = None  # the current call's inline params
         self._result: bytes | None = None  # the current call's result, to send inline
+        self._batch: deque[tuple[str, bytes]] = deque()  # calls of a batch not begun yet
+        self._batched = False  # the current call came in a batch: its report is pushed
         # The UUID of the call being worked on; None during setup and while waiting.
         self.current_uuid: str | None = None
         self._error: dict[str, str] | None = None
@@ -213,16 +230,28 @@ class Session:
             frames.append(error)
         if payload is not None:
             frames.append(payload)
-        if self._params is not None and self._rep is not None:
+        if self._batched:
+            if payload is None:
+                frames[3:] = [error]
+            frames += [b""] * (5 - len(frames)) + [_log_position()]
+            self._push.send_multipart(frames)
+        elif self._params is not None and self._rep is not None:
             self._rep.send_multipart(frames)  # an inline call: its request awaits this
         else:
             self._push.send_multipart(frames)
 
     def _receive_uuid(self) -> str:
-        """Block until the host sends a call UUID on REP, answer ok and return it."""
+        """Block until the host sends a call UUID on REP, answer ok and return it (or
+        take the next call of a batch)."""
         assert self._rep is not None
+        if self._batch:
+            uuid, self._params = self._batch.popleft()
+            return uuid
         while True:
             frames = self._rep.recv_multipart()
+            if self.inline and len(frames) >= 4 and len(frames) % 2 == 0:
+                return self._begin_batch(frames)
+            self._batched = False
             inline = self.inline and len(frames) == 2
             try:
                 uuid = frames[0].decode("ascii").strip() if len(frames) == 1 or inline else ""
@@ -235,6 +264,22 @@ class Session:
                 return uuid
             # REP must answer every request; a malformed one is refused, not taken as a call.
             self._rep.send(b"error")
+
+    def _begin_batch(self, frames: list[bytes]) -> str:
+        """Take a batch (UUID, params, ...): answer ok, and start on its first call."""
+        assert self._rep is not None
+        try:
+            calls = [(frames[i].decode("ascii"), frames[i + 1]) for i in range(0, len(frames), 2)]
+        except UnicodeDecodeError:
+            calls = []
+        if not calls or not all(uuid for uuid, _ in calls):
+            self._rep.send(b"error")
+            return self._receive_uuid()
+        self._rep.send(OK)
+        self._batched = True
+        self._batch.extend(calls[1:])
+        uuid, self._params = calls[0]
+        return uuid
 
     def _hook_uncaught_exceptions(self) -> None:
         """Record an exception that kills the process mid-call as that call's error."""
