@@ -3,6 +3,7 @@ real cluster, that each call of a batch keeps its own result, output, timeout an
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -90,6 +91,21 @@ async def test_a_batch_is_no_more_than_the_slots_share_of_the_queue(
     warm_slots(node, "a", "b", "c")
     node._schedule(preload=False)
     assert run_sizes(sent) == [3, 3, 3]
+
+
+async def test_a_retried_call_runs_alone(pool: tuple[Pool, list[tuple[str, Message]]]) -> None:
+    """A call retried after its sandbox died mid-batch may not have been the one that
+    killed it: it runs alone, never blamed for another twice."""
+    node, _ = pool
+    node._durations["short"] = 1e-7
+    warm_slots(node, "a")
+    jobs = deque(
+        Job(Call(call_num=n, uuid=f"u{n}", func_name="short", params=b"{}"), 5.0, SHORT, Path("p"))
+        for n in range(1, 7)
+    )
+    jobs[2].alone = True
+    taken = [[j.call.call_num for j in node._batch(node._slots["a"], jobs)] for _ in range(3)]
+    assert taken == [[1, 2], [3], [4, 5, 6]]
 
 
 async def test_calls_a_batch_never_began_go_back_to_the_head_of_the_queue(

@@ -67,6 +67,7 @@ class Job:
     package: Path
     retries: int = 0  # runs left if its sandbox dies under it
     early: bool = False  # dispatched once only: the api may hear the result before the db
+    alone: bool = False  # never in a batch (a retry after its sandbox died)
 
 
 @dataclass(eq=False)
@@ -376,7 +377,7 @@ class Pool:
         more than the slot's share of the queue (the other idle warm slots take theirs)."""
         job = queue.popleft()
         mean = self._durations.get(job.function.name)
-        if not queue or mean is None or not slot.warm_for(job.function):
+        if not queue or mean is None or job.alone or not slot.warm_for(job.function):
             return [job]
         function = job.function
         idle = sum(1 for s in self._slots.values() if s.state == "idle" and s.warm_for(function))
@@ -384,6 +385,8 @@ class Pool:
         size = min(MAX_BATCH, share, int(BATCH_WORK / max(mean, 1e-6)))
         batch = [job]
         while queue and len(batch) < size and queue[0].timeout == job.timeout:
+            if queue[0].alone:
+                break
             batch.append(queue.popleft())
         return batch
 

@@ -190,7 +190,10 @@ class Worker:
             # once more on a fresh one, counting the attempt.
             log.info("worker.retrying", call=job.call.call_num, error=outcome.error)
             call = msgspec.structs.replace(job.call, attempts=job.call.attempts + 1)
-            self.pool.submit(dataclasses.replace(job, call=call, retries=job.retries - 1))
+            # Alone: in a batch, the call blamed may be one whose report died with the
+            # process of another; run alone, it cannot be blamed for another twice.
+            retry = dataclasses.replace(job, call=call, retries=job.retries - 1, alone=True)
+            self.pool.submit(retry)
             return
         self._finish(job.call, outcome, job.early)
 
