@@ -201,7 +201,22 @@ class Worker:
         pending = self._running_writes.pop(call.call_num, None)
         if pending is not None:
             pending.cancel()
-        self._background.spawn(self._report(call, outcome, early))
+        finished = outcome.finished_at or time.time()
+        final = msgspec.structs.replace(
+            call,
+            status=outcome.status,
+            result=outcome.result,
+            error=outcome.error,
+            node_id=self.settings.node_id,
+            start=outcome.start,
+            init_ms=outcome.init_ms,
+            started_at=outcome.started_at or finished,
+            finished_at=finished,
+        )
+        if early:  # nothing else can have run it: the api hears at once, the db follows
+            self._tell_api(final)
+        update = CallUpdate.storing(final, logs=outcome.logs)
+        self._background.spawn(self._report(final, update, early))
 
     async def _write(self, update: CallUpdate) -> bool:
         try:
@@ -213,28 +228,12 @@ class Worker:
             log.error("worker.db_write_failed", call=update.call_num, error=str(exc))
             return False
 
-    async def _report(self, call: Call, outcome: Outcome, early: bool) -> None:
-        """Tell the api and write the db: in that order for a call dispatched once (nothing
-        else can have run it), else the db first, and the api hears what the db kept."""
-        node = self.settings.node_id
-        finished = outcome.finished_at or time.time()
-        started = outcome.started_at or finished
-        final = msgspec.structs.replace(
-            call,
-            status=outcome.status,
-            result=outcome.result,
-            error=outcome.error,
-            node_id=node,
-            start=outcome.start,
-            init_ms=outcome.init_ms,
-            started_at=started,
-            finished_at=finished,
-        )
-        update = CallUpdate.storing(final, logs=outcome.logs)
+    async def _report(self, final: Call, update: CallUpdate, early: bool) -> None:
+        """Write the db, and tell the api: after the write for a call dispatched more than
+        once (another run may have finished first: the api hears what the db kept)."""
         if early:
-            self._tell_api(final)
             if not await self._write(update):
-                log.error("worker.early_result_not_stored", call=call.call_num)
+                log.error("worker.early_result_not_stored", call=final.call_num)
             return
         if await self._write(update):
             self._tell_api(final)
@@ -243,10 +242,10 @@ class Worker:
         # the api hears of the result that is stored, not of this one.
         try:
             stored = await retrying(
-                lambda: self.db.get_call(call.call_num), RESULT_DEADLINE, "get call"
+                lambda: self.db.get_call(final.call_num), RESULT_DEADLINE, "get call"
             )
         except FumError as exc:
-            log.error("worker.db_read_failed", call=call.call_num, error=str(exc))
+            log.error("worker.db_read_failed", call=final.call_num, error=str(exc))
             return
         self._tell_api(stored)
 
