@@ -39,64 +39,79 @@ class FumHost:
         pull = make_socket(ctx, zmq.PULL)
         self.port = pull.bind_to_random_port(f"tcp://{bind_ip}")
         self._oks: deque[list[bytes]] = deque()
-        self._arrived = asyncio.Event()
+        self._arrival: asyncio.Future[None] | None = None  # someone waits for an ok
         self._pull = Channel(pull, self._on_ok, name="fum-oks")
-        self._answers: asyncio.Queue[list[bytes]] = asyncio.Queue()
+        self._answer: asyncio.Future[list[bytes]] | None = None  # the request's reply
         self._rep: Channel | None = None
         #: the sandbox takes params and gives its result in the messages, not in files
         self.inline = False
 
     def _on_ok(self, frames: list[bytes]) -> None:
         self._oks.append(frames)
-        self._arrived.set()
+        arrival, self._arrival = self._arrival, None
+        if arrival is not None and not arrival.done():
+            arrival.set_result(None)
+
+    def _on_answer(self, frames: list[bytes]) -> None:
+        answer, self._answer = self._answer, None
+        if answer is not None and not answer.done():  # else: of a request given up on
+            answer.set_result(frames[1:])
+
+    def _request(self, frames: list[bytes]) -> asyncio.Future[list[bytes]]:
+        """Send a request to the sandbox's REP; the future of its reply's frames."""
+        assert self._rep is not None
+        self._answer = asyncio.get_running_loop().create_future()
+        self._rep.send([b"", *frames])
+        return self._answer
 
     def connect(self, node_ip: str, node_port: int) -> None:
         # A DEALER, not a REQ: a call that timed out must not wedge the socket's state.
         rep = make_socket(self._ctx, zmq.DEALER)
         rep.connect(f"tcp://{node_ip}:{node_port}")
-        self._rep = Channel(rep, self._answers.put_nowait, name="fum-calls")
+        self._rep = Channel(rep, self._on_answer, name="fum-calls")
 
     async def wait_setup(self) -> None:
         """The sandbox's first ``ok``: its set-up is done (and whether it goes inline)."""
         frames = await self._next_ok(None)
         self.inline = frames[4:5] == [INLINE]
 
-    async def run(self, uuid: str, params: bytes) -> bytes | None:
-        """Hand the call to the sandbox and wait for its two ``ok``s; raise ``CallFailed``.
-        Inline, ``params`` go with the UUID and the result (JSON) is returned; else the
-        caller has put the params in the input folder and reads the output folder."""
-        assert self._rep is not None
-        key = uuid.encode()
-        if self.inline:  # the reply is the call's report
-            self._rep.send([b"", key, params])
-            frames = (await self._answers.get())[1:]
-            if frames[:1] != [OK] or frames[2:3] != [key]:
-                raise CallFailed(f"the function answered {frames[:3]!r} to its call")
-        else:
-            self._rep.send([b"", key])
-            answer = (await self._answers.get())[-1]
-            if answer != OK:
-                raise CallFailed(f"the function answered {answer[:64]!r} to its call, not 'ok'")
-            frames = await self._next_ok(key)
-        if len(frames) > 3 and frames[3]:
-            raise CallFailed(_error_text(frames[3]))
-        return frames[4] if len(frames) > 4 else None
+    def call_inline(self, uuid: str, params: bytes) -> asyncio.Future[list[bytes]]:
+        """Hand an inline call to the sandbox: the future of its report (``inline_result``
+        reads it)."""
+        return self._request([uuid.encode(), params])
 
-    def send_batch(self, calls: list[tuple[str, bytes]]) -> None:
-        """Hand several calls (UUID, params) to an inline sandbox in one request; then
-        ``batch_taken``, and each call's report comes by ``take_report``."""
-        assert self._rep is not None and self.inline
-        frames = [b""]
+    @staticmethod
+    def inline_result(uuid: str, frames: list[bytes]) -> bytes | None:
+        """An inline call's result (JSON) from its report; ``CallFailed`` if it failed."""
+        if frames[:1] != [OK] or frames[2:3] != [uuid.encode()]:
+            raise CallFailed(f"the function answered {frames[:3]!r} to its call")
+        return _report_result(frames)
+
+    async def run(self, uuid: str) -> bytes | None:
+        """Hand the call's UUID to the sandbox and wait for its two ``ok``s; raise
+        ``CallFailed``. The caller has put the params in the input folder and reads the
+        output folder (unless the report carries a result)."""
+        key = uuid.encode()
+        answer = (await self._request([key]))[-1]
+        if answer != OK:
+            raise CallFailed(f"the function answered {answer[:64]!r} to its call, not 'ok'")
+        return _report_result(await self._next_ok(key))
+
+    def send_batch(self, calls: list[tuple[str, bytes]]) -> asyncio.Future[list[bytes]]:
+        """Hand several calls (UUID, params) to an inline sandbox in one request: the
+        future of its answer (``batch_taken`` reads it); each call's report then comes by
+        ``take_report``."""
+        assert self.inline
+        frames: list[bytes] = []
         for uuid, params in calls:
             frames += (uuid.encode(), params)
-        self._rep.send(frames)
+        return self._request(frames)
 
-    async def batch_taken(self) -> None:
-        """The sandbox's answer to a batch; ``CallFailed`` if it refused it (a library
-        that offers inline calls but not batches: send it one call at a time)."""
-        answer = (await self._answers.get())[-1]
-        if answer != OK:
-            raise CallFailed(f"the function answered {answer[:64]!r} to a batch, not 'ok'")
+    @staticmethod
+    def batch_taken(frames: list[bytes]) -> bool:
+        """Whether the sandbox took the batch (a library that offers inline calls but not
+        batches refuses it: send it one call at a time)."""
+        return frames[-1:] == [OK]
 
     def take_report(self, uuid: str) -> Report | None:
         """The report of the batched call ``uuid`` if it has come (stale ones skipped)."""
@@ -111,11 +126,14 @@ class FumHost:
             return Report(error, result, int(position) if position.isdigit() else None)
         return None
 
-    async def arrival(self) -> None:
-        """Wait until a report is there to take."""
-        while not self._oks:
-            self._arrived.clear()
-            await self._arrived.wait()
+    def arrival(self) -> asyncio.Future[None]:
+        """A future done when an ok is there to take."""
+        arrival = asyncio.get_running_loop().create_future()
+        if self._oks:
+            arrival.set_result(None)
+        else:
+            self._arrival = arrival
+        return arrival
 
     async def _next_ok(self, uuid: bytes | None) -> list[bytes]:
         """The next ``ok`` for ``uuid`` (``None``: set-up); a stale one is skipped.
@@ -124,7 +142,8 @@ class FumHost:
         payload.
         """
         while True:
-            await self.arrival()
+            if not self._oks:
+                await self.arrival()
             frames = self._oks.popleft()
             if frames[0] != OK:
                 continue
@@ -135,6 +154,14 @@ class FumHost:
         self._pull.close()
         if self._rep is not None:
             self._rep.close()
+
+
+def _report_result(frames: list[bytes]) -> bytes | None:
+    """A report's result, or ``CallFailed`` with its error. Frames: ok, node id, uuid,
+    error, payload."""
+    if len(frames) > 3 and frames[3]:
+        raise CallFailed(_error_text(frames[3]))
+    return frames[4] if len(frames) > 4 else None
 
 
 class _Report(msgspec.Struct):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import structlog
@@ -30,7 +28,7 @@ from services.common.protocol import Message
 from services.common.rpc import Channel, make_socket
 
 from .fum_host import CallFailed, FumHost
-from .sandbox import Driver, Sandbox, SandboxFailed, tail
+from .sandbox import Driver, Sandbox, SandboxFailed, clear, tail
 from .settings import MiniworkerSettings
 
 log = structlog.get_logger()
@@ -45,14 +43,6 @@ async def open_driver(settings: MiniworkerSettings, passthrough_env: dict[str, s
     from .process_driver import ProcessDriver
 
     return ProcessDriver(Path(settings.sandbox_dir), Path(settings.node_dir), passthrough_env)
-
-
-def _clear(folder: Path) -> None:
-    for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
 
 
 def _read_result(output_dir: Path) -> bytes | None:
@@ -312,10 +302,9 @@ class Miniworker:
         sandbox, host = self._sandbox, self._host
         assert sandbox is not None and host is not None
         log.debug("miniworker.batch", calls=len(calls))
-        host.send_batch([(call.uuid, call.params) for call in calls])
-        try:
-            broke = await self._within(host.batch_taken(), timeout)
-        except CallFailed:
+        answer = host.send_batch([(call.uuid, call.params) for call in calls])
+        broke = await self._race(answer, timeout)
+        if broke is None and not host.batch_taken(answer.result()):
             return None
         done: list[Outcome] = []
         began = first.started_at
@@ -325,7 +314,7 @@ class Miniworker:
                 if done:  # what has ended goes now: the rest may take a while
                     self._send(CallDone(outcomes=done))
                     done = []
-                broke = await self._within(host.arrival(), began + timeout - time.time())
+                broke = await self._race(host.arrival(), began + timeout - time.time())
                 report = host.take_report(call.uuid)
                 if report is not None and broke == "timeout":
                     broke = None  # it made it, just
@@ -340,7 +329,7 @@ class Miniworker:
                     self._outcome(call, i, first, began, status, None, error, logs, retryable)
                 )
                 unrun = [c.call_num for c in calls[i + 1 :]]
-                _clear(sandbox.output_dir)
+                sandbox.clear_output()
                 self._send(CallDone(outcomes=done, unrun=unrun))
                 return False
             ended = time.time()
@@ -349,26 +338,46 @@ class Miniworker:
             logs = sandbox.take_output(report.log_position)
             done.append(self._outcome(call, i, first, began, status, result, report.error, logs))
             began = ended
-        _clear(sandbox.output_dir)
+        sandbox.clear_output()
         if broke is not None:  # the last call's report came, and then its process died
             await self._broke(broke, timeout)
         self._send(CallDone(outcomes=done, ready=broke is None))
         return broke is None
 
-    async def _within(self, waiting: Coroutine[Any, Any, None], timeout: float) -> str | None:
-        """Await ``waiting`` unless the run command exits or ``timeout`` passes first:
-        None, or which of those two happened ("exited", "timeout")."""
+    async def _race(self, waiting: asyncio.Future[Any], timeout: float) -> str | None:
+        """Wait for ``waiting`` unless the run command exits or ``timeout`` passes first:
+        None, or which of those two happened ("exited", "timeout"); ``waiting`` is then
+        cancelled. One future and one timer (asyncio.wait makes a set, a task and
+        callbacks for each of its futures, on every call)."""
         exited = self._exited
         assert exited is not None
-        task = asyncio.ensure_future(waiting)
-        done, _ = await asyncio.wait(
-            {task, exited}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
-        )
-        if task in done:
-            task.result()  # its exception, if any
+        if waiting.done():
             return None
-        task.cancel()
-        return "exited" if exited in done else "timeout"
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[str | None] = loop.create_future()
+
+        def settle(what: str | None) -> None:
+            if not first.done():
+                first.set_result(what)
+
+        def ended(_: object) -> None:
+            settle(None)
+
+        def died(_: object) -> None:
+            settle("exited")
+
+        waiting.add_done_callback(ended)
+        exited.add_done_callback(died)
+        timer = loop.call_later(max(timeout, 0.0), settle, "timeout")
+        try:
+            how = await first
+        finally:
+            timer.cancel()
+            exited.remove_done_callback(died)
+            waiting.remove_done_callback(ended)
+        if how is not None:
+            waiting.cancel()
+        return how
 
     async def _broke(self, how: str, timeout: float) -> str:
         """Stop the run command after it died or timed out on a call; the call's error."""
@@ -406,29 +415,32 @@ class Miniworker:
 
     async def _exchange(self, call: Call, timeout: float, first: _First) -> tuple[Outcome, bool]:
         """Run one call over FUM; return its outcome and whether the sandbox is still good."""
-        sandbox, host, exited = self._sandbox, self._host, self._exited
-        assert sandbox is not None and host is not None and exited is not None
-        if not host.inline:
-            (sandbox.input_dir / "params.json").write_bytes(call.params)
-        running = asyncio.ensure_future(host.run(call.uuid, call.params))
-        done, _ = await asyncio.wait(
-            {running, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        status, result, error, healthy, retryable = "DONE", None, None, True, False
-        if running in done:
-            failure = running.exception()
-            if isinstance(failure, CallFailed):
-                status, error = "ERROR", str(failure)
-            elif failure is not None:
-                raise failure
-            elif (inline := running.result()) is not None:
-                result = _as_json(inline)
-            else:
-                result = _read_result(sandbox.output_dir)
+        sandbox, host = self._sandbox, self._host
+        assert sandbox is not None and host is not None
+        running: asyncio.Future[Any]
+        if host.inline:
+            running = host.call_inline(call.uuid, call.params)
         else:
-            running.cancel()
+            (sandbox.input_dir / "params.json").write_bytes(call.params)
+            running = asyncio.ensure_future(host.run(call.uuid))
+        broke = await self._race(running, timeout)
+        status, result, error, healthy, retryable = "DONE", None, None, True, False
+        if broke is None:
+            try:
+                if host.inline:
+                    payload = host.inline_result(call.uuid, running.result())
+                else:  # run() gave it
+                    payload = cast("bytes | None", running.result())
+            except CallFailed as failure:
+                status, error = "ERROR", str(failure)
+            else:
+                if payload is not None:
+                    result = _as_json(payload)
+                else:
+                    result = _read_result(sandbox.output_dir)
+        else:
             healthy = False
-            if exited in done:
+            if broke == "exited":
                 status, error, retryable = "ERROR", sandbox.exit_reason(), True
             else:
                 status, error = "TIMEOUT", f"the call did not finish within {timeout:g}s"
@@ -437,8 +449,8 @@ class Miniworker:
         if status == "ERROR" and not healthy:
             error = f"{error}\n{tail(logs)}" if logs.strip() else error
         if not host.inline:  # inline, nothing was written there
-            _clear(sandbox.input_dir)
-        _clear(sandbox.output_dir)
+            clear(sandbox.input_dir)
+        sandbox.clear_output()
         outcome = Outcome(
             call_num=call.call_num,
             status=status,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import os
+import shutil
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,6 +51,15 @@ class OutputBuffer:
         return f"[... output cut to its last {self._limit} bytes]\n{text}" if dropped else text
 
 
+def clear(folder: Path) -> None:
+    """Remove everything in ``folder``."""
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -71,6 +81,7 @@ class Sandbox(abc.ABC):
         # there (the library flushes first), nothing trails into the next call.
         self.log_path = log_path
         self._log: BinaryIO | None = None
+        self._output_stamp = -1  # the output folder's mtime when it was last emptied
 
     @property
     @abc.abstractmethod
@@ -114,6 +125,18 @@ class Sandbox(abc.ABC):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def clear_output(self) -> None:
+        """Empty the output folder after a call. A folder whose mtime has not changed since
+        it was emptied has had nothing added: one stat instead of a listing per call."""
+        folder = self.output_dir
+        try:
+            if os.stat(folder).st_mtime_ns == self._output_stamp:
+                return
+            clear(folder)
+            self._output_stamp = os.stat(folder).st_mtime_ns
+        except FileNotFoundError:
+            self._output_stamp = -1
 
     def take_output(self, upto: int | None = None) -> str:
         """What the sandbox printed since the last take: all of it, up to the ``ok`` that

@@ -70,6 +70,26 @@ def _port(environ: Mapping[str, str], name: str) -> int | None:
         raise ValueError(f"{name} must be a port number, got {value!r}") from None
 
 
+# pyzmq's flags are Enums, and send_multipart/recv_multipart do Enum arithmetic and a
+# getsockopt on every frame: more than the send itself, on every call.
+_SNDMORE = int(zmq.SNDMORE)
+
+
+def _send(socket: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    for frame in frames[:-1]:
+        socket.send(frame, _SNDMORE)
+    socket.send(frames[-1])
+
+
+def _receive(socket: zmq.Socket[bytes]) -> list[bytes]:
+    frames = []
+    while True:
+        frame = socket.recv(copy=False)
+        frames.append(frame.bytes)
+        if not frame.more:
+            return frames
+
+
 def _log_position() -> bytes:
     """The size of the file stdout writes to (the run command's log), as ASCII digits;
     empty when stdout is not a regular file."""
@@ -234,11 +254,11 @@ class Session:
             if payload is None:
                 frames[3:] = [error]
             frames += [b""] * (5 - len(frames)) + [_log_position()]
-            self._push.send_multipart(frames)
+            _send(self._push, frames)
         elif self._params is not None and self._rep is not None:
-            self._rep.send_multipart(frames)  # an inline call: its request awaits this
+            _send(self._rep, frames)  # an inline call: its request awaits this
         else:
-            self._push.send_multipart(frames)
+            _send(self._push, frames)
 
     def _receive_uuid(self) -> str:
         """Block until the host sends a call UUID on REP, answer ok and return it (or
@@ -248,7 +268,7 @@ class Session:
             uuid, self._params = self._batch.popleft()
             return uuid
         while True:
-            frames = self._rep.recv_multipart()
+            frames = _receive(self._rep)
             if self.inline and len(frames) >= 4 and len(frames) % 2 == 0:
                 return self._begin_batch(frames)
             self._batched = False
