@@ -382,10 +382,12 @@ class Miniworker:
     async def _broke(self, how: str, timeout: float) -> str:
         """Stop the run command after it died or timed out on a call; the call's error."""
         assert self._sandbox is not None
-        await self._sandbox.stop_run()
         if how == "exited":
-            return self._sandbox.exit_reason()
-        return f"the call did not finish within {timeout:g}s"
+            reason = self._sandbox.exit_reason()
+        else:
+            reason = f"the call did not finish within {timeout:g}s"
+        await self._sandbox.stop_run()
+        return reason
 
     @staticmethod
     def _outcome(
@@ -439,12 +441,9 @@ class Miniworker:
                 else:
                     result = _read_result(sandbox.output_dir)
         else:
-            healthy = False
-            if broke == "exited":
-                status, error, retryable = "ERROR", sandbox.exit_reason(), True
-            else:
-                status, error = "TIMEOUT", f"the call did not finish within {timeout:g}s"
-            await sandbox.stop_run()
+            healthy, retryable = False, broke == "exited"
+            status = "ERROR" if retryable else "TIMEOUT"
+            error = await self._broke(broke, timeout)
         logs = sandbox.take_output()
         if status == "ERROR" and not healthy:
             error = f"{error}\n{tail(logs)}" if logs.strip() else error
