@@ -334,8 +334,7 @@ class Pool:
             if outcome.status == "DONE":
                 self._timed(job.function.name, outcome.finished_at - outcome.started_at)
         unrun = [job for num in message.unrun if (job := slot.jobs.pop(num, None))]
-        if unrun:  # never begun: back to the head of their queue, as they were
-            self._queues.setdefault(unrun[0].function.name, deque()).extendleft(reversed(unrun))
+        self._requeue(unrun)
         if message.ready and slot.function is not None:
             # idle before the results are reported: the next call finds it warm
             function = slot.function
@@ -365,6 +364,12 @@ class Pool:
         )
         for j in jobs:
             self._on_start(j)
+
+    def _requeue(self, jobs: list[Job]) -> None:
+        """Calls of a batch that never began: back to the head of their queue, in order, as
+        they were (no attempt counted)."""
+        if jobs:
+            self._queues.setdefault(jobs[0].function.name, deque()).extendleft(reversed(jobs))
 
     def _timed(self, function: str, seconds: float) -> None:
         """Keep a moving average of how long the function's calls take."""
@@ -627,8 +632,5 @@ class Pool:
             # the first was running (or being set up for); the rest of a batch never began
             error = f"the miniworker running the call died (exit status {code})"
             self._fail(jobs[0], error, retryable=True)
-            if len(jobs) > 1:
-                self._queues.setdefault(jobs[1].function.name, deque()).extendleft(
-                    reversed(jobs[1:])
-                )
+            self._requeue(jobs[1:])
         self._schedule()
