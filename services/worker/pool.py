@@ -335,6 +335,8 @@ class Pool:
                 self._timed(job.function.name, outcome.finished_at - outcome.started_at)
         unrun = [job for num in message.unrun if (job := slot.jobs.pop(num, None))]
         self._requeue(unrun)
+        if unrun and not message.ready:  # another idle sandbox may take them meanwhile
+            self._schedule(preload=False)
         if message.ready and slot.function is not None:
             # idle before the results are reported: the next call finds it warm
             function = slot.function
