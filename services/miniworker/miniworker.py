@@ -320,11 +320,7 @@ class Miniworker:
                     broke = None  # it made it, just
             if report is None:
                 assert broke is not None
-                error = await self._broke(broke, timeout)
-                logs = sandbox.take_output()
-                status, retryable = ("TIMEOUT", False) if broke == "timeout" else ("ERROR", True)
-                if status == "ERROR" and logs.strip():
-                    error = f"{error}\n{tail(logs)}"
+                status, error, logs, retryable = await self._broke(broke, timeout)
                 done.append(
                     self._outcome(call, i, first, began, status, None, error, logs, retryable)
                 )
@@ -340,7 +336,7 @@ class Miniworker:
             began = ended
         sandbox.clear_output()
         if broke is not None:  # the last call's report came, and then its process died
-            await self._broke(broke, timeout)
+            await sandbox.stop_run()
         self._send(CallDone(outcomes=done, ready=broke is None))
         return broke is None
 
@@ -379,15 +375,20 @@ class Miniworker:
             waiting.cancel()
         return how
 
-    async def _broke(self, how: str, timeout: float) -> str:
-        """Stop the run command after it died or timed out on a call; the call's error."""
+    async def _broke(self, how: str, timeout: float) -> tuple[str, str, str, bool]:
+        """Stop the run command after it died ("exited") or timed out on a call: the call's
+        status, error (with the tail of the output when it died), output, and whether
+        another sandbox may run it again."""
         assert self._sandbox is not None
         if how == "exited":
-            reason = self._sandbox.exit_reason()
+            status, error = "ERROR", self._sandbox.exit_reason()
         else:
-            reason = f"the call did not finish within {timeout:g}s"
+            status, error = "TIMEOUT", f"the call did not finish within {timeout:g}s"
         await self._sandbox.stop_run()
-        return reason
+        logs = self._sandbox.take_output()
+        if status == "ERROR" and logs.strip():
+            error = f"{error}\n{tail(logs)}"
+        return status, error, logs, status == "ERROR"
 
     @staticmethod
     def _outcome(
@@ -401,7 +402,8 @@ class Miniworker:
         logs: str,
         retryable: bool = False,
     ) -> Outcome:
-        """A batched call's outcome (the first carries how the sandbox was started)."""
+        """The outcome of the ``index``-th call of a Run, begun at ``began`` (the first
+        carries how the sandbox was started)."""
         return Outcome(
             call_num=call.call_num,
             status=status,
@@ -427,7 +429,10 @@ class Miniworker:
             running = asyncio.ensure_future(host.run(call.uuid))
         broke = await self._race(running, timeout)
         status, result, error, healthy, retryable = "DONE", None, None, True, False
-        if broke is None:
+        if broke is not None:
+            healthy = False
+            status, error, logs, retryable = await self._broke(broke, timeout)
+        else:
             try:
                 if host.inline:
                     payload = host.inline_result(call.uuid, running.result())
@@ -440,27 +445,12 @@ class Miniworker:
                     result = _as_json(payload)
                 else:
                     result = _read_result(sandbox.output_dir)
-        else:
-            healthy, retryable = False, broke == "exited"
-            status = "ERROR" if retryable else "TIMEOUT"
-            error = await self._broke(broke, timeout)
-        logs = sandbox.take_output()
-        if status == "ERROR" and not healthy:
-            error = f"{error}\n{tail(logs)}" if logs.strip() else error
+            logs = sandbox.take_output()
         if not host.inline:  # inline, nothing was written there
             clear(sandbox.input_dir)
         sandbox.clear_output()
-        outcome = Outcome(
-            call_num=call.call_num,
-            status=status,
-            result=result,
-            error=error,
-            logs=logs,
-            start=first.start,
-            init_ms=first.init_ms,
-            started_at=first.started_at,
-            finished_at=time.time(),
-            retryable=retryable,
+        outcome = self._outcome(
+            call, 0, first, first.started_at, status, result, error, logs, retryable
         )
         return outcome, healthy
 

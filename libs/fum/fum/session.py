@@ -246,16 +246,14 @@ class Session:
         frames = [OK, self.node_id.encode(), uuid]
         error = json.dumps(self._error).encode() if self._error is not None else b""
         payload = INLINE if uuid == SETUP_UUID and self.inline else self._result
+        if self._batched:  # every frame, then where the output log stands
+            _send(self._push, [*frames, error, payload or b"", _log_position()])
+            return
         if error or payload is not None:
             frames.append(error)
         if payload is not None:
             frames.append(payload)
-        if self._batched:
-            if payload is None:
-                frames[3:] = [error]
-            frames += [b""] * (5 - len(frames)) + [_log_position()]
-            _send(self._push, frames)
-        elif self._params is not None and self._rep is not None:
+        if self._params is not None and self._rep is not None:
             _send(self._rep, frames)  # an inline call: its request awaits this
         else:
             _send(self._push, frames)
