@@ -58,6 +58,34 @@ async def test_blocking_and_non_blocking_invoke(api: Api) -> None:
     assert (await api.wait_call(call["callNum"]))["result"] == "slept"
 
 
+async def test_blocking_calls_are_stored(api: Api) -> None:
+    """A short blocking call is stored by its worker's result write (the api writes
+    nothing); one still running after FUM_STORE_DELAY is stored by the api meanwhile."""
+    await api.runtime("pyh")
+    echo = await api.handler_function("echo", "pyh")
+    await api.invoke(echo, {"warm": 1})  # the first call starts a sandbox: not short
+    status, call = await api.invoke(echo, {"kept": 1})
+    assert status == 200 and call["status"] == "DONE"
+    deadline = time.monotonic() + 10
+    while True:  # in the db, not only in the api's recent results: listed
+        _, body = await api.request("GET", "/v1/calls", params={"function": echo})
+        if len(body["items"]) == 2 and body["items"][0]["status"] == "DONE":
+            break
+        assert time.monotonic() < deadline, f"the short call was not stored: {body}"
+        await asyncio.sleep(0.05)
+    stored = body["items"][0]
+    assert stored["callNum"] == call["callNum"]
+    assert stored["params"] == {"kept": 1} and stored["result"] == {"kept": 1}
+
+    sleepy = await api.handler_function("sleepy", "pyh")
+    running = asyncio.ensure_future(api.invoke(sleepy, {"s": 1.0}))
+    await asyncio.sleep(0.5)
+    _, body = await api.request("GET", "/v1/calls", params={"function": sleepy})
+    assert [c["status"] for c in body["items"]] in (["PENDING"], ["RUNNING"])
+    status, call = await running
+    assert status == 200 and call["result"] == "slept"
+
+
 async def test_zip_and_tar_gz_two_functions_on_one_runtime(api: Api) -> None:
     from .support import handler_package
 

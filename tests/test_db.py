@@ -395,6 +395,37 @@ async def test_two_results_in_one_message_only_first_applies(client: DbClient) -
     assert (await client.get_call(call.call_num)).result == b"1"
 
 
+async def test_update_carrying_the_call_creates_it(client: DbClient) -> None:
+    """A blocking call the api did not store: its worker's write creates it, once; the
+    api's later create of the same call (by uuid) finds it and changes nothing."""
+    first = await client.reserve_call_nums(3)
+    new = msgspec.structs.replace(new_call(), call_num=first)
+    done = CallUpdate(call_num=first, status="DONE", result=b"1", attempts=1, new=new)
+    sent = client.requests_sent
+    applied = await asyncio.gather(
+        client.update_call(msgspec.structs.replace(done, status="RUNNING", result=None)),
+        client.update_call(done),
+        client.update_call(msgspec.structs.replace(done, result=b"2")),
+    )
+    assert client.requests_sent == sent + 1 and applied == [True, True, False]
+    stored = await client.get_call(first)
+    assert (stored.status, stored.result, stored.uuid) == ("DONE", b"1", new.uuid)
+    assert (stored.params, stored.created_at) == (new.params, new.created_at)
+    assert await client.create_call(new) == stored
+    assert not await client.update_call(done)
+    # Stored by the api first (a long call): the worker's write is a plain update.
+    later = msgspec.structs.replace(new_call(), call_num=first + 1)
+    await client.create_call(later)
+    assert await client.update_call(
+        CallUpdate(call_num=first + 1, status="ERROR", error="x", new=later)
+    )
+    assert (await client.get_call(first + 1)).error == "x"
+    # A number never set aside is refused, as in a create.
+    with pytest.raises(BadRequest):
+        bad = msgspec.structs.replace(new_call(), call_num=10**9)
+        await client.update_call(CallUpdate(call_num=10**9, status="DONE", new=bad))
+
+
 async def test_requeue_before_final(client: DbClient) -> None:
     call = await client.create_call(new_call())
     assert await client.update_call(CallUpdate(call_num=call.call_num, status="RUNNING"))

@@ -46,6 +46,7 @@ class Placed:
     node_id: int | None = None
     claim_by: float | None = None  # found RUNNING at start: its worker has until then to say so
     again: bool = False  # dispatched more than once (or found unfinished at start)
+    stored: bool = True  # False: a blocking call the db may not hold yet (Dispatch.stored)
 
 
 class Dispatcher:
@@ -92,11 +93,17 @@ class Dispatcher:
         self.admission.release(function, count)
 
     def dispatch(
-        self, call: Call, timeout: float, reserved: bool = True, again: bool = False
+        self,
+        call: Call,
+        timeout: float,
+        reserved: bool = True,
+        again: bool = False,
+        stored: bool = True,
     ) -> None:
-        """Hand a call (already stored in the db) to a worker, now or when its turn comes."""
+        """Hand a call to a worker, now or when its turn comes. ``stored``: the db holds
+        the call; if not, the worker's writes create it."""
         call = msgspec.structs.replace(call, attempts=call.attempts + 1)
-        placed = Placed(call, timeout, again=again)
+        placed = Placed(call, timeout, again=again, stored=stored)
         self._placed[call.call_num] = placed
         if self.admission.admit(call.func_name, placed, reserved):
             self._place(placed)
@@ -133,7 +140,10 @@ class Dispatcher:
         node.take_warm(name)
         placed.node_id = node.node_id
         node.calls.add(placed.call.call_num)
-        self._send(node, Dispatch(call=placed.call, timeout=placed.timeout, early=not placed.again))
+        dispatch = Dispatch(
+            call=placed.call, timeout=placed.timeout, early=not placed.again, stored=placed.stored
+        )
+        self._send(node, dispatch)
 
     def wait(self, call_num: int) -> asyncio.Future[Call]:
         """A future for the call's final state (register it before dispatching)."""

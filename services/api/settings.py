@@ -19,6 +19,9 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 3.5  # a worker silent this long is dead
     blocking_timeout: float = 60.0  # longest a blocking invoke waits before answering 202
+    # A blocking call still running this long is stored by the api; one that ends sooner
+    # is stored once, with its result, by its worker (docs/SCHEDULING.md, "Durability").
+    store_delay: float = 0.02
     default_timeout: float = 60.0  # a function's call timeout when it sets none
     max_package_mb: int = 100
     max_pending: int = 100_000  # most unfinished calls the api holds; more get 429

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime
@@ -18,7 +19,6 @@ from services.common.models import (
     LIMIT_NAMES,
     STATUSES,
     Call,
-    CallUpdate,
     Limits,
     NewCall,
     Runtime,
@@ -274,8 +274,9 @@ async def invoke(app: web.Application, func_name: str, params: bytes, wait: floa
     """Store the call and dispatch it; when ``wait``, wait up to that long for its end.
 
     A non-blocking call is stored, then dispatched: the 202 says it is durable. A blocking
-    call is numbered here (``CallNumbers``) and dispatched while the db stores it; its
-    client hears nothing before the db has it (see docs/SCHEDULING.md, "Durability")."""
+    call is numbered here (``CallNumbers``) and dispatched at once; the api stores it if it
+    is still running after ``store_delay``, and otherwise its worker's result write creates
+    it (one db write for a short call; see docs/SCHEDULING.md, "Durability")."""
     timeout = app[CATALOG].function(func_name).limits.timeout
     dispatcher, db = app[DISPATCHER], app[DB]
     dispatcher.reserve(func_name)  # 429 here, before anything is stored
@@ -283,10 +284,6 @@ async def invoke(app: web.Application, func_name: str, params: bytes, wait: floa
     try:
         if wait:
             new = msgspec.structs.replace(new, call_num=await app[CALL_NUMS].take())
-            # Idempotent by the uuid: a create lost in a db restart is sent again.
-            stored = asyncio.ensure_future(
-                retrying(lambda: db.create_call(new), DB_DEADLINE, "create call")
-            )
         else:
             call = await retrying(lambda: db.create_call(new), DB_DEADLINE, "create call")
     except BaseException:
@@ -298,28 +295,24 @@ async def invoke(app: web.Application, func_name: str, params: bytes, wait: floa
     assert new.call_num is not None
     call = new.pending(new.call_num)
     future = dispatcher.wait(call.call_num)
-    dispatcher.dispatch(call, timeout)
+    dispatcher.dispatch(call, timeout, stored=False)
+    delay = app[SETTINGS].store_delay
     try:
-        await stored
-    except BaseException:
-        dispatcher.forget(call.call_num, future)
-        raise
-    if future.done() and not future.exception():
-        # Finished before the db had the call: the worker's write may have found no call
-        # to update. Write the result now (a final update applies once: no harm if it did).
-        await _store_result(db, future.result())
-    try:
-        return await asyncio.wait_for(asyncio.shield(future), wait)
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(future), min(wait, delay))
+        # Still running: stored now, so it is listed while it runs and found after a 202.
+        # Idempotent by the uuid: the worker's write may have created it meanwhile.
+        await retrying(lambda: db.create_call(new), DB_DEADLINE, "create call")
+        return await asyncio.wait_for(asyncio.shield(future), max(wait - delay, 0))
     except TimeoutError:
         dispatcher.forget(call.call_num, future)
         return await fetch_call(app, call.call_num)
     except Unavailable as exc:
+        dispatcher.forget(call.call_num, future)
         raise Unavailable(f"{exc.message} (call {call.call_num})") from None
-
-
-async def _store_result(db: DbClient, call: Call) -> None:
-    update = CallUpdate.storing(call)
-    await retrying(lambda: db.update_call(update), DB_DEADLINE, "store result")
+    except BaseException:
+        dispatcher.forget(call.call_num, future)
+        raise
 
 
 def check_params(body: bytes) -> bytes:

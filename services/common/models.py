@@ -119,6 +119,17 @@ class NewCall(Model, frozen=True):
     created_at: float
     call_num: int | None = None
 
+    @classmethod
+    def of(cls, call: Call) -> NewCall:
+        """The create that stores ``call`` as it was first made."""
+        return cls(
+            uuid=call.uuid,
+            func_name=call.func_name,
+            params=call.params,
+            created_at=call.created_at,
+            call_num=call.call_num,
+        )
+
     def pending(self, call_num: int) -> Call:
         """The call as it is created: numbered ``call_num``, PENDING, never run."""
         return Call(
@@ -134,7 +145,8 @@ class CallUpdate(Model, frozen=True):
     """A change to a call. Fields left ``None`` are kept as stored.
 
     An update to a final status applies only while the stored call is not final yet, so a
-    call can never be reported DONE twice with two different results.
+    call can never be reported DONE twice with two different results. ``new``: the call
+    to create first if the db does not hold it (a blocking call the api did not store).
     """
 
     call_num: int
@@ -148,9 +160,12 @@ class CallUpdate(Model, frozen=True):
     init_ms: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    new: NewCall | None = None
 
     @classmethod
-    def storing(cls, call: Call, logs: str | None = None) -> CallUpdate:
+    def storing(
+        cls, call: Call, logs: str | None = None, new: NewCall | None = None
+    ) -> CallUpdate:
         """The update that stores ``call`` (a finished one) as it is, with its output."""
         return cls(
             call_num=call.call_num,
@@ -164,4 +179,5 @@ class CallUpdate(Model, frozen=True):
             init_ms=call.init_ms,
             started_at=call.started_at,
             finished_at=call.finished_at,
+            new=new,
         )

@@ -57,6 +57,9 @@ class Dispatch(Message, frozen=True):
     # The call was dispatched once only, so no other run of it can exist: the worker may
     # tell the api its result before the db has it (the api answers sooner).
     early: bool = False
+    # False: the db may not hold the call yet (a blocking call, which the api stores only
+    # if it outlasts FUM_STORE_DELAY): the worker's writes carry it, to create it first.
+    stored: bool = True
 
 
 class RuntimeSynced(Message, frozen=True):

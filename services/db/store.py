@@ -465,6 +465,7 @@ class Store:
         A call that has reached a final status never changes again, so a call cannot be
         reported DONE twice with two results. The current statuses are read once and the
         batch is replayed on them here, so one executemany writes every applied update.
+        An update that carries ``new`` creates its call first if it is not stored.
         """
         if not updates:
             return []
@@ -476,6 +477,11 @@ class Store:
                 (_json.encode([update.call_num for update in updates]).decode(),),
             )
         }
+        missing = {
+            u.call_num: u.new for u in updates if u.new is not None and u.call_num not in statuses
+        }
+        for call in self.create_calls(list(missing.values())):
+            statuses[call.call_num] = call.status
         applied: list[bool] = []
         rows: list[tuple[Any, ...]] = []
         for update in updates:

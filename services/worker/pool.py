@@ -67,6 +67,7 @@ class Job:
     package: Path
     retries: int = 0  # runs left if its sandbox dies under it
     early: bool = False  # dispatched once only: the api may hear the result before the db
+    stored: bool = True  # False: the db may not hold the call; the writes carry it
     alone: bool = False  # never in a batch (a retry after its sandbox died)
 
 

@@ -15,7 +15,7 @@ import zmq
 
 from services.common.db_client import DbClient
 from services.common.errors import FumError, Unavailable, UnknownNode
-from services.common.models import Call, CallUpdate, Function
+from services.common.models import Call, CallUpdate, Function, NewCall
 from services.common.node_protocol import (
     NODE_PROTOCOL,
     CallFinished,
@@ -142,7 +142,7 @@ class Worker:
         if function is None:
             error = f"function {call.func_name!r} is not on this node"
             outcome = Outcome(call_num=call.call_num, status="ERROR", error=error)
-            self._finish(call, outcome, message.early)
+            self._finish(message, outcome)
             return
         package = self.pool.packages.cached(function.sha256)
         if package is not None:
@@ -152,7 +152,13 @@ class Worker:
 
     def _job(self, message: Dispatch, function: Function, package: Path) -> Job:
         return Job(
-            message.call, message.timeout, function, package, self.settings.retries, message.early
+            message.call,
+            message.timeout,
+            function,
+            package,
+            self.settings.retries,
+            early=message.early,
+            stored=message.stored,
         )
 
     async def _fetch_then_submit(self, message: Dispatch, function: Function) -> None:
@@ -161,7 +167,7 @@ class Worker:
             package = await self.pool.packages.get(function)
         except FumError as exc:
             outcome = Outcome(call_num=call.call_num, status="ERROR", error=str(exc))
-            self._finish(call, outcome, message.early)
+            self._finish(message, outcome)
             return
         self.pool.submit(self._job(message, function, package))
 
@@ -175,6 +181,7 @@ class Worker:
             node_id=self.settings.node_id,
             attempts=job.call.attempts,
             started_at=time.time(),
+            new=None if job.stored else NewCall.of(job.call),
         )
         self._running_writes[job.call.call_num] = asyncio.get_running_loop().call_later(
             self.settings.running_delay, self._write_running, update
@@ -195,9 +202,10 @@ class Worker:
             retry = dataclasses.replace(job, call=call, retries=job.retries - 1, alone=True)
             self.pool.submit(retry)
             return
-        self._finish(job.call, outcome, job.early)
+        self._finish(job, outcome)
 
-    def _finish(self, call: Call, outcome: Outcome, early: bool) -> None:
+    def _finish(self, source: Job | Dispatch, outcome: Outcome) -> None:
+        call = source.call
         pending = self._running_writes.pop(call.call_num, None)
         if pending is not None:
             pending.cancel()
@@ -213,10 +221,11 @@ class Worker:
             started_at=outcome.started_at or finished,
             finished_at=finished,
         )
-        if early:  # nothing else can have run it: the api hears at once, the db follows
+        if source.early:  # nothing else can have run it: the api hears at once, the db follows
             self._tell_api(final)
-        update = CallUpdate.storing(final, logs=outcome.logs)
-        self._background.spawn(self._report(final, update, early))
+        new = None if source.stored else NewCall.of(call)
+        update = CallUpdate.storing(final, logs=outcome.logs, new=new)
+        self._background.spawn(self._report(final, update, source.early))
 
     async def _write(self, update: CallUpdate) -> bool:
         try:
