@@ -420,10 +420,17 @@ async def test_update_carrying_the_call_creates_it(client: DbClient) -> None:
         CallUpdate(call_num=first + 1, status="ERROR", error="x", new=later)
     )
     assert (await client.get_call(first + 1)).error == "x"
-    # A number never set aside is refused, as in a create.
-    with pytest.raises(BadRequest):
-        bad = msgspec.structs.replace(new_call(), call_num=10**9)
-        await client.update_call(CallUpdate(call_num=10**9, status="DONE", new=bad))
+    # A call whose number was never set aside is not created: its update applies nowhere,
+    # and the others sent with it still apply.
+    bad = msgspec.structs.replace(new_call(), call_num=10**9)
+    later = msgspec.structs.replace(new_call(), call_num=first + 2)
+    applied = await asyncio.gather(
+        client.update_call(CallUpdate(call_num=10**9, status="DONE", new=bad)),
+        client.update_call(CallUpdate(call_num=first + 2, status="DONE", new=later)),
+    )
+    assert applied == [False, True]
+    with pytest.raises(NotFound):
+        await client.get_call(10**9)
 
 
 async def test_requeue_before_final(client: DbClient) -> None:

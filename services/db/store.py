@@ -465,7 +465,8 @@ class Store:
         A call that has reached a final status never changes again, so a call cannot be
         reported DONE twice with two results. The current statuses are read once and the
         batch is replayed on them here, so one executemany writes every applied update.
-        An update that carries ``new`` creates its call first if it is not stored.
+        An update that carries ``new`` creates its call first if it is not stored (and
+        applies nowhere if its number was never set aside: its siblings still apply).
         """
         if not updates:
             return []
@@ -478,7 +479,12 @@ class Store:
             )
         }
         missing = {
-            u.call_num: u.new for u in updates if u.new is not None and u.call_num not in statuses
+            u.call_num: u.new
+            for u in updates
+            if u.new is not None
+            and u.call_num not in statuses
+            and u.new.call_num == u.call_num
+            and 0 < u.call_num < self._next_call_num
         }
         for call in self.create_calls(list(missing.values())):
             statuses[call.call_num] = call.status
