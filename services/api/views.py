@@ -632,10 +632,12 @@ async def get_call_logs(request: web.Request) -> web.Response:
     if num in request.app[DISPATCHER].recent:
         # Reported finished, perhaps before its worker wrote it (with its output) to the
         # db, which follows within milliseconds: a client that was answered reads its logs.
+        # A short blocking call is not in the db at all before that write.
         deadline = time.monotonic() + LOGS_WAIT
-        while (await db.get_call(num)).status not in FINAL_STATUSES:
-            if time.monotonic() > deadline:
-                break
+        while time.monotonic() < deadline:
+            with contextlib.suppress(NotFound):
+                if (await db.get_call(num)).status in FINAL_STATUSES:
+                    break
             await asyncio.sleep(0.005)
     logs = await db.get_call_logs(num)
     return json_response({"callNum": num, "logs": logs})
