@@ -84,6 +84,12 @@ async def test_blocking_calls_are_stored(api: Api) -> None:
     assert [c["status"] for c in body["items"]] in (["PENDING"], ["RUNNING"])
     status, call = await running
     assert status == 200 and call["result"] == "slept"
+    # A client that waits less than FUM_STORE_DELAY gets a 202 naming a stored call.
+    status, call = await api.invoke(sleepy, {"s": 0.5}, timeout=0.005)
+    assert status == 202 and call["status"] in ("PENDING", "RUNNING")
+    _, body = await api.request("GET", "/v1/calls", params={"function": sleepy})
+    assert body["items"][0]["callNum"] == call["callNum"]
+    assert (await api.wait_call(call["callNum"]))["result"] == "slept"
 
 
 async def test_zip_and_tar_gz_two_functions_on_one_runtime(api: Api) -> None:
