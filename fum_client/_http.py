@@ -187,10 +187,14 @@ class SyncTransport:
                 if self._closed:
                     raise ApiUnreachable(self.url, "the client is closed", maybe_sent=False)
             sock = socket.create_connection((self._host, self._port), self.timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._https:
-                context = ssl.create_default_context()
-                sock = context.wrap_socket(sock, server_hostname=self._host)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self._https:
+                    context = ssl.create_default_context()
+                    sock = context.wrap_socket(sock, server_hostname=self._host)
+            except BaseException:
+                sock.close()
+                raise
             conn = _Conn(sock)
             with self._lock:
                 self._open.add(conn)

@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from fum_client import ApiUnreachable, Client, ServerError
+
+# A self-signed certificate for 127.0.0.1 (made with openssl req -x509, valid to 2126).
+TLS = Path(__file__).parent / "tls"
 
 Answer = Callable[[bytes], bytes | None]  # the request's bytes -> what to send back (None: close)
 
@@ -22,12 +27,17 @@ class CannedServer:
     """Answers each request read on a connection with ``answers[i]`` in turn (one list for
     all connections); records the requests. A request is read up to its body's end."""
 
-    def __init__(self, answers: list[Answer]) -> None:
+    def __init__(self, answers: list[Answer], tls: bool = False) -> None:
         self.answers = answers
         self.requests: list[bytes] = []
         self.connections = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.tls: ssl.SSLContext | None = None
+        if tls:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(TLS / "cert.pem", TLS / "key.pem")
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}"
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -41,6 +51,12 @@ class CannedServer:
             threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
 
     def _talk(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):  # the client refused the certificate
+                conn.close()
+                return
         with conn, conn.makefile("rb") as reader:
             while self.answers:
                 head = b""
@@ -66,15 +82,15 @@ class CannedServer:
         self.sock.close()
 
 
-Canned = Callable[[list[Answer]], CannedServer]
+Canned = Callable[..., CannedServer]
 
 
 @pytest.fixture
 def canned() -> Iterator[Canned]:
     servers: list[CannedServer] = []
 
-    def make(answers: list[Answer]) -> CannedServer:
-        servers.append(CannedServer(answers))
+    def make(answers: list[Answer], tls: bool = False) -> CannedServer:
+        servers.append(CannedServer(answers, tls))
         return servers[-1]
 
     yield make
@@ -115,6 +131,21 @@ def test_body_framings_and_informational_answers(canned: Canned) -> None:
         for _ in range(4):
             assert client.list_nodes() == []
     assert server.connections == 2, "a close-delimited answer ends its connection"
+
+
+def test_https(canned: Canned, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS with the system's verification: a trusted certificate works and keeps the
+    connection alive; one the client does not trust is a clear error, not an answer."""
+    server = canned([ok(b'{"items": []}'), ok(b'{"items": []}')], tls=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "cert.pem"))  # trust it
+    with Client(server.url) as client:
+        assert client.list_runtimes() == []
+        assert client.list_functions() == []
+    assert server.connections == 1
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "absent.pem"))
+    untrusted = canned([ok(b'{"items": []}')], tls=True)
+    with Client(untrusted.url) as client, pytest.raises(ApiUnreachable, match="certificate"):
+        client.list_runtimes()
 
 
 def test_error_answer_is_raised_with_its_body(canned: Canned) -> None:
