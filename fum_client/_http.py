@@ -295,7 +295,5 @@ def _reason(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({exc.strerror})"
-    if isinstance(exc, Disconnected):
-        return str(exc)
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return str(text)

@@ -281,11 +281,15 @@ async def invoke(app: web.Application, func_name: str, params: bytes, wait: floa
     dispatcher, db = app[DISPATCHER], app[DB]
     dispatcher.reserve(func_name)  # 429 here, before anything is stored
     new = NewCall(uuid=uuid.uuid4().hex, func_name=func_name, params=params, created_at=time.time())
+
+    async def store() -> Call:  # idempotent by the uuid: sent again after a db restart
+        return await retrying(lambda: db.create_call(new), DB_DEADLINE, "create call")
+
     try:
         if wait:
             new = msgspec.structs.replace(new, call_num=await app[CALL_NUMS].take())
         else:
-            call = await retrying(lambda: db.create_call(new), DB_DEADLINE, "create call")
+            call = await store()
     except BaseException:
         dispatcher.release(func_name)
         raise
@@ -300,9 +304,9 @@ async def invoke(app: web.Application, func_name: str, params: bytes, wait: floa
     try:
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(asyncio.shield(future), min(wait, delay))
-        # Still running: stored now, so it is listed while it runs and found after a 202.
-        # Idempotent by the uuid: the worker's write may have created it meanwhile.
-        await retrying(lambda: db.create_call(new), DB_DEADLINE, "create call")
+        # Still running: stored now, so it is listed while it runs and found after a 202
+        # (the worker's write may have created it meanwhile: the create finds it).
+        await store()
         return await asyncio.wait_for(asyncio.shield(future), max(wait - delay, 0))
     except TimeoutError:
         dispatcher.forget(call.call_num, future)

@@ -443,9 +443,13 @@ class Store:
             self._next_call_num = next_call_num
         return calls
 
+    def reserved(self, call_num: int) -> bool:
+        """Whether ``reserve_call_nums`` (or a create) has given out ``call_num``."""
+        return 0 < call_num < self._next_call_num
+
     def check_reserved(self, call_num: int | None) -> None:
         """A number a create names must have been given out by ``reserve_call_nums``."""
-        if call_num is not None and not 0 < call_num < self._next_call_num:
+        if call_num is not None and not self.reserved(call_num):
             raise BadRequest(f"call number {call_num} was not reserved")
 
     def reserve_call_nums(self, count: int) -> int:
@@ -484,7 +488,7 @@ class Store:
             if u.new is not None
             and u.call_num not in statuses
             and u.new.call_num == u.call_num
-            and 0 < u.call_num < self._next_call_num
+            and self.reserved(u.call_num)
         }
         for call in self.create_calls(list(missing.values())):
             statuses[call.call_num] = call.status

@@ -181,7 +181,7 @@ class Worker:
             node_id=self.settings.node_id,
             attempts=job.call.attempts,
             started_at=time.time(),
-            new=None if job.stored else NewCall.of(job.call),
+            new=_carried(job),
         )
         self._running_writes[job.call.call_num] = asyncio.get_running_loop().call_later(
             self.settings.running_delay, self._write_running, update
@@ -223,8 +223,7 @@ class Worker:
         )
         if source.early:  # nothing else can have run it: the api hears at once, the db follows
             self._tell_api(final)
-        new = None if source.stored else NewCall.of(call)
-        update = CallUpdate.storing(final, logs=outcome.logs, new=new)
+        update = CallUpdate.storing(final, logs=outcome.logs, new=_carried(source))
         self._background.spawn(self._report(final, update, source.early))
 
     async def _write(self, update: CallUpdate) -> bool:
@@ -261,3 +260,9 @@ class Worker:
     def _tell_api(self, call: Call) -> None:
         with contextlib.suppress(zmq.ZMQError):
             self.api.send_event(CallFinished(call=call))
+
+
+def _carried(source: Job | Dispatch) -> NewCall | None:
+    """What the call's db writes carry for the db to create it: the call itself, unless
+    the api stored it already (``Dispatch.stored``)."""
+    return None if source.stored else NewCall.of(source.call)
