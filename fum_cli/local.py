@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.api.auth import add_key
 from services.common.proc import die_with_parent
 
 
@@ -48,6 +49,10 @@ class LocalCluster:
     driver: str = "process"
     db_policy: str = "keep"
     log_level: str = "warning"
+    # API keys (docs/SECURITY.md): the api takes only keys of <data>/api-keys; on each start
+    # the cluster makes its own two there, ``admin`` (``api_key``, for its clients) and
+    # ``node`` (for its workers' package fetches).
+    auth: bool = False
     env: dict[str, str] = field(default_factory=dict)  # extra FUM_* settings for every process
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -59,6 +64,12 @@ class LocalCluster:
         # With the docker driver, each local cluster has its own network: the network is
         # what tells one cluster's function containers from another's on the same engine.
         self.docker_network = f"fum-local-{self.http_port}"
+        self.api_key: str | None = None
+        self._node_key = ""
+
+    @property
+    def keys_file(self) -> Path:
+        return self.data_dir / "api-keys"
 
     @property
     def url(self) -> str:
@@ -93,6 +104,9 @@ class LocalCluster:
     def start(self, timeout: float = 60.0) -> LocalCluster:
         """Start every process and wait until the api answers with every worker registered."""
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if self.auth:
+            self.api_key = add_key(self.keys_file, "admin")
+            self._node_key = add_key(self.keys_file, "node")
         self.start_db()
         self.start_api()
         for node in range(self.workers):
@@ -126,6 +140,7 @@ class LocalCluster:
             node_bind=f"tcp://127.0.0.1:{self.node_port}",
             data_dir=self.data_dir / "api",
             invocation_policy=self.policy,
+            api_keys=self.keys_file if self.auth else "",
         )
 
     def start_worker(self, node: int) -> None:
@@ -139,10 +154,13 @@ class LocalCluster:
             capacity=self.capacity,
             driver=self.driver,
             docker_network=self.docker_network,
+            **({"api_key": self._node_key} if self.auth else {}),
         )
 
     def get(self, path: str) -> object:
-        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        request = urllib.request.Request(self.url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
 
     def wait_ready(self, timeout: float, workers: int | None = None) -> None:

@@ -29,6 +29,7 @@ from fum_client.models import STATUSES, Call
 from fum_client.packaging import load_package
 
 from . import cluster as state
+from .keys import key_app
 from .local import ClusterError, LocalCluster, default_data_dir
 from .output import (
     CALL_COLUMNS,
@@ -82,6 +83,7 @@ config_app = typer.Typer(help="The profile file: where the api is, which key to 
 app.add_typer(runtime_app, name="runtime", no_args_is_help=True)
 app.add_typer(fn_app, name="fn", no_args_is_help=True)
 app.add_typer(config_app, name="config", no_args_is_help=True)
+app.add_typer(key_app, name="key", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts)")]
 DataOpt = Annotated[
@@ -238,6 +240,7 @@ def _up_detached(argv: list[str], data: Path, timeout: float) -> None:
 
 @app.command()
 def up(
+    ctx: typer.Context,
     port: Annotated[int, typer.Option(help="HTTP port of the api (0: any free port)")] = 3000,
     workers: Annotated[int, typer.Option(help="Worker processes (nodes)")] = 1,
     data: Annotated[
@@ -250,6 +253,13 @@ def up(
         str, typer.Option(help="Invocation policy: warm-affinity, least-loaded, round-robin")
     ] = "warm-affinity",
     wipe: Annotated[bool, typer.Option(help="Start from an empty database")] = False,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            help="Ask for API keys: make one and write it to the profile file (0600), "
+            "where `fum` and fum_client find it"
+        ),
+    ] = False,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Run in the background; `fum down` stops it")
     ] = False,
@@ -288,7 +298,10 @@ def up(
             f"--preload={preload}",
             f"--policy={policy}",
         ]
-        _up_detached([*argv, "--wipe"] if wipe else argv, data, timeout)
+        argv += ["--wipe"] if wipe else []
+        argv += ["--auth"] if auth else []
+        argv += [f"--profile={opts(ctx).profile}"] if opts(ctx).profile else []
+        _up_detached(argv, data, timeout)
         return
     cluster = LocalCluster(
         data,
@@ -298,6 +311,7 @@ def up(
         policy=policy,
         db_policy="wipe" if wipe else "keep",
         log_level="info",
+        auth=auth,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -307,6 +321,12 @@ def up(
     except ClusterError as exc:
         typer.echo(f"fum up: {exc}", err=True)
         raise typer.Exit(1) from None
+    if cluster.api_key is not None:
+        profile = opts(ctx).profile or os.environ.get("FUM_PROFILE") or "default"
+        with errors():
+            write_setting(config_path(), profile, "api_url", cluster.url)
+            write_setting(config_path(), profile, "api_key", cluster.api_key)
+        typer.echo(f"API keys are on: the key is in {config_path()} [{profile}]")
     pids = {name: proc.pid for name, proc in cluster.procs.items()}
     state.write_state(data, state.UpState(os.getpid(), cluster.url, str(data), time.time(), pids))
     typer.echo(f"fum is up: {cluster.url}  (data in {cluster.data_dir}; Ctrl-C stops it)")

@@ -145,7 +145,7 @@ class Api:
         self, name: str, runtime: str, package: bytes, filename: str = "pkg.tar.gz", **fields: Any
     ) -> tuple[int, Any]:
         form = aiohttp.FormData()
-        form.add_field("module", package, filename=filename)
+        form.add_field("module", io.BytesIO(package), filename=filename)
         form.add_field("runtime", runtime)
         for key, value in fields.items():
             form.add_field(key, str(value))
@@ -162,6 +162,7 @@ class Api:
             "POST",
             f"/v1/functions/{name}/invoke",
             data=json.dumps(params if params is not None else {}),
+            headers={"Content-Type": "application/json"},
             params={k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in query.items()},
         )
 

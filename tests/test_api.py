@@ -197,7 +197,12 @@ async def test_not_found_and_bad_requests(api: Api) -> None:
         assert body["error"]["code"] == "bad_request" and body["error"]["message"]
     await api.runtime("pyh")
     echo = await api.handler_function("echo", "pyh")
-    status, body = await api.request("POST", f"/v1/functions/{echo}/invoke", data=b"{oops")
+    status, body = await api.request(
+        "POST",
+        f"/v1/functions/{echo}/invoke",
+        data=b"{oops",
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 400 and "malformed" in body["error"]["message"]
     status, body = await api.request(
         "PUT", "/v1/runtimes/bad name!", json={"image": "i", "run": "r"}

@@ -16,14 +16,21 @@ from services.common.errors import FumError, Overloaded, Unavailable
 from services.common.models import Call
 from services.common.rpc import close_context
 
+from .auth import ApiKeys
 from .callnums import CallNumbers
 from .catalog import Catalog, PackageStore
 from .dispatch import Dispatcher
-from .routes import add_routes
+from .idempotency import Keys
+from .routes import ROUTES, add_routes
+from .security import Door, cors_headers
 from .settings import ApiSettings
-from .views import CALL_NUMS, CATALOG, DB, DB_DEADLINE, DISPATCHER, SETTINGS, json_response
+from .views import CALL_NUMS, CATALOG, DB, DB_DEADLINE, DISPATCHER, KEYS, SETTINGS, json_response
 
 log = structlog.get_logger()
+
+
+# Codes of the errors aiohttp raises itself, the same as fum's own for the same status.
+HTTP_CODES = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -45,13 +52,13 @@ async def errors_and_access_log(
             {"Retry-After": str(request.app[SETTINGS].retry_after)},
         )
     except FumError as exc:
-        response = json_response(error_body(exc.code, exc.message), exc.http_status)
+        response = json_response(error_body(exc.code, exc.message), exc.http_status, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = json_response(
-            error_body(exc.reason.lower().replace(" ", "_"), exc.reason), exc.status
-        )
+        code = HTTP_CODES.get(exc.status) or exc.reason.lower().replace(" ", "_")
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = json_response(error_body(code, exc.reason), exc.status, headers)
     except Exception as exc:
         log.exception("http.error", path=request.path)
         response = json_response(error_body("internal", f"{type(exc).__name__}: {exc}"), 500)
@@ -102,9 +109,11 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     dispatcher = Dispatcher(
         settings, ctx, lambda: catalog.snapshot(), lambda name: catalog.functions.get(name)
     )
-    catalog = Catalog(db, PackageStore(Path(settings.data_dir) / "packages"), dispatcher)
+    packages = PackageStore(Path(settings.data_dir) / "packages", settings)
+    catalog = Catalog(db, packages, dispatcher)
     app[DB], app[DISPATCHER], app[CATALOG] = db, dispatcher, catalog
     app[CALL_NUMS] = CallNumbers(db, DB_DEADLINE)
+    app[KEYS] = Keys()
     serving = None
     try:
         await wait_for_db(db)
@@ -122,12 +131,21 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def init_app(settings: ApiSettings) -> web.Application:
+    keys = ApiKeys(settings.api_keys)
+    if keys.open:
+        log.warning(
+            "api.open",
+            note="no API keys (FUM_API_KEYS): anyone who reaches this port can run code",
+        )
+    door = Door(settings, keys, ROUTES)
     app = web.Application(
-        middlewares=[errors_and_access_log],
-        client_max_size=(settings.max_package_mb + 1) * 1024 * 1024,
+        middlewares=[errors_and_access_log, door.middleware],
+        # JSON bodies; uploads stream past this bound, within their own (read_upload)
+        client_max_size=settings.max_json_mb * 1024 * 1024,
     )
     app[SETTINGS] = settings
     add_routes(app)
     app.cleanup_ctx.append(services_ctx)
     app.on_shutdown.append(stop_waiting)
+    app.on_response_prepare.append(cors_headers)
     return app

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
+import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
-from services.common.archive import validate_package
+from services.common.archive import PackageLimits, validate_package
 from services.common.db_client import DbClient
 from services.common.errors import Conflict, NotFound
 from services.common.models import Function, Limits, Runtime, check_name
@@ -23,27 +24,70 @@ from services.common.node_protocol import (
 from .dispatch import Dispatcher
 
 
+class StagedPackage:
+    """An upload being written to a file of the package store, hashed as it comes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._file: BinaryIO | None = path.open("xb")
+
+    def write(self, chunk: bytes) -> None:
+        assert self._file is not None
+        self._file.write(chunk)
+        self._digest.update(chunk)
+        self.size += len(chunk)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def discard(self) -> None:
+        """Remove the staging file (a no-op once the store has kept it)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+STAGING = ".upload-"
+
+
 class PackageStore:
     """Function packages on the api's disk, named by the sha256 of their bytes."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, limits: PackageLimits) -> None:
         self.folder = folder
+        self.limits = limits
         folder.mkdir(parents=True, exist_ok=True)
+        for left in folder.glob(f"{STAGING}*"):  # uploads cut short by a stop
+            left.unlink(missing_ok=True)
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
             raise NotFound(f"no package {sha256!r}")
         return self.folder / sha256
 
-    def put(self, data: bytes) -> str:
-        """Validate the archive, then store it (atomically) if it is new; return its sha."""
-        validate_package(data)
-        sha = hashlib.sha256(data).hexdigest()
+    def stage(self) -> StagedPackage:
+        """A new staging file for an upload, in the store's folder (so keeping it is a
+        rename)."""
+        return StagedPackage(self.folder / f"{STAGING}{uuid.uuid4().hex}")
+
+    def keep(self, staged: StagedPackage) -> str:
+        """Read the staged archive through within the limits (``BadRequest`` if it breaks
+        one: nothing is kept), then keep it under its sha256; return the sha."""
+        staged.close()
+        validate_package(staged.path, self.limits)
+        sha = staged.sha256
         path = self.folder / sha
-        if not path.exists():
-            partial = path.with_suffix(f".{os.getpid()}.part")
-            partial.write_bytes(data)
-            partial.rename(path)
+        if path.exists():
+            staged.discard()
+        else:
+            staged.path.rename(path)
         return sha
 
 
@@ -91,14 +135,19 @@ class Catalog:
         self.dispatcher.broadcast(RuntimeRemoved(name=name))
 
     async def put_function(
-        self, name: str, runtime: str, filename: str, data: bytes, limits: Limits
+        self, name: str, runtime: str, filename: str, package: StagedPackage, limits: Limits
     ) -> tuple[Function, bool]:
         """Store the package and the function; a bad archive fails before anything is kept."""
         check_name("function", name)
         self.runtime(runtime)
-        sha = await asyncio.to_thread(self.packages.put, data)
+        sha = await asyncio.to_thread(self.packages.keep, package)
         function = Function(
-            name=name, runtime=runtime, sha256=sha, filename=filename, size=len(data), limits=limits
+            name=name,
+            runtime=runtime,
+            sha256=sha,
+            filename=filename,
+            size=package.size,
+            limits=limits,
         )
         return await self._store_function(function)
 

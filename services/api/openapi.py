@@ -11,6 +11,7 @@ import msgspec
 from services.common.models import LIMIT_NAMES, Limits
 
 from .routes import Route
+from .security import PUBLIC
 from .views import BatchIn, CallView, FunctionView, LegacyInvoke, RuntimeIn, RuntimeView, WaitIn
 
 SCHEMAS = (RuntimeIn, RuntimeView, FunctionView, CallView, Limits, LegacyInvoke, BatchIn, WaitIn)
@@ -24,6 +25,10 @@ ERROR = {
         }
     },
 }
+# Operations that take an Idempotency-Key header.
+IDEMPOTENT = frozenset(
+    {("POST", "/invokeFunction"), ("POST", "/v1/calls"), ("POST", "/v1/functions/{name}/invoke")}
+)
 QUERY_TYPES = {
     "limit": "integer",
     "before": "integer",
@@ -62,6 +67,17 @@ def _operation(route: Route) -> dict[str, Any]:
         }
         for name in route.query
     ]
+    if route.handler.__name__ not in PUBLIC:
+        op["security"] = [{"apiKey": []}, {}]  # a key when the api asks for keys
+    if (route.method, route.path) in IDEMPOTENT:
+        params.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            }
+        )
     if params:
         op["parameters"] = params
     if route.body == "multipart":
@@ -89,6 +105,11 @@ def _operation(route: Route) -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
         }
+    codes = {*route.responses, 403}  # any request: a foreign origin or Host name
+    if route.handler.__name__ not in PUBLIC:
+        codes.add(401)  # when the api asks for keys
+    if route.body is not None:
+        codes |= {413, 415}
     op["responses"] = {
         str(code): (
             {
@@ -98,7 +119,7 @@ def _operation(route: Route) -> dict[str, Any]:
             if code >= 400
             else {"description": "no content" if code == 204 else "ok"}
         )
-        for code in route.responses
+        for code in sorted(codes)
     }
     return op
 
@@ -115,5 +136,8 @@ def openapi_document(routes: tuple[Route, ...]) -> dict[str, Any]:
             "description": "fum: a self-hosted Function-as-a-Service cluster",
         },
         "paths": paths,
-        "components": {"schemas": _components()},
+        "components": {
+            "schemas": _components(),
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
     }

@@ -57,7 +57,7 @@ ROUTES: tuple[Route, ...] = (
         views.legacy_invoke,
         "Invoke a function without waiting: answers its callNum",
         "json:LegacyInvoke",
-        (200, 400, 404),
+        (200, 400, 404, 422, 429),
         tag="original",
     ),
     Route("GET", "/runtimes", views.legacy_runtimes, "Runtime names", tag="original"),
@@ -141,7 +141,7 @@ ROUTES: tuple[Route, ...] = (
         "Invoke: the body is the params (JSON). blocking=true (default) waits up to "
         "'timeout' seconds and answers 200 with the finished call, else 202",
         "params",
-        (200, 202, 400, 404),
+        (200, 202, 400, 404, 422, 429, 503),
         ("blocking", "timeout"),
     ),
     Route(
@@ -158,7 +158,7 @@ ROUTES: tuple[Route, ...] = (
         views.create_calls,
         "Create many calls at once without waiting (up to 10,000): answers their callNums",
         "json:BatchIn",
-        (202, 400, 404),
+        (202, 400, 404, 422, 429),
     ),
     Route(
         "POST",
@@ -190,7 +190,7 @@ ROUTES: tuple[Route, ...] = (
 
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, route.path, route.handler, name=route.handler.__name__)
 
 
 def route_keys(app: web.Application) -> set[tuple[str, Any]]:

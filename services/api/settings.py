@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import msgspec
+from services.common.archive import PackageLimits
 
 Policy = Literal["warm-affinity", "least-loaded", "round-robin"]
 
 
-class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
+class ApiSettings(PackageLimits, frozen=True, kw_only=True):
     http_host: str = "127.0.0.1"
     http_port: int = 3000
     node_bind: str = "tcp://127.0.0.1:3001"  # the ROUTER workers connect to
@@ -27,4 +27,12 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_pending: int = 100_000  # most unfinished calls the api holds; more get 429
     queue_limit: int = 1000  # calls a function with a concurrency limit may have waiting
     retry_after: int = 1  # seconds, in the Retry-After of a 429
+    # Who may send requests (docs/SECURITY.md): Host names (comma-separated; "*": any;
+    # default: "localhost" when listening on loopback, else any), foreign page origins
+    # ("https://app.example.org,..."; default: none), and the API keys file (default:
+    # none, the api is open).
+    allowed_hosts: str = ""
+    allowed_origins: str = ""
+    api_keys: str = ""
+    max_json_mb: int = 32  # largest JSON body (a batch of calls, say); 413 beyond
     log_level: str = "info"

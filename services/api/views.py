@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from services.common.db_client import DbClient
 from services.common.errors import BadRequest, NotFound, TooLarge, Unavailable
@@ -19,6 +22,7 @@ from services.common.models import (
     LIMIT_NAMES,
     STATUSES,
     Call,
+    Function,
     Limits,
     NewCall,
     Runtime,
@@ -26,8 +30,11 @@ from services.common.models import (
 from services.common.tasks import retrying
 
 from .callnums import CallNumbers
-from .catalog import Catalog
+from .catalog import Catalog, StagedPackage
 from .dispatch import Dispatcher
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import Keyed, Keys, call_uuid, check_key, mismatch
+from .security import CALLER
 from .settings import ApiSettings
 
 SETTINGS = web.AppKey("settings", ApiSettings)
@@ -35,6 +42,7 @@ DB = web.AppKey("db", DbClient)
 CATALOG = web.AppKey("catalog", Catalog)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 CALL_NUMS = web.AppKey("call_nums", CallNumbers)
+KEYS = web.AppKey("keys", Keys)
 
 _json = msgspec.json.Encoder()
 DB_DEADLINE = 30.0  # seconds a write waits for a db that does not answer (a restart)
@@ -56,13 +64,20 @@ def iso(ts: float | None) -> str | None:
 # ---- representations
 
 
-class RuntimeIn(msgspec.Struct, forbid_unknown_fields=False):
-    """A runtime as clients send it; ``name`` defaults to ``image`` (the original design)."""
+# What runtime fields may hold: an image reference, an absolute path, shell commands.
+Image = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")]
+ContainerPath = Annotated[str, msgspec.Meta(pattern=r"^/[^\x00-\x1f]{0,1023}$")]
+Command = Annotated[str, msgspec.Meta(max_length=8192, pattern=r"^[^\x00]*$")]
 
-    image: str
-    run: str
-    path: str = "/ws"
-    dependencies: str = ""
+
+class RuntimeIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A runtime as clients send it; ``name`` defaults to ``image`` (the original design).
+    A field it does not know is an error, not silently dropped."""
+
+    image: Image
+    run: Command
+    path: ContainerPath = "/ws"
+    dependencies: Command = ""
     name: str | None = None
 
     def runtime(self, name: str | None = None) -> Runtime:
@@ -131,6 +146,7 @@ class CallView(msgspec.Struct, rename="camel"):
     finished_at: str | None
     duration_ms: float | None  # started -> finished
     wait_ms: float | None  # created -> started
+    caller: str | None  # the name of the API key that created it
 
 
 def call_view(c: Call) -> CallView:
@@ -156,6 +172,7 @@ def call_view(c: Call) -> CallView:
         iso(c.finished_at),
         duration,
         wait,
+        c.caller,
     )
 
 
@@ -177,17 +194,24 @@ def legacy_call(c: Call) -> LegacyCall:
 # ---- request helpers
 
 
-async def read_json(request: web.Request, kind: Any) -> Any:
-    body = await request.read()
+def decode_json(body: bytes, kind: Any, what: str) -> Any:
+    """``body`` decoded as ``kind``, or ``BadRequest`` saying why not."""
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request body: {exc}") from None
+        raise BadRequest(f"invalid {what}: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+        raise BadRequest(f"malformed JSON {what}: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"the JSON {what} is nested too deeply") from None
+
+
+async def read_json(request: web.Request, kind: Any) -> Any:
+    return decode_json(await request.read(), kind, "request body")
 
 
 def query_float(request: web.Request, name: str, default: float | None) -> float | None:
+    """A non-negative finite number from the query string, or ``default`` when absent."""
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -195,14 +219,29 @@ def query_float(request: web.Request, name: str, default: float | None) -> float
         value = float(raw)
     except ValueError:
         raise BadRequest(f"query parameter {name!r} must be a number") from None
-    if value < 0:
-        raise BadRequest(f"query parameter {name!r} must not be negative")
+    if not math.isfinite(value) or value < 0:
+        raise BadRequest(f"query parameter {name!r} must be a finite number, not negative")
     return value
 
 
-def query_int(request: web.Request, name: str) -> int | None:
-    value = query_float(request, name, None)
-    return None if value is None else int(value)
+# Call numbers are SQLite integers: positive and below 2**63.
+MAX_CALL_NUM = (1 << 63) - 1
+
+
+def query_int(
+    request: web.Request, name: str, low: int = 0, high: int = MAX_CALL_NUM
+) -> int | None:
+    """A whole number from ``low`` to ``high`` from the query string, or None when absent."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be a whole number") from None
+    if not low <= value <= high:
+        raise BadRequest(f"query parameter {name!r} must be from {low} to {high}")
+    return value
 
 
 def query_bool(request: web.Request, name: str, default: bool) -> bool:
@@ -216,43 +255,77 @@ def query_bool(request: web.Request, name: str, default: bool) -> bool:
     raise BadRequest(f"query parameter {name!r} must be true or false")
 
 
-def match_int(request: web.Request, name: str) -> int:
-    try:
-        return int(request.match_info[name])
-    except ValueError:
-        raise NotFound(f"no {name} {request.match_info[name]!r}") from None
+def match_call_num(request: web.Request) -> int:
+    """The call number in the path; 404 for anything that cannot be one."""
+    raw = request.match_info["callNum"]
+    if raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_CALL_NUM:
+        return int(raw)
+    raise NotFound(f"no call {raw!r}")
 
 
 class Upload(msgspec.Struct):
+    """A function package received to a staging file (``Catalog.put_function`` checks
+    and keeps it, or it is removed), with the other form fields."""
+
     filename: str
-    data: bytes
+    staged: StagedPackage
     fields: dict[str, str]
 
 
-async def read_upload(request: web.Request) -> Upload:
-    """The multipart form: the package in field ``module``, other fields as text."""
-    if not request.content_type.startswith("multipart/"):
-        raise BadRequest("send the package as multipart/form-data in the field 'module'")
+# The form fields an upload may have besides the package, and how large each may be.
+UPLOAD_FIELDS = frozenset({"runtime", *LIMIT_NAMES})
+MAX_FIELD = 1024
+
+
+@contextlib.asynccontextmanager
+async def read_upload(request: web.Request) -> AsyncIterator[Upload]:
+    """The multipart form: the package in field ``module``, streamed to a staging file
+    (within FUM_MAX_PACKAGE_MB, 413 beyond), the other fields as short text. The staging
+    file is removed on leaving, whatever happened (a package kept was moved away)."""
     limit = request.app[SETTINGS].max_package_mb * 1024 * 1024
+    if request.content_length is not None and request.content_length > limit + (1 << 16):
+        raise TooLarge(f"the package is larger than {limit >> 20} MiB")
+    staged = request.app[CATALOG].packages.stage()
+    try:
+        try:
+            filename, fields = await _read_form(request, staged, limit)
+        except (ValueError, HttpProcessingError) as exc:  # UnicodeDecodeError is a ValueError
+            raise BadRequest(f"malformed multipart body: {exc}") from None
+        yield Upload(filename, staged, fields)
+    finally:
+        staged.discard()
+
+
+async def _read_form(
+    request: web.Request, staged: StagedPackage, limit: int
+) -> tuple[str, dict[str, str]]:
     reader = await request.multipart()
-    filename, data, fields = "", b"", {}
+    filename, fields = None, {}
     while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader) or part.name is None:
-            continue
+        if not isinstance(part, BodyPartReader):
+            raise BadRequest("nested multipart bodies are not taken")
         if part.name == "module":
-            filename = part.filename or "package"
-            chunks, size = [], 0
+            if filename is not None:
+                raise BadRequest("the form has two 'module' fields")
+            # shown back to clients: printable, and short
+            filename = "".join(c for c in part.filename or "" if c.isprintable())[:255]
+            filename = filename or "package"
             while chunk := await part.read_chunk(1 << 16):
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(f"the package is larger than {limit // (1024 * 1024)} MiB")
-                chunks.append(chunk)
-            data = b"".join(chunks)
+                staged.write(chunk)
+                if staged.size > limit:
+                    raise TooLarge(f"the package is larger than {limit >> 20} MiB")
+        elif part.name in UPLOAD_FIELDS:
+            value = await part.read_chunk(MAX_FIELD + 1)
+            if len(value) > MAX_FIELD or await part.read_chunk(1):
+                raise BadRequest(f"form field {part.name!r} is longer than {MAX_FIELD} bytes")
+            fields[part.name] = value.decode()
         else:
-            fields[part.name] = (await part.read()).decode()
-    if not data:
+            known = ", ".join(sorted(UPLOAD_FIELDS))
+            raise BadRequest(f"unknown form field {part.name!r}; known: module, {known}")
+    if filename is None or staged.size == 0:
         raise BadRequest("missing the package: multipart field 'module'")
-    return Upload(filename, data, fields)
+    staged.close()
+    return filename, fields
 
 
 def limits_from(fields: dict[str, Any], base: Limits, default_timeout: float) -> Limits:
@@ -270,43 +343,93 @@ def limits_from(fields: dict[str, Any], base: Limits, default_timeout: float) ->
 # ---- invocation (shared by the original and the v1 routes)
 
 
-async def invoke(app: web.Application, func_name: str, params: bytes, wait: float | None) -> Call:
-    """Store the call and dispatch it; when ``wait``, wait up to that long for its end.
+async def invoke(
+    app: web.Application,
+    func_name: str,
+    params: bytes,
+    wait: float | None,
+    caller: str | None = None,
+    key: str | None = None,
+) -> Call:
+    """Make the call and dispatch it; when ``wait``, wait up to that long for its end. With
+    an Idempotency-Key ``key``, the call the caller's key stands for, made only once."""
+    function = app[CATALOG].function(func_name)
+    if key is None:
+        call, future = await place(app, function, params, wait, caller, uuid.uuid4().hex)
+        return call if future is None else await outcome(app, call, future, wait)
+    uid, keys = call_uuid(caller, key), app[KEYS]
+    async with keys.taken(uid):  # a request with the same key waits for this decision
+        keyed = keys.get(uid)
+        if keyed is None:
+            found = await retrying(lambda: app[DB].find_calls([uid]), DB_DEADLINE, "find call")
+            if found:
+                keyed = Keyed(found[0].call_num, found[0].func_name, found[0].params)
+        if keyed is None:
+            call, future = await place(app, function, params, wait, caller, uid)
+            keys.remember(uid, Keyed(call.call_num, func_name, params))
+    if keyed is None:
+        return call if future is None else await outcome(app, call, future, wait)
+    if (keyed.func_name, keyed.params) != (func_name, params):
+        raise mismatch(key)
+    return await existing_call(app, keyed, uid, wait)
+
+
+async def place(
+    app: web.Application,
+    function: Function,
+    params: bytes,
+    wait: float | None,
+    caller: str | None,
+    uid: str,
+) -> tuple[Call, asyncio.Future[Call] | None]:
+    """Make a call and dispatch it: the call, and for a blocking one the future of its end.
 
     A non-blocking call is stored, then dispatched: the 202 says it is durable. A blocking
-    call is numbered here (``CallNumbers``) and dispatched at once; the api stores it if it
-    is still running after ``store_delay``, and otherwise its worker's result write creates
-    it (one db write for a short call; see docs/SCHEDULING.md, "Durability")."""
-    timeout = app[CATALOG].function(func_name).limits.timeout
-    dispatcher, db = app[DISPATCHER], app[DB]
-    dispatcher.reserve(func_name)  # 429 here, before anything is stored
-    new = NewCall(uuid=uuid.uuid4().hex, func_name=func_name, params=params, created_at=time.time())
-
-    async def store() -> Call:  # idempotent by the uuid: sent again after a db restart
-        return await retrying(lambda: db.create_call(new), DB_DEADLINE, "create call")
-
+    call is numbered here (``CallNumbers``) and dispatched at once; ``outcome`` stores it if
+    it is still running after ``store_delay``, and otherwise its worker's result write
+    creates it (one db write for a short call; see docs/SCHEDULING.md, "Durability")."""
+    dispatcher = app[DISPATCHER]
+    dispatcher.reserve(function.name)  # 429 here, before anything is stored
+    new = NewCall(
+        uuid=uid, func_name=function.name, params=params, created_at=time.time(), caller=caller
+    )
     try:
-        if wait:
-            new = msgspec.structs.replace(new, call_num=await app[CALL_NUMS].take())
+        if not wait:
+            call = await store(app, new)
         else:
-            call = await store()
+            call = new.pending(await app[CALL_NUMS].take())
     except BaseException:
-        dispatcher.release(func_name)
+        dispatcher.release(function.name)
         raise
+    timeout = function.limits.timeout
     if not wait:
         dispatcher.dispatch(call, timeout)
-        return call
-    assert new.call_num is not None
-    call = new.pending(new.call_num)
+        return call, None
     future = dispatcher.wait(call.call_num)
     dispatcher.dispatch(call, timeout, stored=False)
+    return call, future
+
+
+async def store(app: web.Application, new: NewCall) -> Call:
+    """Create the call (idempotent by its uuid: sent again after a db restart)."""
+    db = app[DB]
+    return await retrying(lambda: db.create_call(new), DB_DEADLINE, "create call")
+
+
+async def outcome(
+    app: web.Application, call: Call, future: asyncio.Future[Call], wait: float | None
+) -> Call:
+    """A blocking call's end, waited for up to ``wait`` seconds; the call as it stands
+    then. Stored by the api once it outlasts ``store_delay``."""
+    dispatcher = app[DISPATCHER]
+    wait = wait or 0.0
     delay = app[SETTINGS].store_delay
     try:
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(asyncio.shield(future), min(wait, delay))
         # Still running: stored now, so it is listed while it runs and found after a 202
         # (the worker's write may have created it meanwhile: the create finds it).
-        await store()
+        await store(app, NewCall.of(call))
         return await asyncio.wait_for(asyncio.shield(future), max(wait - delay, 0))
     except TimeoutError:
         dispatcher.forget(call.call_num, future)
@@ -319,12 +442,37 @@ async def invoke(app: web.Application, func_name: str, params: bytes, wait: floa
         raise
 
 
+async def existing_call(app: web.Application, keyed: Keyed, uid: str, wait: float | None) -> Call:
+    """The call a repeated key stands for, waited for as its first request would have."""
+    dispatcher, num = app[DISPATCHER], keyed.call_num
+    future = dispatcher.wait(num) if wait else None
+    try:
+        try:
+            call = await fetch_call(app, num)
+        except NotFound:  # a blocking call still running, not stored yet
+            call = NewCall(
+                uuid=uid, func_name=keyed.func_name, params=keyed.params, created_at=time.time()
+            ).pending(num)
+        if future is None or call.status in FINAL_STATUSES:
+            return call
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), wait)
+        except TimeoutError:
+            return await fetch_call(app, num)
+    finally:
+        if future is not None:
+            dispatcher.forget(num, future)
+
+
+def who(request: web.Request) -> tuple[str | None, str | None]:
+    """Who asks for an invoke (the API key's name), and its Idempotency-Key if any."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    return request.get(CALLER), None if key is None else check_key(key)
+
+
 def check_params(body: bytes) -> bytes:
     body = body.strip() or b"{}"
-    try:
-        msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"malformed JSON params: {exc}") from None
+    decode_json(body, Any, "params")
     return body
 
 
@@ -343,20 +491,21 @@ async def legacy_register_runtime(request: web.Request) -> web.Response:
 
 
 async def legacy_register_function(request: web.Request) -> web.Response:
-    upload = await read_upload(request)
     catalog = request.app[CATALOG]
     name = request.match_info["funcName"]
     base = catalog.functions[name].limits if name in catalog.functions else Limits()
-    limits = limits_from(upload.fields, base, request.app[SETTINGS].default_timeout)
-    function, _ = await catalog.put_function(
-        name, request.match_info["runtime"], upload.filename, upload.data, limits
-    )
+    async with read_upload(request) as upload:
+        limits = limits_from(upload.fields, base, request.app[SETTINGS].default_timeout)
+        function, _ = await catalog.put_function(
+            name, request.match_info["runtime"], upload.filename, upload.staged, limits
+        )
     return json_response(function_view(function))
 
 
 async def legacy_invoke(request: web.Request) -> web.Response:
     body = await read_json(request, LegacyInvoke)
-    call = await invoke(request.app, body.funcName, check_params(bytes(body.params)), None)
+    params = check_params(bytes(body.params))
+    call = await invoke(request.app, body.funcName, params, None, *who(request))
     return json_response({"callNum": call.call_num})
 
 
@@ -390,7 +539,7 @@ async def fetch_call(app: web.Application, num: int) -> Call:
 
 
 async def legacy_call_get(request: web.Request) -> web.Response:
-    call = await fetch_call(request.app, match_int(request, "callNum"))
+    call = await fetch_call(request.app, match_call_num(request))
     return json_response(legacy_call(call))
 
 
@@ -439,20 +588,20 @@ async def list_functions(request: web.Request) -> web.Response:
 
 
 async def put_function(request: web.Request) -> web.Response:
-    upload = await read_upload(request)
     catalog = request.app[CATALOG]
     name = request.match_info["name"]
-    runtime = upload.fields.get("runtime")
     existing = catalog.functions.get(name)
-    if runtime is None:
-        if existing is None:
-            raise BadRequest("missing form field 'runtime'")
-        runtime = existing.runtime
-    base = existing.limits if existing else Limits()
-    limits = limits_from(upload.fields, base, request.app[SETTINGS].default_timeout)
-    function, created = await catalog.put_function(
-        name, runtime, upload.filename, upload.data, limits
-    )
+    async with read_upload(request) as upload:
+        runtime = upload.fields.get("runtime")
+        if runtime is None:
+            if existing is None:
+                raise BadRequest("missing form field 'runtime'")
+            runtime = existing.runtime
+        base = existing.limits if existing else Limits()
+        limits = limits_from(upload.fields, base, request.app[SETTINGS].default_timeout)
+        function, created = await catalog.put_function(
+            name, runtime, upload.filename, upload.staged, limits
+        )
     return json_response(function_view(function), 201 if created else 200)
 
 
@@ -490,9 +639,8 @@ async def invoke_function(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     wait = query_float(request, "timeout", settings.blocking_timeout) if blocking else None
     params = check_params(await request.read())
-    call = await invoke(
-        request.app, name, params, min(wait, settings.blocking_timeout) if wait else None
-    )
+    wait = min(wait, settings.blocking_timeout) if wait else None
+    call = await invoke(request.app, name, params, wait, *who(request))
     location = {"Location": f"/v1/calls/{call.call_num}"}
     if blocking and call.status in FINAL_STATUSES:
         return json_response(call_view(call), 200, location)
@@ -513,58 +661,84 @@ class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
     calls: list[CallIn]
 
 
+CallNum = Annotated[int, msgspec.Meta(ge=1, le=MAX_CALL_NUM)]
+
+
 class WaitIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     """Wait for calls to finish: any of them, or all, up to ``timeout`` seconds."""
 
-    call_nums: list[int]
-    timeout: float = 0.0
+    call_nums: Annotated[list[CallNum], msgspec.Meta(max_length=MAX_BATCH)]
+    timeout: Annotated[float, msgspec.Meta(ge=0, le=24 * 3600)] = 0.0
     return_when: Literal["FIRST_COMPLETED", "ALL_COMPLETED"] = "ALL_COMPLETED"
 
 
 async def create_calls(request: web.Request) -> web.Response:
-    """Store a batch of calls (all or none: an unknown function stores nothing), then place them."""
+    """Store a batch of calls (all or none: an unknown function stores nothing), then place
+    them. With an Idempotency-Key, the batch that key stands for, made only once."""
     body = await read_json(request, BatchIn)
     if not 1 <= len(body.calls) <= MAX_BATCH:
         raise BadRequest(f"send between 1 and {MAX_BATCH} calls")
-    catalog = request.app[CATALOG]
-    timeouts = {c.function: catalog.function(c.function).limits.timeout for c in body.calls}
+    caller, key = who(request)
+    app = request.app
+    now = time.time()
+    new = [
+        NewCall(
+            uuid=uuid.uuid4().hex if key is None else call_uuid(caller, key, i),
+            func_name=app[CATALOG].function(c.function).name,
+            params=check_params(bytes(c.params)),
+            created_at=now,
+            caller=caller,
+        )
+        for i, c in enumerate(body.calls)
+    ]
+    if key is None:
+        calls = await create_batch(app, new)
+    else:
+        db = app[DB]
+        async with app[KEYS].taken(call_uuid(caller, key)):
+            uuids = [n.uuid for n in new]
+            found = await retrying(lambda: db.find_calls(uuids), DB_DEADLINE, "find calls")
+            if not found:
+                calls = await create_batch(app, new)
+            else:
+                by_uuid = {c.uuid: c for c in found}
+                if len(by_uuid) != len(new) or any(
+                    (by_uuid[n.uuid].func_name, by_uuid[n.uuid].params) != (n.func_name, n.params)
+                    for n in new
+                    if n.uuid in by_uuid
+                ):
+                    raise mismatch(key)
+                calls = [by_uuid[n.uuid] for n in new]
+    return json_response({"callNums": [c.call_num for c in calls]}, 202)
+
+
+async def create_batch(app: web.Application, new: list[NewCall]) -> list[Call]:
+    """Admit, store and dispatch new calls, all or none (429 stores none)."""
     counts: dict[str, int] = {}
-    for c in body.calls:
-        counts[c.function] = counts.get(c.function, 0) + 1
-    dispatcher = request.app[DISPATCHER]
+    for n in new:
+        counts[n.func_name] = counts.get(n.func_name, 0) + 1
+    dispatcher, db = app[DISPATCHER], app[DB]
     reserved: list[tuple[str, int]] = []
     try:
-        for function, count in counts.items():  # all or nothing: 429 stores no call
+        for function, count in counts.items():
             dispatcher.reserve(function, count)
             reserved.append((function, count))
-        now = time.time()
-        new = [
-            NewCall(
-                uuid=uuid.uuid4().hex,
-                func_name=c.function,
-                params=check_params(bytes(c.params)),
-                created_at=now,
-            )
-            for c in body.calls
-        ]
-        db = request.app[DB]
         calls = await retrying(lambda: db.create_calls(new), DB_DEADLINE, "create calls")
     except BaseException:
         for function, count in reserved:
             dispatcher.release(function, count)
         raise
+    functions = app[CATALOG].functions
     for call in calls:
-        dispatcher.dispatch(call, timeouts[call.func_name])
-    return json_response({"callNums": [c.call_num for c in calls]}, 202)
+        known = functions.get(call.func_name)
+        timeout = known.limits.timeout if known else app[SETTINGS].default_timeout
+        dispatcher.dispatch(call, timeout)
+    return calls
 
 
 async def wait_calls(request: web.Request) -> web.Response:
     """The calls among ``callNums`` that are finished, once any (or all) are, or at timeout."""
     body = await read_json(request, WaitIn)
-    if len(body.call_nums) > MAX_BATCH:
-        raise BadRequest(f"wait for at most {MAX_BATCH} calls")
-    if body.timeout < 0:
-        raise BadRequest("timeout must not be negative")
     wanted = list(dict.fromkeys(body.call_nums))
     dispatcher, db = request.app[DISPATCHER], request.app[DB]
     # Listen before reading the db, so a call finishing in between is not missed.
@@ -607,9 +781,7 @@ async def list_calls(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
-    limit = query_int(request, "limit") or 100
-    if not 1 <= limit <= 1000:
-        raise BadRequest("limit must be between 1 and 1000")
+    limit = query_int(request, "limit", 1, 1000) or 100
     function = request.query.get("function")
     calls = await request.app[DB].list_calls(
         func_name=function,
@@ -627,11 +799,11 @@ async def list_calls(request: web.Request) -> web.Response:
 
 
 async def get_call(request: web.Request) -> web.Response:
-    return json_response(call_view(await fetch_call(request.app, match_int(request, "callNum"))))
+    return json_response(call_view(await fetch_call(request.app, match_call_num(request))))
 
 
 async def get_call_logs(request: web.Request) -> web.Response:
-    num = match_int(request, "callNum")
+    num = match_call_num(request)
     db = request.app[DB]
     if num in request.app[DISPATCHER].recent:
         # Reported finished, perhaps before its worker wrote it (with its output) to the

@@ -27,6 +27,7 @@ from .db_protocol import (
     Deleted,
     DeleteFunction,
     DeleteRuntime,
+    FindCalls,
     FunctionList,
     FunctionReply,
     GetCall,
@@ -244,6 +245,10 @@ class DbClient:
 
     async def get_calls(self, call_nums: list[int]) -> list[Call]:
         return (await self._request(GetCalls(call_nums=call_nums), CallList)).calls
+
+    async def find_calls(self, uuids: list[str]) -> list[Call]:
+        """The calls of these uuids that exist, in call-number order."""
+        return (await self._request(FindCalls(uuids=uuids), CallList)).calls
 
     async def get_call_logs(self, call_num: int) -> str:
         return (await self._request(GetCallLogs(call_num=call_num), CallLogs)).logs

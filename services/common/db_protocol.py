@@ -68,6 +68,12 @@ class GetCalls(Message, frozen=True):
     call_nums: list[int]
 
 
+class FindCalls(Message, frozen=True):
+    """The calls of these uuids (an idempotent invoke's); unknown ones are left out."""
+
+    uuids: list[str]
+
+
 class GetCallLogs(Message, frozen=True):
     call_num: int
 
@@ -156,6 +162,7 @@ DB_PROTOCOL = Protocol(
     UpdateCalls,
     GetCall,
     GetCalls,
+    FindCalls,
     GetCallLogs,
     ListCalls,
     Pong,

@@ -9,14 +9,25 @@ class FumError(Exception):
     code = "internal"
     http_status = 500
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", headers: dict[str, str] | None = None) -> None:
         super().__init__(message or self.code)
         self.message = message or self.code
+        self.headers = headers or {}  # sent with its HTTP answer (WWW-Authenticate, ...)
 
 
 class BadRequest(FumError):
     code = "bad_request"
     http_status = 400
+
+
+class Unauthorized(FumError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(FumError):
+    code = "forbidden"
+    http_status = 403
 
 
 class NotFound(FumError):
@@ -32,6 +43,16 @@ class Conflict(FumError):
 class TooLarge(FumError):
     code = "too_large"
     http_status = 413
+
+
+class UnsupportedMediaType(FumError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class Unprocessable(FumError):
+    code = "unprocessable"
+    http_status = 422
 
 
 class Overloaded(FumError):
@@ -64,9 +85,13 @@ ERRORS_BY_CODE: dict[str, type[FumError]] = {
     for cls in (
         FumError,
         BadRequest,
+        Unauthorized,
+        Forbidden,
         NotFound,
         Conflict,
         TooLarge,
+        UnsupportedMediaType,
+        Unprocessable,
         Overloaded,
         Unavailable,
         Timeout,

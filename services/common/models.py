@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -9,7 +10,7 @@ import msgspec
 
 from .errors import BadRequest
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 STATUSES: tuple[str, ...] = ("PENDING", "RUNNING", "DONE", "ERROR", "TIMEOUT")
 FINAL_STATUSES: frozenset[str] = frozenset({"DONE", "ERROR", "TIMEOUT"})
@@ -21,7 +22,7 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 def check_name(kind: str, name: str) -> str:
     """Names end up in paths and container names: letters, digits, ``_.-`` only."""
-    if not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise BadRequest(f"invalid {kind} name {name!r}: use letters, digits, '_', '.', '-'")
     return name
 
@@ -55,20 +56,31 @@ class Limits(Model, frozen=True):
     max_containers: int | None = None  # most sandboxes of it on one node
 
     def check(self) -> Limits:
-        """Raise ``BadRequest`` for a limit that cannot be met."""
-        if self.timeout <= 0:
-            raise BadRequest("timeout must be positive")
-        for name in ("memory", "cpus", "pids", "concurrency", "max_containers"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise BadRequest(f"{name} must be positive")
-        if self.queue is not None and self.queue < 0:
-            raise BadRequest("queue must not be negative")
-        if self.min_warm < 0:
-            raise BadRequest("min_warm must not be negative")
+        """Raise ``BadRequest`` for a limit that cannot be met, or is not a finite number
+        in its range (``LIMIT_RANGES``): what is stored must always be read back."""
+        for field in msgspec.structs.fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                continue
+            low, high = LIMIT_RANGES[field.name]
+            if not (math.isfinite(value) and low <= value <= high):
+                raise BadRequest(f"{field.encode_name} must be a number from {low} to {high:g}")
         if self.max_containers is not None and self.min_warm > self.max_containers:
-            raise BadRequest("min_warm cannot exceed max_containers")
+            raise BadRequest("minWarm cannot exceed maxContainers")
         return self
+
+
+# The range of each limit (inclusive). Zero is no limit's meaning: None is.
+LIMIT_RANGES: dict[str, tuple[float, float]] = {
+    "timeout": (0.001, 7 * 24 * 3600),
+    "memory": (1, 1 << 20),  # MiB: up to 1 TiB
+    "cpus": (0.01, 1024),
+    "pids": (1, 1 << 22),
+    "concurrency": (1, 1_000_000),
+    "queue": (0, 10_000_000),
+    "min_warm": (0, 1000),
+    "max_containers": (1, 100_000),
+}
 
 
 # Limits as clients name them (JSON and form fields): timeout, minWarm, maxContainers...
@@ -107,6 +119,7 @@ class Call(Model, frozen=True):
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    caller: str | None = None  # the name of the API key that created it (None: open api)
 
 
 class NewCall(Model, frozen=True):
@@ -118,6 +131,7 @@ class NewCall(Model, frozen=True):
     params: bytes
     created_at: float
     call_num: int | None = None
+    caller: str | None = None
 
     @classmethod
     def of(cls, call: Call) -> NewCall:
@@ -128,6 +142,7 @@ class NewCall(Model, frozen=True):
             params=call.params,
             created_at=call.created_at,
             call_num=call.call_num,
+            caller=call.caller,
         )
 
     def pending(self, call_num: int) -> Call:
@@ -138,6 +153,7 @@ class NewCall(Model, frozen=True):
             func_name=self.func_name,
             params=self.params,
             created_at=self.created_at,
+            caller=self.caller,
         )
 
 
@@ -163,9 +179,7 @@ class CallUpdate(Model, frozen=True):
     new: NewCall | None = None
 
     @classmethod
-    def storing(
-        cls, call: Call, logs: str | None = None, new: NewCall | None = None
-    ) -> CallUpdate:
+    def storing(cls, call: Call, logs: str | None = None, new: NewCall | None = None) -> CallUpdate:
         """The update that stores ``call`` (a finished one) as it is, with its output."""
         return cls(
             call_num=call.call_num,

@@ -39,6 +39,7 @@ from services.common.db_protocol import (
     Deleted,
     DeleteFunction,
     DeleteRuntime,
+    FindCalls,
     FunctionList,
     FunctionReply,
     GetCall,
@@ -143,6 +144,7 @@ class DbServer:
             UpdateCalls: Handler(self._update_calls, writes=True, groups=True),
             GetCall: Handler(_one(self._get_call), writes=False),
             GetCalls: Handler(_one(self._get_calls), writes=False),
+            FindCalls: Handler(_one(self._find_calls), writes=False),
             GetCallLogs: Handler(_one(self._get_call_logs), writes=False),
             ListCalls: Handler(_one(self._list_calls), writes=False),
         }
@@ -370,6 +372,9 @@ class DbServer:
 
     def _get_calls(self, request: GetCalls) -> CallList:
         return CallList(calls=self._store.get_calls(request.call_nums))
+
+    def _find_calls(self, request: FindCalls) -> CallList:
+        return CallList(calls=self._store.find_calls(request.uuids))
 
     def _get_call_logs(self, request: GetCallLogs) -> CallLogs:
         logs = self._store.get_call_logs(request.call_num)

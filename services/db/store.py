@@ -106,6 +106,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 2: call numbers reserved by the api (ReserveCallNums) are never given again, even
     # unused and across restarts: the next free number is kept, not derived from the calls.
     ("CREATE TABLE call_numbers (next INTEGER NOT NULL)",),
+    # 3: the name of the API key that created a call
+    ("ALTER TABLE calls ADD COLUMN caller TEXT",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -116,7 +118,7 @@ _RUNTIME_COLUMNS = "name, image, run, path, dependencies, created_at, updated_at
 _FUNCTION_COLUMNS = "name, runtime, sha256, filename, size, limits, created_at, updated_at"
 _CALL_COLUMNS = (
     "call_num, uuid, func_name, params, status, result, error, node_id, attempts, start, "
-    "init_ms, created_at, started_at, finished_at"
+    "init_ms, created_at, started_at, finished_at, caller"
 )
 
 _PUT_RUNTIME = f"""
@@ -132,8 +134,8 @@ _PUT_FUNCTION = f"""
         size = excluded.size, limits = excluded.limits, updated_at = excluded.updated_at
 """
 _INSERT_CALL = """
-    INSERT INTO calls (call_num, uuid, func_name, params, status, attempts, created_at)
-    VALUES (?, ?, ?, ?, 'PENDING', 0, ?)
+    INSERT INTO calls (call_num, uuid, func_name, params, status, attempts, created_at, caller)
+    VALUES (?, ?, ?, ?, 'PENDING', 0, ?, ?)
 """
 # The status guard repeats in SQL what update_calls decides in Python: a final call is
 # never changed again, whatever a bug upstream of this statement might think.
@@ -199,6 +201,7 @@ def _call(row: Sequence[Any]) -> Call:
         created_at=row[11],
         started_at=row[12],
         finished_at=row[13],
+        caller=row[14],
     )
 
 
@@ -434,7 +437,7 @@ class Store:
                 num = next_call_num if new.call_num is None else new.call_num
                 call = new.pending(num)
                 by_uuid[new.uuid] = call
-                rows.append((num, new.uuid, new.func_name, new.params, new.created_at))
+                rows.append((num, new.uuid, new.func_name, new.params, new.created_at, new.caller))
                 if new.call_num is None:
                     next_call_num += 1
             calls.append(call)
@@ -534,6 +537,16 @@ class Store:
             f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_num IN "
             "(SELECT value FROM json_each(?)) ORDER BY call_num",
             (json.dumps(call_nums),),
+        )
+        return [_call(row) for row in rows]
+
+    def find_calls(self, uuids: list[str]) -> list[Call]:
+        """The calls that exist among ``uuids`` (an idempotent invoke's), in call-number
+        order."""
+        rows = self._db.execute(
+            f"SELECT {_CALL_COLUMNS} FROM calls WHERE uuid IN "
+            "(SELECT value FROM json_each(?)) ORDER BY call_num",
+            (json.dumps(uuids),),
         )
         return [_call(row) for row in rows]
 

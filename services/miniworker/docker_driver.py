@@ -14,20 +14,18 @@ dependencies) as they were.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import shlex
 import shutil
-import tarfile
+import tempfile
 import uuid
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import aiodocker
 import structlog
 
-from services.common.archive import package_kind
+from services.common.archive import package_as_tar
 from services.common.errors import FumError
 from services.common.models import Function, Limits, Runtime
 
@@ -63,36 +61,6 @@ def stem_argv(run: str) -> list[str] | None:
     if args[0] == "-m":
         return args if len(args) > 1 else None
     return None if args[0].startswith("-") else args
-
-
-def package_as_tar(package: Path, path: str) -> bytes:
-    """The package's files as a tar whose members sit under ``path`` (for put_archive)."""
-    data = package.read_bytes()
-    prefix = PurePosixPath(path.lstrip("/") or ".")
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as dest:
-        if package_kind(data) == "zip":
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                for info in archive.infolist():
-                    member = tarfile.TarInfo(str(prefix / info.filename))
-                    if info.is_dir():
-                        member.type, member.mode = tarfile.DIRTYPE, 0o755
-                        dest.addfile(member)
-                        continue
-                    body = archive.read(info)
-                    member.size, member.mode = len(body), 0o644
-                    dest.addfile(member, io.BytesIO(body))
-        else:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-                for member in archive:
-                    if not (member.isfile() or member.isdir()):
-                        continue  # links and devices stay out of containers
-                    source = archive.extractfile(member) if member.isfile() else None
-                    member.name = str(prefix / member.name)
-                    member.uid = member.gid = 0
-                    member.uname = member.gname = ""
-                    dest.addfile(member, source)
-    return out.getvalue()
 
 
 def host_config(limits: Limits, binds: list[str], network: str) -> dict[str, Any]:
@@ -269,11 +237,17 @@ class DockerSandbox(Sandbox):
         )
 
     async def install(self, function: Function, package: Path) -> None:
-        tar = await asyncio.to_thread(package_as_tar, package, self.runtime.path)
-        try:
-            await self._container.put_archive("/", tar)
-        except aiodocker.DockerError as exc:
-            raise SandboxFailed(f"placing the code in {self.runtime.path}: {exc.message}") from None
+        # The package's files as a tar under the runtime's path, read within the package
+        # limits (as the process driver unpacks), spooled to disk, streamed to the engine.
+        with tempfile.TemporaryFile() as tar:
+            await asyncio.to_thread(package_as_tar, package, self.runtime.path, tar, self.settings)
+            tar.seek(0)
+            try:
+                await self._container.put_archive("/", tar)
+            except aiodocker.DockerError as exc:
+                raise SandboxFailed(
+                    f"placing the code in {self.runtime.path}: {exc.message}"
+                ) from None
         if not self.runtime.dependencies.strip():
             return
         output = OutputBuffer()

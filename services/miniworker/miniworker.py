@@ -42,7 +42,9 @@ async def open_driver(settings: MiniworkerSettings, passthrough_env: dict[str, s
         return await DockerDriver.open(settings)
     from .process_driver import ProcessDriver
 
-    return ProcessDriver(Path(settings.sandbox_dir), Path(settings.node_dir), passthrough_env)
+    return ProcessDriver(
+        Path(settings.sandbox_dir), Path(settings.node_dir), passthrough_env, settings
+    )
 
 
 def _read_result(output_dir: Path) -> bytes | None:

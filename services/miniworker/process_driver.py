@@ -24,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from services.common.archive import extract_package
+from services.common.archive import PackageLimits, extract_package
 from services.common.models import Function, Limits, Runtime
 from services.common.proc import die_with_parent
 
@@ -101,6 +101,7 @@ class ProcessSandbox(Sandbox):
         root: Path,
         node_dir: Path,
         passthrough_env: dict[str, str],
+        package_limits: PackageLimits,
         limits: Limits | None = None,
     ) -> None:
         super().__init__(runtime, root / "run.log")
@@ -109,6 +110,7 @@ class ProcessSandbox(Sandbox):
         self.code_dir = root / "code"
         self.venv = root / "venv"
         self.limits = limits or Limits()
+        self.package_limits = package_limits
         self._passthrough = passthrough_env
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -152,7 +154,7 @@ class ProcessSandbox(Sandbox):
     async def install(self, function: Function, package: Path) -> None:
         shutil.rmtree(self.code_dir, ignore_errors=True)
         self.code_dir.mkdir()
-        await asyncio.to_thread(extract_package, package, self.code_dir)
+        await asyncio.to_thread(extract_package, package, self.code_dir, self.package_limits)
         if self.runtime.dependencies.strip():
             await self._exec(["/bin/sh", "-c", self.runtime.dependencies], what="dependencies")
 
@@ -223,12 +225,24 @@ class ProcessSandbox(Sandbox):
 class ProcessDriver(Driver):
     """Sandboxes as private folders and subprocesses of this miniworker."""
 
-    def __init__(self, sandbox_dir: Path, node_dir: Path, passthrough_env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        sandbox_dir: Path,
+        node_dir: Path,
+        passthrough_env: dict[str, str],
+        package_limits: PackageLimits,
+    ) -> None:
         self.sandbox_dir = sandbox_dir
+        self.package_limits = package_limits
         self.node_dir = node_dir
         self.passthrough_env = passthrough_env
 
     def sandbox(self, runtime: Runtime, limits: Limits | None) -> Sandbox:
         return ProcessSandbox(
-            runtime, self.sandbox_dir, self.node_dir, self.passthrough_env, limits
+            runtime,
+            self.sandbox_dir,
+            self.node_dir,
+            self.passthrough_env,
+            self.package_limits,
+            limits,
         )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import msgspec
+from services.common.archive import PackageLimits
 
 
-class MiniworkerSettings(msgspec.Struct, frozen=True, kw_only=True):
+class MiniworkerSettings(PackageLimits, frozen=True, kw_only=True):
     mw_id: str
     node_id: int = 0
     worker_endpoint: str  # the worker's pool ROUTER

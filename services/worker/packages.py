@@ -57,6 +57,11 @@ class PackageCache:
             async with self._session.get(url) as response:
                 if response.status == 404:  # not stored at the api: trying again is no use
                     raise NotFound(f"package {sha[:12]}: the api has no such package")
+                if response.status in (401, 403):  # a key problem: trying again is no use
+                    raise FumError(
+                        f"package {sha[:12]}: the api refused this worker ({response.status}):"
+                        " set FUM_API_KEY to a key of its FUM_API_KEYS file"
+                    )
                 if response.status != 200:
                     raise Unavailable(f"package {sha[:12]}: GET {url} answered {response.status}")
                 with partial.open("wb") as out:

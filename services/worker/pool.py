@@ -23,6 +23,7 @@ from pathlib import Path
 import structlog
 import zmq
 
+from services.common.archive import limits_of
 from services.common.errors import FumError
 from services.common.models import Call, Function, Runtime
 from services.common.node_protocol import Heartbeat
@@ -611,6 +612,7 @@ class Pool:
             docker_network=self.settings.docker_network,
             docker_host_ip=self.settings.docker_host_ip,
             docker_registry=self.settings.docker_registry,
+            **limits_of(self.settings),
         )
         env = {**self._base_env, **settings_env(settings)}
         try:

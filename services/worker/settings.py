@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-import msgspec
+from services.common.archive import PackageLimits
 
 
 def node_number(name: str) -> int:
@@ -13,11 +13,12 @@ def node_number(name: str) -> int:
     return int(hashlib.sha256(name.encode()).hexdigest()[:7], 16)
 
 
-class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
+class WorkerSettings(PackageLimits, frozen=True, kw_only=True):
     node_id: int = -1  # -1: derived from node_name (a Swarm global service sets that)
     node_name: str = ""  # default: the host name
     api_endpoint: str = "tcp://127.0.0.1:3001"  # the api's ROUTER for workers
     api_url: str = "http://127.0.0.1:3000"  # the api's HTTP, where packages are fetched
+    api_key: str = ""  # the API key it sends there, when the api asks for keys
     db_url: str = "tcp://127.0.0.1:3002"
     node_dir: str = ".fum/node-0"  # packages, sandboxes and caches of this node
     pool_bind: str = ""  # the ROUTER miniworkers connect to; default: a unix socket

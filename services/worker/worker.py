@@ -66,7 +66,8 @@ class Worker:
         ctx: zmq.Context = zmq.Context()
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(close_context, ctx)
-            session = await stack.enter_async_context(aiohttp.ClientSession())
+            headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else None
+            session = await stack.enter_async_context(aiohttp.ClientSession(headers=headers))
             self.db = DbClient(ctx, s.db_url, timeout=5.0)
             stack.push_async_callback(self.db.close)
             packages = PackageCache(Path(s.node_dir) / "packages", s.api_url, session)
