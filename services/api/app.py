@@ -82,17 +82,40 @@ async def wait_for_db(db: DbClient) -> None:
             log.warning("api.waiting_for_db", endpoint=db.endpoint)
 
 
+async def calls_of(db: DbClient, status: str) -> AsyncIterator[list[Call]]:
+    """Every call of a status, a page at a time, newest first."""
+    before = None
+    while page := await db.list_calls(status=status, before=before, limit=1000):
+        yield page
+        before = page[-1].call_num
+
+
 async def recover_calls(db: DbClient, dispatcher: Dispatcher, catalog: Catalog) -> None:
     """Take back the calls a previous run of the api left unfinished."""
     found: dict[str, list[Call]] = {"PENDING": [], "RUNNING": []}
     for status, calls in found.items():
-        before = None
-        while page := await db.list_calls(status=status, before=before, limit=1000):
+        async for page in calls_of(db, status):
             calls.extend(page)
-            before = page[-1].call_num
         calls.reverse()  # oldest first
     timeouts = {f.name: f.limits.timeout for f in catalog.functions.values()}
     dispatcher.recover(found["PENDING"], found["RUNNING"], timeouts)
+
+
+async def sweep_pending(db: DbClient, dispatcher: Dispatcher, interval: float) -> None:
+    """Place the PENDING calls no one placed: made in the db on a worker's request (a
+    workflow's next steps, a trigger's action) by a worker that died before it handed
+    them to the api (``PlaceCalls``). A call younger than ``interval`` is left to its
+    maker; so a lost hand-off delays a call by at most about two intervals."""
+    while True:
+        await asyncio.sleep(interval)
+        cutoff = time.time() - interval
+        try:
+            async for page in calls_of(db, "PENDING"):
+                old = [c for c in page if c.created_at < cutoff]
+                if dispatcher.place_stored(old, dispatcher.timeout_of):
+                    log.warning("api.swept", calls=len(old))
+        except Unavailable as exc:
+            log.warning("api.sweep_failed", error=exc.message)
 
 
 async def stop_waiting(app: web.Application) -> None:
@@ -114,17 +137,19 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB], app[DISPATCHER], app[CATALOG] = db, dispatcher, catalog
     app[CALL_NUMS] = CallNumbers(db, DB_DEADLINE)
     app[KEYS] = Keys()
-    serving = None
+    tasks: list[asyncio.Task[None]] = []
     try:
         await wait_for_db(db)
         await catalog.load()
         await recover_calls(db, dispatcher, catalog)
-        serving = asyncio.get_running_loop().create_task(dispatcher.serve())
+        loop = asyncio.get_running_loop()
+        tasks.append(loop.create_task(dispatcher.serve()))
+        tasks.append(loop.create_task(sweep_pending(db, dispatcher, settings.sweep_interval)))
         log.info("api.started", nodes=dispatcher.endpoint, policy=settings.invocation_policy)
         yield
     finally:
-        if serving is not None:
-            serving.cancel()
+        for task in tasks:
+            task.cancel()
         dispatcher.close()
         await db.close()
         await close_context(ctx)

@@ -22,6 +22,7 @@ from services.common.node_protocol import (
     Dispatch,
     Heartbeat,
     HeartbeatAck,
+    PlaceCalls,
     Register,
     Registered,
 )
@@ -60,6 +61,7 @@ class Dispatcher:
         self.settings = settings
         self.nodes: dict[int, Node] = {}
         self._catalogue = catalogue
+        self._function = function
         self.admission: Admission[Placed] = Admission(
             settings.max_pending,
             settings.queue_limit,
@@ -81,6 +83,7 @@ class Dispatcher:
             Register: self._on_register,  # type: ignore[dict-item]
             Heartbeat: self._on_heartbeat,  # type: ignore[dict-item]
             CallFinished: self._on_call_finished,  # type: ignore[dict-item]
+            PlaceCalls: self._on_place_calls,  # type: ignore[dict-item]
         }
 
     # ---- calls
@@ -123,6 +126,20 @@ class Dispatcher:
             self._placed[call.call_num] = placed
             self.admission.admit(call.func_name, placed, reserved=False)
         log.info("dispatch.recovered", pending=len(pending), running=len(running))
+
+    def place_stored(self, calls: list[Call], timeouts: Callable[[str], float]) -> int:
+        """Place calls the db holds PENDING that were made elsewhere (by a worker's db
+        request, or found by the sweep): those the api does not hold or has not just seen
+        finish; how many it placed. Dispatched as calls that may run twice (``again``):
+        their worker writes the db before it tells the api, and the db keeps one result."""
+        placed = 0
+        for call in calls:
+            num = call.call_num
+            if call.status != "PENDING" or num in self._placed or num in self.recent:
+                continue
+            self.dispatch(call, timeouts(call.func_name), reserved=False, again=True)
+            placed += 1
+        return placed
 
     def limits_changed(self, function: str) -> None:
         """A function's concurrency may have grown: start the calls that may run now."""
@@ -234,6 +251,17 @@ class Dispatcher:
         node.capacity, node.busy, node.queued = message.capacity, message.busy, message.queued
         node.idle, node.generic = dict(message.idle), message.generic
         return HeartbeatAck()
+
+    def _on_place_calls(self, identity: bytes, message: PlaceCalls) -> None:
+        if not any(node.identity == identity for node in self.nodes.values()):
+            raise UnknownNode("only a registered node may hand calls to place")
+        placed = self.place_stored(message.calls, self.timeout_of)
+        log.debug("dispatch.placed_stored", calls=len(message.calls), placed=placed)
+
+    def timeout_of(self, function: str) -> float:
+        """The call timeout of a function (the default for one no longer known)."""
+        known = self._function(function)
+        return known.limits.timeout if known is not None else self.settings.default_timeout
 
     def _on_call_finished(self, identity: bytes, message: CallFinished) -> None:
         call = message.call

@@ -27,6 +27,9 @@ class ApiSettings(PackageLimits, frozen=True, kw_only=True):
     max_pending: int = 100_000  # most unfinished calls the api holds; more get 429
     queue_limit: int = 1000  # calls a function with a concurrency limit may have waiting
     retry_after: int = 1  # seconds, in the Retry-After of a 429
+    # Seconds between sweeps for PENDING calls no one placed (made in the db for a
+    # workflow or a trigger by a worker that died before handing them over).
+    sweep_interval: float = 10.0
     # Who may send requests (docs/SECURITY.md): Host names (comma-separated; "*": any;
     # default: "localhost" when listening on loopback, else any), foreign page origins
     # ("https://app.example.org,..."; default: none), and the API keys file (default:

@@ -87,6 +87,13 @@ class CallFinished(Message, frozen=True):
     call: Call
 
 
+class PlaceCalls(Message, frozen=True):
+    """Calls the db created PENDING on a worker's request (a workflow's next steps, a
+    trigger's action): the api places those it does not hold yet."""
+
+    calls: list[Call]
+
+
 NODE_PROTOCOL = Protocol(
     "node",
     Register,
@@ -100,4 +107,5 @@ NODE_PROTOCOL = Protocol(
     FunctionSynced,
     FunctionRemoved,
     CallFinished,
+    PlaceCalls,
 )
