@@ -449,7 +449,23 @@ async def test_a_repeated_idempotency_key_is_the_same_call(
             "POST", f"/v1/functions/{echo}/invoke", json={}, headers={"Idempotency-Key": bad}
         )
         assert error_of(status, err, 400) == "bad_request", bad
-    # across a restart of the api: the key still stands for its call
+    # keys minted in the api's epoch (what the SDK sends: no db read for a new one)
+    async with api.session.get("/healthz") as r:
+        epoch = r.headers["Fum-Epoch"]
+    minted = {"Idempotency-Key": f"{epoch}.{unique('minted')}"}
+    first_call, second_call = await asyncio.gather(
+        api.request("POST", f"/v1/functions/{echo}/invoke", json={"m": 1}, headers=minted),
+        api.request("POST", f"/v1/functions/{echo}/invoke", json={"m": 1}, headers=minted),
+    )
+    status, minted_again = await api.request(
+        "POST", f"/v1/functions/{echo}/invoke?blocking=false", json={"m": 1}, headers=minted
+    )
+    assert minted_again["callNum"] == first_call[1]["callNum"] == second_call[1]["callNum"]
+    minted_batch = {"Idempotency-Key": f"{epoch}.{unique('batch')}"}
+    _, one = await api.request("POST", "/v1/calls", json=batch, headers=minted_batch)
+    _, two = await api.request("POST", "/v1/calls", json=batch, headers=minted_batch)
+    assert one["callNums"] == two["callNums"]
+    # across a restart of the api (a new epoch): a key still stands for its call
     h = key("restart")
     status, call = await api.request(
         "POST", f"/v1/functions/{echo}/invoke", json={"r": 1}, headers=h
@@ -458,10 +474,17 @@ async def test_a_repeated_idempotency_key_is_the_same_call(
     open_cluster.start_api()
     open_cluster.wait_ready(30)
     async with aiohttp.ClientSession(open_cluster.url) as session:
-        status, again = await Api(session).request(
-            "POST", f"/v1/functions/{echo}/invoke", json={"r": 1}, headers=h
-        )
-    assert status == 200 and again["callNum"] == call["callNum"]
+        after = Api(session)
+        for headers, params, num in [
+            (h, {"r": 1}, call["callNum"]),
+            (minted, {"m": 1}, first_call[1]["callNum"]),
+        ]:
+            status, again = await after.request(
+                "POST", f"/v1/functions/{echo}/invoke", json=params, headers=headers
+            )
+            assert status == 200 and again["callNum"] == num
+        async with session.get("/healthz") as r:
+            assert r.headers["Fum-Epoch"] != epoch
 
 
 # ---- API keys

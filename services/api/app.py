@@ -20,7 +20,7 @@ from .auth import ApiKeys
 from .callnums import CallNumbers
 from .catalog import Catalog, PackageStore
 from .dispatch import Dispatcher
-from .idempotency import Keys
+from .idempotency import EPOCH_HEADER, Keys
 from .routes import ROUTES, add_routes
 from .security import Door, cors_headers
 from .settings import ApiSettings
@@ -155,6 +155,14 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         await close_context(ctx)
 
 
+async def epoch_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer says this api's epoch, which clients may begin their idempotency
+    keys with (services/api/idempotency.py)."""
+    keys = request.app.get(KEYS)
+    if keys is not None:
+        response.headers[EPOCH_HEADER] = keys.epoch
+
+
 def init_app(settings: ApiSettings) -> web.Application:
     keys = ApiKeys(settings.api_keys)
     if keys.open:
@@ -173,4 +181,5 @@ def init_app(settings: ApiSettings) -> web.Application:
     app.cleanup_ctx.append(services_ctx)
     app.on_shutdown.append(stop_waiting)
     app.on_response_prepare.append(cors_headers)
+    app.on_response_prepare.append(epoch_header)
     return app

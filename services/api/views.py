@@ -33,7 +33,7 @@ from .callnums import CallNumbers
 from .catalog import Catalog, StagedPackage
 from .dispatch import Dispatcher
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
-from .idempotency import Keyed, Keys, call_uuid, check_key, mismatch
+from .idempotency import Keyed, Keys, call_uuid, check_key, digest, mismatch
 from .security import CALLER
 from .settings import ApiSettings
 
@@ -360,18 +360,18 @@ async def invoke(
     uid, keys = call_uuid(caller, key), app[KEYS]
     async with keys.taken(uid):  # a request with the same key waits for this decision
         keyed = keys.get(uid)
-        if keyed is None:
+        if keyed is None and not keys.unseen(uid, key):
             found = await retrying(lambda: app[DB].find_calls([uid]), DB_DEADLINE, "find call")
             if found:
-                keyed = Keyed(found[0].call_num, found[0].func_name, found[0].params)
+                keyed = Keyed(found[0].call_num, found[0].func_name, digest(found[0].params))
         if keyed is None:
             call, future = await place(app, function, params, wait, caller, uid)
-            keys.remember(uid, Keyed(call.call_num, func_name, params))
+            keys.remember(uid, call.call_num, func_name, params)
     if keyed is None:
         return call if future is None else await outcome(app, call, future, wait)
-    if (keyed.func_name, keyed.params) != (func_name, params):
+    if not keyed.same(func_name, params):
         raise mismatch(key)
-    return await existing_call(app, keyed, uid, wait)
+    return await existing_call(app, keyed, uid, params, wait)
 
 
 async def place(
@@ -442,7 +442,9 @@ async def outcome(
         raise
 
 
-async def existing_call(app: web.Application, keyed: Keyed, uid: str, wait: float | None) -> Call:
+async def existing_call(
+    app: web.Application, keyed: Keyed, uid: str, params: bytes, wait: float | None
+) -> Call:
     """The call a repeated key stands for, waited for as its first request would have."""
     dispatcher, num = app[DISPATCHER], keyed.call_num
     future = dispatcher.wait(num) if wait else None
@@ -451,7 +453,7 @@ async def existing_call(app: web.Application, keyed: Keyed, uid: str, wait: floa
             call = await fetch_call(app, num)
         except NotFound:  # a blocking call still running, not stored yet
             call = NewCall(
-                uuid=uid, func_name=keyed.func_name, params=keyed.params, created_at=time.time()
+                uuid=uid, func_name=keyed.func_name, params=params, created_at=time.time()
             ).pending(num)
         if future is None or call.status in FINAL_STATUSES:
             return call
@@ -694,12 +696,15 @@ async def create_calls(request: web.Request) -> web.Response:
     if key is None:
         calls = await create_batch(app, new)
     else:
-        db = app[DB]
-        async with app[KEYS].taken(call_uuid(caller, key)):
+        db, keys, batch = app[DB], app[KEYS], call_uuid(caller, key)
+        async with keys.taken(batch):
             uuids = [n.uuid for n in new]
-            found = await retrying(lambda: db.find_calls(uuids), DB_DEADLINE, "find calls")
+            found = []
+            if not keys.unseen(batch, key):
+                found = await retrying(lambda: db.find_calls(uuids), DB_DEADLINE, "find calls")
             if not found:
                 calls = await create_batch(app, new)
+                keys.seen(batch)
             else:
                 by_uuid = {c.uuid: c for c in found}
                 if len(by_uuid) != len(new) or any(
