@@ -7,6 +7,8 @@ from typing import Literal
 
 import msgspec
 
+from services.common.curve import DEFAULT_DIR
+
 
 def node_number(name: str) -> int:
     """A stable node id from a node's name, for workers that are not numbered by hand."""
@@ -20,6 +22,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     api_url: str = "http://127.0.0.1:3000"  # the api's HTTP, where packages are fetched
     db_url: str = "tcp://127.0.0.1:3002"
     node_dir: str = ".fum/node-0"  # packages, sandboxes and caches of this node
+    keys_dir: str = DEFAULT_DIR  # the control plane's CURVE keys (services/common/curve.py)
     pool_bind: str = ""  # the ROUTER miniworkers connect to; default: a unix socket
     # in node_dir (tcp on loopback where that path is too long for a unix socket)
     preload: Literal["runtime", "function", "none"] = "runtime"
