@@ -90,7 +90,7 @@ def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
         subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, check=False)
         left = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=fum.network={stack}"],
+            ["docker", "ps", "-aq", "--filter", f"label=fum.network={stack}-functions"],
             capture_output=True,
             text=True,
             check=False,
