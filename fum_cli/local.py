@@ -64,6 +64,7 @@ class LocalCluster:
         # With the docker driver, each local cluster has its own network: the network is
         # what tells one cluster's function containers from another's on the same engine.
         self.docker_network = f"fum-local-{self.http_port}"
+        self.keys_dir = self.data_dir / "keys"  # the control plane's (services/common/curve.py)
         self.api_key: str | None = None
         self._node_key = ""
 
@@ -83,6 +84,7 @@ class LocalCluster:
                 "FUM_DB_URL": f"tcp://127.0.0.1:{self.db_port}",
                 "FUM_API_ENDPOINT": f"tcp://127.0.0.1:{self.node_port}",
                 "FUM_API_URL": self.url,
+                "FUM_KEYS_DIR": str(self.keys_dir),  # made by the first to start
             }
         )
         env.update(self.env)

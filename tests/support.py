@@ -48,6 +48,25 @@ FUNCTIONS = {
             print("err:", params["n"], file=sys.stderr, flush=True)
             return params["n"]
         """,
+    # tries a TCP connection to each [host, port]: "open", or why not; "own miniworker"
+    # is the port this function's ``ok``s go to (where it must get through)
+    "probe": """
+        import os
+        import socket
+
+        def handle(params):
+            targets = [*params["targets"], [os.environ["FUM_HOST_IP"], os.environ["FUM_HOST_PORT"]]]
+            found = {}
+            for host, port in targets:
+                try:
+                    socket.create_connection((host, int(port)), timeout=1.0).close()
+                    found[f"{host}:{port}"] = "open"
+                except OSError as exc:
+                    found[f"{host}:{port}"] = type(exc).__name__
+            own = "{}:{}".format(*targets[-1])
+            found["own miniworker"], found["own miniworker at"] = found.pop(own), own
+            return found
+        """,
 }
 
 

@@ -90,10 +90,12 @@ def cluster(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             timeout=300,
             check=False,
         )
-        left = docker("ps", "-aq", "--filter", f"label=fum.network={project}").split()
+        functions = f"{project}-functions"
+        left = docker("ps", "-aq", "--filter", f"label=fum.network={functions}").split()
         volumes = docker("volume", "ls", "-q", "--filter", f"name={project}_").split()
         subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
-        subprocess.run(["docker", "network", "rm", project], capture_output=True, check=False)
+        for network in (project, functions):
+            subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
         assert left == [], "the workers left function containers behind"
         assert volumes == [], "compose down -v left volumes"
 
@@ -149,3 +151,45 @@ async def test_calls_go_on_when_a_worker_stops(cluster: Compose) -> None:
         assert call["status"] == "DONE" and call["nodeId"] == 0
         cluster("start", "worker1")
         await api.wait_nodes(lambda nodes: len(nodes) == 2, timeout=60)
+
+
+def addresses(cluster: Compose, service: str) -> dict[str, str]:
+    """The service's container's address on each network it is on."""
+    (container,) = docker(
+        "ps",
+        "-q",
+        "--filter",
+        f"label=com.docker.compose.project={cluster.project}",
+        "--filter",
+        f"label=com.docker.compose.service={service}",
+    ).split()
+    networks = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container))
+    return {name: network["IPAddress"] for name, network in networks.items()}
+
+
+async def test_functions_reach_their_miniworker_and_nothing_of_the_control_plane(
+    cluster: Compose,
+) -> None:
+    """A function tries the db's, the api's and the registry's ports, by service name and
+    by address, and the registry's published port through its network's gateway: none
+    answers; its own calls work (its miniworker is reached)."""
+    control = {s: addresses(cluster, s)[cluster.project] for s in ("db", "api", "registry")}
+    assert list(addresses(cluster, "db")) == [cluster.project]  # on the control plane only
+    functions = f"{cluster.project}-functions"
+    gateway = docker(
+        "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", functions
+    ).strip()
+    ports = {"db": [3002], "api": [3001, 3000], "registry": [5000]}
+    targets = [[host, port] for s, p in ports.items() for host in (s, control[s]) for port in p]
+    targets.append([gateway, int(cluster.env["FUM_REGISTRY_PORT"])])
+    async with aiohttp.ClientSession(cluster.url) as session:
+        api = Api(session)
+        await api.runtime("pyh")
+        probe = await api.handler_function("probe", "pyh")
+        for _ in range(2):  # round-robin: on both nodes
+            status, call = await api.invoke(probe, {"targets": targets}, timeout=120)
+            assert status == 200 and call["status"] == "DONE", call
+            found = call["result"]
+            assert found.pop("own miniworker") == "open", found
+            assert found.pop("own miniworker at").split(":")[0] == f"worker{call['nodeId']}"
+            assert len(found) == len(targets) and "open" not in found.values(), found

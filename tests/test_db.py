@@ -20,6 +20,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from services.common.curve import ClusterKeys
 from services.common.db_client import DbClient
 from services.common.db_protocol import (
     DB_PROTOCOL,
@@ -79,6 +80,7 @@ class DbLauncher:
 
     tmp_path: Path
     ctx: zmq.asyncio.Context
+    keys: ClusterKeys  # the db's and its clients' (made before the db starts)
     started: list[DbProcess] = field(default_factory=list)
 
     async def start(
@@ -97,6 +99,7 @@ class DbLauncher:
             "FUM_DB_PATH": str(db.path),
             "FUM_DB_START_POLICY": policy,
             "FUM_DB_SYNC": sync,
+            "FUM_KEYS_DIR": str(self.keys.folder),
             "FUM_LOG_LEVEL": "debug",
         }
         with db.log.open("wb") as log:
@@ -109,7 +112,7 @@ class DbLauncher:
 
     async def wait_ready(self, db: DbProcess) -> None:
         """Ping until the db answers, or fail with its log if it died or took too long."""
-        client = DbClient(self.ctx, db.endpoint)
+        client = DbClient(self.ctx, db.endpoint, self.keys)
         try:
             deadline = time.monotonic() + START_DEADLINE
             while True:
@@ -144,8 +147,15 @@ async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
 
 
 @pytest.fixture
-async def launcher(tmp_path: Path, ctx: zmq.asyncio.Context) -> AsyncIterator[DbLauncher]:
-    launcher = DbLauncher(tmp_path, ctx)
+def keys(tmp_path: Path) -> ClusterKeys:
+    return ClusterKeys.open(tmp_path / "keys")
+
+
+@pytest.fixture
+async def launcher(
+    tmp_path: Path, ctx: zmq.asyncio.Context, keys: ClusterKeys
+) -> AsyncIterator[DbLauncher]:
+    launcher = DbLauncher(tmp_path, ctx, keys)
     try:
         yield launcher
     finally:
@@ -158,15 +168,19 @@ async def db(launcher: DbLauncher) -> DbProcess:
 
 
 @pytest.fixture
-async def client(ctx: zmq.asyncio.Context, db: DbProcess) -> AsyncIterator[DbClient]:
-    client = DbClient(ctx, db.endpoint, timeout=10.0)
+async def client(
+    ctx: zmq.asyncio.Context, keys: ClusterKeys, db: DbProcess
+) -> AsyncIterator[DbClient]:
+    client = DbClient(ctx, db.endpoint, keys, timeout=10.0)
     yield client
     await client.close()
 
 
 @pytest.fixture
-async def dealer(ctx: zmq.asyncio.Context, db: DbProcess) -> AsyncIterator[zmq.asyncio.Socket]:
-    sock = ctx.socket(zmq.DEALER)
+async def dealer(
+    ctx: zmq.asyncio.Context, keys: ClusterKeys, db: DbProcess
+) -> AsyncIterator[zmq.asyncio.Socket]:
+    sock = keys.client(ctx.socket(zmq.DEALER))
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(db.endpoint)
     yield sock
@@ -503,8 +517,10 @@ async def test_list_limit_is_clamped(client: DbClient) -> None:
 # ---- the socket: bad input, many in flight, one failure in a batch
 
 
-async def test_bad_messages_get_error_replies(ctx: zmq.asyncio.Context, db: DbProcess) -> None:
-    sock = ctx.socket(zmq.REQ)
+async def test_bad_messages_get_error_replies(
+    ctx: zmq.asyncio.Context, keys: ClusterKeys, db: DbProcess
+) -> None:
+    sock = keys.client(ctx.socket(zmq.REQ))
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(db.endpoint)
     cases = [
@@ -602,8 +618,8 @@ async def test_failed_commit_fails_the_whole_batch(
 ) -> None:
     deferred_call_check(tmp_path / "deferred.sqlite3")
     db = await launcher.start(path=tmp_path / "deferred.sqlite3")
-    client = DbClient(ctx, db.endpoint)
-    sock = ctx.socket(zmq.DEALER)
+    client = DbClient(ctx, db.endpoint, launcher.keys)
+    sock = launcher.keys.client(ctx.socket(zmq.DEALER))
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(db.endpoint)
     try:
@@ -677,7 +693,7 @@ async def test_reserved_call_numbers(launcher: DbLauncher, ctx: zmq.asyncio.Cont
     """Numbers set aside are created with as asked, never given twice (a restart
     included), and a number that was not set aside is refused."""
     db = await launcher.start()
-    client = DbClient(ctx, db.endpoint)
+    client = DbClient(ctx, db.endpoint, launcher.keys)
     try:
         before = await client.create_call(new_call())
         first = await client.reserve_call_nums(10)
@@ -694,7 +710,7 @@ async def test_reserved_call_numbers(launcher: DbLauncher, ctx: zmq.asyncio.Cont
         await client.close()
     await launcher.stop(db)
     db = await launcher.start(path=db.path, policy="keep")
-    client = DbClient(ctx, db.endpoint)
+    client = DbClient(ctx, db.endpoint, launcher.keys)
     try:  # a block not used up stays set aside
         assert await client.reserve_call_nums(5) == first + 11
     finally:
@@ -703,7 +719,7 @@ async def test_reserved_call_numbers(launcher: DbLauncher, ctx: zmq.asyncio.Cont
 
 async def test_keep_policy_survives_kill(launcher: DbLauncher, ctx: zmq.asyncio.Context) -> None:
     db = await launcher.start()
-    client = DbClient(ctx, db.endpoint)
+    client = DbClient(ctx, db.endpoint, launcher.keys)
     try:
         await client.put_runtime(runtime())
         fn, _ = await client.put_function(function())
@@ -721,7 +737,7 @@ async def test_keep_policy_survives_kill(launcher: DbLauncher, ctx: zmq.asyncio.
     assert await launcher.stop(db) == -signal.SIGKILL
 
     db = await launcher.start(path=db.path, policy="keep")
-    client = DbClient(ctx, db.endpoint)
+    client = DbClient(ctx, db.endpoint, launcher.keys)
     try:
         assert (await client.get_runtime("python3")).image == runtime().image
         assert await client.get_function("hello") == fn
@@ -740,7 +756,7 @@ async def test_keep_policy_survives_kill(launcher: DbLauncher, ctx: zmq.asyncio.
 
 async def test_wipe_policy_starts_empty(launcher: DbLauncher, ctx: zmq.asyncio.Context) -> None:
     db = await launcher.start()
-    client = DbClient(ctx, db.endpoint)
+    client = DbClient(ctx, db.endpoint, launcher.keys)
     try:
         await client.put_runtime(runtime())
         await client.put_function(function())
@@ -750,7 +766,7 @@ async def test_wipe_policy_starts_empty(launcher: DbLauncher, ctx: zmq.asyncio.C
     assert await launcher.stop(db) == 0
 
     db = await launcher.start(path=db.path, policy="wipe")
-    client = DbClient(ctx, db.endpoint)
+    client = DbClient(ctx, db.endpoint, launcher.keys)
     try:
         assert await client.list_runtimes() == []
         assert await client.list_functions() == []
@@ -764,7 +780,7 @@ async def test_sigterm_drains_and_every_reply_is_durable(
     launcher: DbLauncher, ctx: zmq.asyncio.Context
 ) -> None:
     db = await launcher.start(sync="full")
-    sock = ctx.socket(zmq.DEALER)
+    sock = launcher.keys.client(ctx.socket(zmq.DEALER))
     sock.setsockopt(zmq.LINGER, 0)
     # Take every reply while the test waits for the db to stop, as the services' clients
     # do (rpc.make_socket): with the default high-water mark of 1,000, this socket stops
@@ -790,7 +806,7 @@ async def test_sigterm_drains_and_every_reply_is_durable(
 
         # Restart elsewhere, so the requests the old db never read cannot reach it.
         restarted = await launcher.start(path=db.path)
-        client = DbClient(ctx, restarted.endpoint)
+        client = DbClient(ctx, restarted.endpoint, launcher.keys)
         try:
             stored: list[int] = []
             before: int | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 
@@ -178,3 +179,37 @@ async def test_a_starting_worker_removes_its_orphans(cluster: LocalCluster) -> N
         assert docker("ps", "-aq", "--filter", f"id={other}").strip() != ""
     finally:
         subprocess.run(["docker", "rm", "-f", orphan, other], capture_output=True, check=False)
+
+
+def address(container: str, network: str) -> str:
+    networks = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container))
+    return str(networks[network]["IPAddress"])
+
+
+async def test_a_function_container_reaches_its_miniworker_only(
+    api: Api, cluster: LocalCluster
+) -> None:
+    """On the host, the cluster's own network: the control plane listens on loopback, out of
+    the containers' reach through the gateway; other function containers are out of reach
+    (no inter-container traffic); the function's own miniworker answers, and listens on the
+    gateway only."""
+    echo = await api.handler_function("echo", "pyh")
+    _, call = await api.invoke(echo, {})
+    assert call["status"] == "DONE"
+    running = docker("ps", "-q", "--filter", f"label=fum.network={cluster.docker_network}")
+    other = address(running.split()[0], cluster.docker_network)
+    gateway = docker(
+        "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", cluster.docker_network
+    ).strip()
+    targets = [[gateway, p] for p in (cluster.db_port, cluster.node_port, cluster.http_port)]
+    targets.append([other, 5555])  # another function's FUM port
+    probe = await api.handler_function("probe", "pyh")
+    _, call = await api.invoke(probe, {"targets": targets})
+    assert call["status"] == "DONE", call
+    found = call["result"]
+    assert found.pop("own miniworker") == "open", found
+    host, port = found.pop("own miniworker at").split(":")
+    assert host == gateway
+    assert len(found) == len(targets) and "open" not in found.values(), found
+    with pytest.raises(ConnectionRefusedError):  # not on the host's other interfaces
+        socket.create_connection(("127.0.0.1", int(port)), timeout=2).close()

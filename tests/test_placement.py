@@ -15,6 +15,7 @@ import zmq
 import zmq.asyncio
 
 from fum_cli.local import LocalCluster
+from services.common.curve import ClusterKeys
 from services.common.db_client import DbClient
 from services.common.models import Call, NewCall
 from services.common.node_protocol import (
@@ -46,7 +47,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture
 async def db(cluster: LocalCluster) -> AsyncIterator[DbClient]:
     ctx = zmq.asyncio.Context()
-    client = DbClient(ctx, f"tcp://127.0.0.1:{cluster.db_port}")
+    client = DbClient(ctx, f"tcp://127.0.0.1:{cluster.db_port}", ClusterKeys.load(cluster.keys_dir))
     try:
         yield client
     finally:
@@ -81,8 +82,10 @@ async def test_calls_no_one_handed_over_are_swept_and_run(
 class FakeNode:
     """A DEALER that registers as a node, to see what the api dispatches to it."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, node_id: int) -> None:
-        self.sock = ctx.socket(zmq.DEALER)
+    def __init__(
+        self, ctx: zmq.asyncio.Context, endpoint: str, node_id: int, keys: ClusterKeys
+    ) -> None:
+        self.sock = keys.client(ctx.socket(zmq.DEALER))
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, str(node_id).encode())
         self.sock.connect(endpoint)
@@ -123,14 +126,15 @@ async def test_calls_handed_over_are_placed_once(
     # no worker of its own: the only node is the fake one, which sees every dispatch
     cluster = start_cluster(tmp_path_factory, workers=0, env={"FUM_SWEEP_INTERVAL": "600"})
     ctx = zmq.asyncio.Context()
-    db = DbClient(ctx, f"tcp://127.0.0.1:{cluster.db_port}")
+    keys = ClusterKeys.load(cluster.keys_dir)
+    db = DbClient(ctx, f"tcp://127.0.0.1:{cluster.db_port}", keys)
     try:
         async with aiohttp.ClientSession(cluster.url) as session:
             api = Api(session)
             await api.runtime("pyh")
             echo = await api.handler_function("echo", "pyh")
-        node = FakeNode(ctx, f"tcp://127.0.0.1:{cluster.node_port}", 7)
-        stranger = FakeNode(ctx, f"tcp://127.0.0.1:{cluster.node_port}", 8)
+        node = FakeNode(ctx, f"tcp://127.0.0.1:{cluster.node_port}", 7, keys)
+        stranger = FakeNode(ctx, f"tcp://127.0.0.1:{cluster.node_port}", 8, keys)
         await node.register()
         calls = await made_in_the_db(db, echo, 3)
         await stranger.send(PlaceCalls(calls=calls))  # not registered: refused

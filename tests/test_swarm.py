@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fum_cli.local import free_port
+from services.common.curve import ClusterKeys
 
 pytestmark = pytest.mark.docker
 
@@ -29,10 +30,22 @@ def docker(*args: str, env: dict[str, str] | None = None, timeout: float = 120) 
     return out.stdout
 
 
-def test_stack_file_validates_with_a_global_worker() -> None:
-    config = docker("stack", "config", *FILES)
+def keys_env(folder: Path) -> dict[str, str]:
+    """The environment of a deploy: the control plane's keys made beforehand, in ``folder``."""
+    ClusterKeys.open(folder)
+    return {**os.environ, "FUM_KEYS": str(folder)}
+
+
+def test_stack_file_validates_with_a_global_worker(tmp_path: Path) -> None:
+    config = docker("stack", "config", *FILES, env=keys_env(tmp_path / "keys"))
     assert "mode: global" in config
     assert "{{.Node.Hostname}}" in config and "{{.Task.Name}}" in config
+    # the keys are secrets: the workers get the server's public key, never its secret
+    assert f"file: {tmp_path / 'keys' / 'server.key_secret'}" in config
+    worker = config[config.index("  worker0:") :]
+    assert "target: server.key\n" in worker and "server.key_secret" not in worker.split(
+        "  worker1:"
+    )[0]
 
 
 def request(url: str, data: bytes | None = None, form: tuple[str, bytes] | None = None) -> object:
@@ -61,7 +74,7 @@ def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         pytest.fail(f"the engine is already in a swarm ({state}); this test makes its own")
     stack = f"fumswarm{uuid.uuid4().hex[:6]}"
     env = {
-        **os.environ,
+        **keys_env(tmp_path / "keys"),
         "FUM_PORT": str(free_port()),
         "FUM_REGISTRY_PORT": str(free_port()),
         "FUM_NETWORK": stack,
@@ -77,7 +90,7 @@ def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
         subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, check=False)
         left = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=fum.network={stack}"],
+            ["docker", "ps", "-aq", "--filter", f"label=fum.network={stack}-functions"],
             capture_output=True,
             text=True,
             check=False,

@@ -11,6 +11,7 @@ import structlog
 import zmq
 from aiohttp import web
 
+from services.common.curve import ClusterKeys, authenticator
 from services.common.db_client import DbClient
 from services.common.errors import FumError, Overloaded, Unavailable
 from services.common.models import Call
@@ -127,10 +128,12 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start the db client, the node channel and the catalogue; stop them after."""
     settings = app[SETTINGS]
     ctx: zmq.Context = zmq.Context()
-    db = DbClient(ctx, settings.db_url, timeout=5.0)
+    keys = ClusterKeys.open(settings.keys_dir, serve=True)
+    auth = authenticator(ctx, keys)  # before the node channel binds
+    db = DbClient(ctx, settings.db_url, keys, timeout=5.0)
     # The dispatcher sends each registering worker the catalogue, which pushes through it.
     dispatcher = Dispatcher(
-        settings, ctx, lambda: catalog.snapshot(), lambda name: catalog.functions.get(name)
+        settings, ctx, keys, lambda: catalog.snapshot(), lambda name: catalog.functions.get(name)
     )
     packages = PackageStore(Path(settings.data_dir) / "packages", settings)
     catalog = Catalog(db, packages, dispatcher)
@@ -152,6 +155,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
         dispatcher.close()
         await db.close()
+        auth.stop()
         await close_context(ctx)
 
 

@@ -13,6 +13,7 @@ import msgspec
 import structlog
 import zmq
 
+from services.common.curve import ClusterKeys
 from services.common.errors import FumError, Unavailable, UnknownNode
 from services.common.models import Call, Function, Limits, Runtime
 from services.common.node_protocol import (
@@ -55,6 +56,7 @@ class Dispatcher:
         self,
         settings: ApiSettings,
         ctx: zmq.Context,
+        keys: ClusterKeys,
         catalogue: Callable[[], tuple[list[Runtime], list[Function]]],
         function: Callable[[str], Function | None],
     ) -> None:
@@ -74,7 +76,7 @@ class Dispatcher:
         # Calls finished lately, as their worker reported them: a worker may report before
         # the db has the result, and a client that was answered must then find it here.
         self.recent: OrderedDict[int, Call] = OrderedDict()
-        sock = make_socket(ctx, zmq.ROUTER)
+        sock = keys.server(make_socket(ctx, zmq.ROUTER))
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its id back
         sock.bind(settings.node_bind)
         self.endpoint = bound_endpoint(sock)

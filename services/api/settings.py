@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from services.common.archive import PackageLimits
+from services.common.curve import DEFAULT_DIR
 
 Policy = Literal["warm-affinity", "least-loaded", "round-robin"]
 
@@ -15,6 +16,7 @@ class ApiSettings(PackageLimits, frozen=True, kw_only=True):
     node_bind: str = "tcp://127.0.0.1:3001"  # the ROUTER workers connect to
     db_url: str = "tcp://127.0.0.1:3002"
     data_dir: str = ".fum/api"  # packages, stored by sha256
+    keys_dir: str = DEFAULT_DIR  # the control plane's CURVE keys (services/common/curve.py)
     invocation_policy: Policy = "warm-affinity"
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 3.5  # a worker silent this long is dead

@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 import structlog
 import zmq
 
+from .curve import ClusterKeys
 from .db_protocol import (
     DB_PROTOCOL,
     CallList,
@@ -150,9 +151,11 @@ def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: BaseException) -> None:
 class DbClient:
     """Typed, awaitable access to the db over one DEALER; many requests in flight."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, ctx: zmq.Context, endpoint: str, keys: ClusterKeys, timeout: float = 10.0
+    ) -> None:
         self.endpoint = endpoint
-        self._rpc = Client(ctx, endpoint, DB_PROTOCOL, timeout=timeout)
+        self._rpc = Client(ctx, endpoint, DB_PROTOCOL, keys=keys, timeout=timeout)
         self._creates = _Coalescer[NewCall, Call]("create calls", self.create_calls)
         # Results are written after their client was answered (docs/SCHEDULING.md): their
         # batches may wait for the one in flight, and grow under load.

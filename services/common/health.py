@@ -1,6 +1,7 @@
 """Health checks for containers: ``python -m services.common.health db|http ADDRESS``.
 
-Exit 0 when the service answers within two seconds, 1 otherwise (Docker's contract).
+Exit 0 when the service answers within two seconds, 1 otherwise (Docker's contract). The
+db is asked with the keys of ``FUM_KEYS_DIR`` (the service's own, in its container).
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ import urllib.request
 
 import zmq
 
+from .curve import ClusterKeys, KeysSettings
 from .db_protocol import DB_PROTOCOL, Ping, Pong
+from .settings import load_settings
 
 DEADLINE_MS = 2000
 
 
 def db_answers(endpoint: str) -> bool:
     """A Ping over a plain REQ socket gets a Pong."""
+    keys = ClusterKeys.load(load_settings(KeysSettings).keys_dir)
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.REQ)
+    sock = keys.client(ctx.socket(zmq.REQ))
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     try:

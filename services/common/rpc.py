@@ -12,13 +12,17 @@ import asyncio
 import itertools
 from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from .errors import FumError, Unavailable, error_from_code
 from .protocol import Error, Message, Protocol
+
+if TYPE_CHECKING:  # not imported by processes that have no control-plane client
+    from .curve import ClusterKeys
 
 log = structlog.get_logger()
 
@@ -213,8 +217,21 @@ async def close_context(ctx: zmq.Context) -> None:
     ctx.destroy(linger=0)
 
 
+# What a failed CURVE handshake tells a client (the monitor's events), for its log and errors.
+HANDSHAKE_FAILURES = {
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "the peer refused this process's client key",
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "the CURVE handshake failed (a wrong server key?)",
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "the peer does not speak CURVE with these keys",
+}
+HANDSHAKE_EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+for _event in HANDSHAKE_FAILURES:
+    HANDSHAKE_EVENTS |= _event
+_monitors = itertools.count()
+
+
 class Client:
-    """A DEALER that keeps many requests in flight and routes each reply to its waiter.
+    """A DEALER of the control plane (a CURVE client with ``keys``) that keeps many
+    requests in flight and routes each reply to its waiter.
 
     Messages the peer sends with no request id are events, handed to ``on_event``.
     """
@@ -225,6 +242,7 @@ class Client:
         endpoint: str,
         protocol: Protocol,
         *,
+        keys: ClusterKeys,
         identity: bytes | None = None,
         timeout: float = 10.0,
         on_event: Callable[[Message], None] | None = None,
@@ -233,7 +251,15 @@ class Client:
         self.protocol = protocol
         self.timeout = timeout
         self._on_event = on_event
-        sock = make_socket(ctx, zmq.DEALER, identity)
+        sock = keys.client(make_socket(ctx, zmq.DEALER, identity))
+        # A refused handshake is otherwise silence: the monitor says why (once per change).
+        self._keys_folder = keys.folder
+        self.handshake_failure = ""
+        monitor = f"inproc://fum-handshakes-{next(_monitors)}"
+        sock.monitor(monitor, HANDSHAKE_EVENTS)
+        events = make_socket(ctx, zmq.PAIR)
+        events.connect(monitor)
+        self._monitor = Channel(events, self._on_handshake, name="handshakes")
         sock.connect(endpoint)
         self._channel = Channel(sock, self._on_frames, name=f"{protocol.name}@{endpoint}")
         self._ids = itertools.count(1)
@@ -252,9 +278,10 @@ class Client:
             try:
                 reply = await asyncio.wait_for(future, deadline)
             except TimeoutError:
+                why = f" ({self.handshake_failure})" if self.handshake_failure else ""
                 raise Unavailable(
                     f"{self.protocol.name} at {self.endpoint} did not answer "
-                    f"{message.msg_type} within {deadline:g}s"
+                    f"{message.msg_type} within {deadline:g}s{why}"
                 ) from None
         except zmq.ZMQError as exc:
             raise Unavailable(f"{self.protocol.name} at {self.endpoint}: {exc}") from None
@@ -271,6 +298,18 @@ class Client:
     def send_event(self, message: Message) -> None:
         """Send a message that gets no reply, with the other events of this loop turn."""
         self._channel.send_event([EVENT], self.protocol.encode(message))
+
+    def _on_handshake(self, frames: list[bytes]) -> None:
+        event = parse_monitor_message(frames)
+        failure = HANDSHAKE_FAILURES.get(int(event["event"]), "")
+        if failure and failure != self.handshake_failure:
+            log.warning(
+                "rpc.handshake_failed",
+                endpoint=self.endpoint,
+                reason=failure,
+                keys=str(self._keys_folder),
+            )
+        self.handshake_failure = failure
 
     def _decode(self, payload: bytes) -> Message:
         try:
@@ -298,4 +337,6 @@ class Client:
         for future in self._waiters.values():
             if not future.done():
                 future.set_exception(Unavailable(f"client of {self.endpoint} closed"))
+        self._channel.sock.monitor(None, 0)
+        self._monitor.close()
         self._channel.close()

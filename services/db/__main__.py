@@ -12,6 +12,7 @@ import uvloop
 import zmq
 
 from services.common import profiling
+from services.common.curve import ClusterKeys, authenticator
 from services.common.logs import setup_logging
 from services.common.rpc import close_context, make_socket
 from services.common.settings import load_settings
@@ -36,7 +37,9 @@ async def run(settings: DbSettings) -> int:
         stack.push_async_callback(store.close)
         ctx: zmq.Context = zmq.Context()
         stack.push_async_callback(close_context, ctx)
-        sock = make_socket(ctx, zmq.ROUTER)
+        keys = ClusterKeys.open(settings.keys_dir, serve=True)
+        stack.callback(authenticator(ctx, keys).stop)
+        sock = keys.server(make_socket(ctx, zmq.ROUTER))
         sock.bind(settings.db_bind)
         server = DbServer(sock, store)
         stack.callback(server.close)

@@ -22,6 +22,7 @@ import uvloop
 import zmq
 import zmq.asyncio
 
+from services.common.curve import ClusterKeys
 from services.common.db_client import DbClient
 from services.common.db_protocol import DB_PROTOCOL, CallsCreated, CreateCalls
 from services.common.models import CallUpdate, NewCall
@@ -56,7 +57,9 @@ def requests_of(count: int, size: int) -> list[bytes]:
     ]
 
 
-async def pipeline(ctx: zmq.asyncio.Context, endpoint: str, payloads: list[bytes]) -> float:
+async def pipeline(
+    ctx: zmq.asyncio.Context, endpoint: str, keys: ClusterKeys, payloads: list[bytes]
+) -> float:
     """Send every payload without waiting, then wait for every reply; seconds taken.
 
     The client sends and drains through the plain (non-asyncio) view of its socket and
@@ -68,7 +71,7 @@ async def pipeline(ctx: zmq.asyncio.Context, endpoint: str, payloads: list[bytes
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
-    sock.connect(endpoint)
+    keys.client(sock).connect(endpoint)
     plain: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
     received = 0
 
@@ -131,9 +134,11 @@ async def sequential(client: DbClient, pid: int, count: int = 2000) -> str:
 async def bench(sync: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         endpoint = f"tcp://127.0.0.1:{free_port()}"
+        keys = ClusterKeys.open(Path(folder) / "keys")  # made here, read by the db
         env = {
             **os.environ,
             "FUM_DB_BIND": endpoint,
+            "FUM_KEYS_DIR": str(keys.folder),
             "FUM_DB_SYNC": sync,
             "FUM_DB_PATH": str(Path(folder) / "bench.sqlite3"),
             "FUM_LOG_LEVEL": "warning",
@@ -141,7 +146,7 @@ async def bench(sync: str) -> None:
         process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.db", env=env)
         ctx = zmq.asyncio.Context()
         try:
-            client = DbClient(ctx, endpoint, timeout=10)
+            client = DbClient(ctx, endpoint, keys, timeout=10)
             try:
                 await client.ping()
                 print(f"sync={sync}: {await sequential(client, process.pid)}")
@@ -149,7 +154,7 @@ async def bench(sync: str) -> None:
                 await client.close()
             for count, size in SCENARIOS:
                 payloads = requests_of(count, size)
-                seconds = await pipeline(ctx, endpoint, payloads)
+                seconds = await pipeline(ctx, endpoint, keys, payloads)
                 print(
                     f"sync={sync}: {count} CreateCalls x {size} call(s): "
                     f"{count * size / seconds:,.0f} calls/s ({seconds * 1000:.0f} ms)"

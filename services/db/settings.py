@@ -6,6 +6,8 @@ from typing import Literal
 
 import msgspec
 
+from services.common.curve import DEFAULT_DIR
+
 
 class DbSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Where the db listens and stores, and how hard it tries to keep what it stored."""
@@ -18,4 +20,5 @@ class DbSettings(msgspec.Struct, frozen=True, kw_only=True):
     # process (the WAL is written before the reply); full: it also survives power loss
     # (the WAL is fsynced at every commit, which group commit amortises over a batch).
     db_sync: Literal["normal", "full"] = "normal"
+    keys_dir: str = DEFAULT_DIR  # the control plane's CURVE keys (services/common/curve.py)
     log_level: str = "info"

@@ -14,6 +14,7 @@ dependencies) as they were.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import shlex
 import shutil
@@ -102,9 +103,18 @@ async def ensure_image(docker: aiodocker.Docker, image: str, registry: str) -> N
         raise SandboxFailed(f"image {image!r}: pull from {registry} failed: {exc}") from None
 
 
-class DockerSandbox(Sandbox):
-    host_bind_ip = "0.0.0.0"  # the containers reach us over the docker network
+def bind_ip(host_ip: str) -> str:
+    """Where the miniworker listens for its container: the address the container is told
+    (on the host: the network's gateway, so nothing beyond the host's bridges reaches it);
+    all interfaces for a name (compose: the worker's container, whose interfaces are its
+    networks)."""
+    try:
+        return str(ipaddress.ip_address(host_ip))
+    except ValueError:
+        return "0.0.0.0"
 
+
+class DockerSandbox(Sandbox):
     def __init__(
         self,
         runtime: Runtime,
@@ -117,6 +127,7 @@ class DockerSandbox(Sandbox):
         self.settings = settings
         self.limits = limits or Limits()
         self.host_ip = host_ip
+        self.host_bind_ip = bind_ip(host_ip)
         self.root = Path(settings.sandbox_dir)
         self._docker = docker
         self._container: Any = None
@@ -357,7 +368,10 @@ async def remove_orphans(docker: aiodocker.Docker, network: str, node_id: int) -
 
 
 async def ensure_network(docker: aiodocker.Docker, name: str) -> str:
-    """The bridge network function containers join; return its gateway address."""
+    """The bridge network function containers join; return its gateway address. One made
+    here is for a worker on the host: its containers reach the host (the miniworkers, at
+    the gateway), not each other (no inter-container traffic); compose and Swarm declare
+    their own (docs/SECURITY.md)."""
     try:
         network = await docker.networks.get(name)
     except aiodocker.DockerError as exc:
@@ -365,7 +379,12 @@ async def ensure_network(docker: aiodocker.Docker, name: str) -> str:
             raise
         try:
             network = await docker.networks.create(
-                {"Name": name, "Driver": "bridge", "Labels": {LABEL: "1"}}
+                {
+                    "Name": name,
+                    "Driver": "bridge",
+                    "Labels": {LABEL: "1"},
+                    "Options": {"com.docker.network.bridge.enable_icc": "false"},
+                }
             )
         except aiodocker.DockerError as exc2:
             if exc2.status != 409:  # another worker made it meanwhile

@@ -6,6 +6,7 @@ import hashlib
 from typing import Literal
 
 from services.common.archive import PackageLimits
+from services.common.curve import DEFAULT_DIR
 
 
 def node_number(name: str) -> int:
@@ -21,6 +22,7 @@ class WorkerSettings(PackageLimits, frozen=True, kw_only=True):
     api_key: str = ""  # the API key it sends there, when the api asks for keys
     db_url: str = "tcp://127.0.0.1:3002"
     node_dir: str = ".fum/node-0"  # packages, sandboxes and caches of this node
+    keys_dir: str = DEFAULT_DIR  # the control plane's CURVE keys (services/common/curve.py)
     pool_bind: str = ""  # the ROUTER miniworkers connect to; default: a unix socket
     # in node_dir (tcp on loopback where that path is too long for a unix socket)
     preload: Literal["runtime", "function", "none"] = "runtime"

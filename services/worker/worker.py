@@ -13,6 +13,7 @@ import msgspec
 import structlog
 import zmq
 
+from services.common.curve import ClusterKeys
 from services.common.db_client import DbClient
 from services.common.errors import FumError, Unavailable, UnknownNode
 from services.common.models import Call, CallUpdate, Function, NewCall
@@ -63,12 +64,13 @@ class Worker:
         s = self.settings
         if s.driver == "docker":
             await self._prepare_docker()
+        keys = ClusterKeys.open(s.keys_dir)
         ctx: zmq.Context = zmq.Context()
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(close_context, ctx)
             headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else None
             session = await stack.enter_async_context(aiohttp.ClientSession(headers=headers))
-            self.db = DbClient(ctx, s.db_url, timeout=5.0)
+            self.db = DbClient(ctx, s.db_url, keys, timeout=5.0)
             stack.push_async_callback(self.db.close)
             packages = PackageCache(Path(s.node_dir) / "packages", s.api_url, session)
             self.pool = Pool(s, ctx, packages, self._base_env, self._on_start, self._on_outcome)
@@ -77,6 +79,7 @@ class Worker:
                 ctx,
                 s.api_endpoint,
                 NODE_PROTOCOL,
+                keys=keys,
                 identity=str(s.node_id).encode(),
                 timeout=max(3 * s.heartbeat_interval, 1.0),
                 on_event=self._on_event,
