@@ -227,7 +227,8 @@ class KeeperServer:
         try:
             body = self._handlers[request.type](conn, request, zxid)
         except MultiFailed as failed:
-            conn.queue(reply(xid, self.zxid, failed.code, failed.body))
+            # ZooKeeper answers a failed multi with err 0: the errors are in its results
+            conn.queue(reply(xid, self.zxid, 0, failed.body))
         except KeeperError as exc:
             conn.queue(reply(xid, self.zxid, exc.code))
             if isinstance(exc, AuthFailed):
@@ -312,11 +313,10 @@ class KeeperServer:
                                 op.path, op.data, op.acl, op.flags, session_id, conn.auth,
                                 zxid, mtime,
                             )  # fmt: skip
+                            # ZooKeeper 3.8 answers a create2 of a multi as a create
                             w = Writer()
                             w.string(path)
-                            if isinstance(op, Create2):
-                                w.raw(node.stat_bytes())
-                            results.append((kind, bytes(w.out)))
+                            results.append((OpCode.CREATE, bytes(w.out)))
                         elif isinstance(op, CheckVersion):
                             self.tree.check(op.path, op.version, conn.auth)
                             results.append((kind, b""))

@@ -29,6 +29,7 @@ from .exceptions import (
     NodeExists,
     NoNode,
     NotEmpty,
+    Unimplemented,
 )
 from .serialization import ACL, STAT, EventType, Id, Stat
 
@@ -41,6 +42,8 @@ SPECIAL = frozenset({"/", ZOOKEEPER, QUOTA, CONFIG})
 # create flags (CreateMode)
 EPHEMERAL = 1
 SEQUENTIAL = 2
+CONTAINER = 4
+TTL = 5
 
 Event = tuple[int, str]  # (EventType, path)
 
@@ -295,8 +298,10 @@ class Tree:
     ) -> tuple[str, Node, list[Event]]:
         """Create a node: its final path (sequential names get their suffix), the node,
         and the events (NodeCreated on it, then NodeChildrenChanged on its parent)."""
+        if flags in (CONTAINER, TTL, TTL | SEQUENTIAL):
+            raise Unimplemented(f"create flags {flags}: containers and TTLs are not served")
         if flags not in (0, EPHEMERAL, SEQUENTIAL, EPHEMERAL | SEQUENTIAL):
-            raise BadArguments(f"create flags {flags} (containers and TTLs are not served)")
+            raise BadArguments(f"no create mode has flags {flags}")
         if path.rfind("/") < 0 or "\0" in path:
             raise BadArguments(path)
         parent_path = parent_of(path)
