@@ -310,6 +310,7 @@ def up(
     pids = {name: proc.pid for name, proc in cluster.procs.items()}
     state.write_state(data, state.UpState(os.getpid(), cluster.url, str(data), time.time(), pids))
     typer.echo(f"fum is up: {cluster.url}  (data in {cluster.data_dir}; Ctrl-C stops it)")
+    typer.echo(f"keeper: {cluster.keeper_hosts}")
     try:
         while not stop.wait(0.5):
             for name, proc in cluster.procs.items():
@@ -388,6 +389,7 @@ def status(
             health = probe.health()
             nodes = probe.list_nodes()
         report.update(up=True, health=health.status, nodes=[n.to_dict() for n in nodes])
+        report["keeper"] = health.keeper
     except FumError as exc:
         report.update(up=False, error=str(exc))
     if json_:
@@ -400,6 +402,8 @@ def status(
             out().print(f"no local cluster running for {data}")
         if report["up"]:
             out().print(f"[green]up[/]: {url}  ({len(report['nodes'])} node(s))")
+            if report["keeper"]:
+                out().print(f"keeper: {report['keeper']}")
         else:
             out().print(f"[red]down[/]: {escape(report['error'])}")
     if not report["up"]:

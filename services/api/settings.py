@@ -28,3 +28,4 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     queue_limit: int = 1000  # calls a function with a concurrency limit may have waiting
     retry_after: int = 1  # seconds, in the Retry-After of a 429
     log_level: str = "info"
+    keeper_hosts: str = ""  # the keeper as clients reach it, told by /healthz ("": none)

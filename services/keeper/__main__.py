@@ -35,8 +35,9 @@ async def run(settings: KeeperSettings) -> int:
         loaded = await store.open()
         stack.push_async_callback(store.close)
         server = KeeperServer(settings, store, loaded)
+        hosts = [host.strip() for host in settings.keeper_host.split(",") if host.strip()]
         listener = await loop.create_server(
-            lambda: Connection(server), settings.keeper_host, settings.keeper_port
+            lambda: Connection(server), hosts, settings.keeper_port
         )
         expiry = loop.create_task(server.expire_sessions())
 

@@ -11,7 +11,7 @@ class KeeperSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Where the keeper listens and stores, and its session clock (ZooKeeper's names in
     brackets)."""
 
-    keeper_host: str = "127.0.0.1"  # (clientPortAddress)
+    keeper_host: str = "127.0.0.1"  # (clientPortAddress) one address, or several: "a,b"
     keeper_port: int = 2181  # (clientPort); 0: any free port, logged at start
     keeper_path: str = "keeper.sqlite3"  # the SQLite file (dataDir)
     # keep: open the existing tree; wipe: start from an empty one.

@@ -611,6 +611,7 @@ class Pool:
             docker_network=self.settings.docker_network,
             docker_host_ip=self.settings.docker_host_ip,
             docker_registry=self.settings.docker_registry,
+            keeper_hosts=self.settings.keeper_hosts,
         )
         env = {**self._base_env, **settings_env(settings)}
         try:
