@@ -29,6 +29,7 @@ from fum_client.models import STATUSES, Call
 from fum_client.packaging import load_package
 
 from . import cluster as state
+from .keeper import keeper_app
 from .local import ClusterError, LocalCluster, default_data_dir
 from .output import (
     CALL_COLUMNS,
@@ -82,6 +83,7 @@ config_app = typer.Typer(help="The profile file: where the api is, which key to 
 app.add_typer(runtime_app, name="runtime", no_args_is_help=True)
 app.add_typer(fn_app, name="fn", no_args_is_help=True)
 app.add_typer(config_app, name="config", no_args_is_help=True)
+app.add_typer(keeper_app, name="keeper")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts)")]
 DataOpt = Annotated[
