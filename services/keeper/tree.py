@@ -16,6 +16,7 @@ count of child creates before this one, ``%010d``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -147,14 +148,10 @@ def parent_of(path: str) -> str:
     return path[:cut] or "/"
 
 
-def _bad_char(c: str) -> bool:
-    code = ord(c)
-    return (
-        0 < code <= 0x1F
-        or 0x7F <= code <= 0x9F
-        or 0xD800 <= code <= 0xF8FF
-        or code >= 0xFFF0  # and everything past the BMP (surrogate pairs in Java)
-    )
+# What ZooKeeper's PathUtils refuses in a name: the null character and other controls,
+# U+D800-U+F8FF (Java's surrogates and the private use area: everything past the BMP is
+# a surrogate pair there) and U+FFF0-U+FFFF.
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\uf8ff\ufff0-\U0010ffff]")
 
 
 def validate_path(path: str) -> None:
@@ -165,15 +162,13 @@ def validate_path(path: str) -> None:
         return
     if path[-1] == "/":
         raise BadArguments(f"invalid path {path!r}: must not end with /")
-    for name in path[1:].split("/"):
-        if name == "":
-            raise BadArguments(f"invalid path {path!r}: an empty node name")
-        if name in (".", ".."):
-            raise BadArguments(f"invalid path {path!r}: relative paths are not allowed")
-        if "\0" in name:
-            raise BadArguments(f"invalid path {path!r}: a null character")
-        if any(_bad_char(c) for c in name):
-            raise BadArguments(f"invalid path {path!r}: an invalid character")
+    if "//" in path:
+        raise BadArguments(f"invalid path {path!r}: an empty node name")
+    tail = path[path.rfind("/") :]
+    if "/./" in path or "/../" in path or tail in ("/.", "/.."):
+        raise BadArguments(f"invalid path {path!r}: relative paths are not allowed")
+    if _BAD_CHARS.search(path):
+        raise BadArguments(f"invalid path {path!r}: an invalid character")
 
 
 def _check_version(current: int, expected: int, path: str) -> int:
