@@ -15,8 +15,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from kazoo.client import KazooClient
 
 from fum_cli.local import free_port
 from services.keeper.serialization import (
@@ -36,6 +40,18 @@ TICK_MS = 500  # sessions of 1 s to 10 s on both servers
 ZOOKEEPER_CLASSPATH = ":".join(["/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-nop.jar"])
 ZOOKEEPER_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
 SERVERS = ["keeper", "zookeeper"]
+
+
+@contextmanager
+def kazoo_client(hosts: str, **options: object) -> Iterator[KazooClient]:
+    """A started kazoo client, stopped and closed at the end."""
+    client = KazooClient(hosts, timeout=10, **options)  # type: ignore[arg-type]
+    client.start(timeout=15)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
 
 
 def four_letter_word(host: str, port: int, word: str, timeout: float = 2.0) -> str:

@@ -211,3 +211,39 @@ def test_fum_up_prints_the_keeper_and_status_gives_it(tmp_path: Path) -> None:
             proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+ZKCLI = "/usr/share/zookeeper/bin/zkCli.sh"
+
+
+def zkcli(server: Server, *command: str) -> str:
+    """One command of ZooKeeper's own zkCli (its Java client), as a user types it.
+
+    zkCli sends a command line's request without waiting for its session: on a busy
+    machine that is ConnectionLoss before anything was sent, so it is tried again."""
+    for _ in range(5):
+        out = subprocess.run(
+            [ZKCLI, "-server", server.hosts, *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=server.folder,
+        )
+        text = out.stdout + out.stderr
+        if "KeeperErrorCode = ConnectionLoss" not in text:
+            return text
+    raise AssertionError(f"zkCli never connected: {text}")
+
+
+def test_zookeepers_own_zkcli(zk_server: Server) -> None:
+    base = f"/zkcli-{uuid.uuid4().hex[:8]}"
+    assert f"Created {base}" in zkcli(zk_server, "create", base, "hello")
+    assert f"Created {base}/s0000000000" in zkcli(zk_server, "create", "-s", f"{base}/s", "x")
+    shown = zkcli(zk_server, "get", "-s", base)
+    assert "hello" in shown and "dataVersion = 0" in shown and "numChildren = 1" in shown
+    assert "[s0000000000]" in zkcli(zk_server, "ls", base)
+    zkcli(zk_server, "set", "-v", "0", base, "bye")
+    assert "version No is not valid" in zkcli(zk_server, "set", "-v", "0", base, "again")
+    assert "Node not empty" in zkcli(zk_server, "delete", base)
+    zkcli(zk_server, "deleteall", base)
+    assert f"Node does not exist: {base}" in zkcli(zk_server, "get", base)

@@ -56,7 +56,7 @@ from services.keeper.serialization import (
     frame,
 )
 
-from .keeper import TICK_MS, RawClient, Server, four_letter_word
+from .keeper import TICK_MS, RawClient, Server, four_letter_word, kazoo_client
 
 OPEN = [wire.ACL(31, wire.Id("world", "anyone"))]
 NO_NODE, NODE_EXISTS, BAD_ARGUMENTS, MARSHALLING, UNIMPLEMENTED = -101, -110, -8, -5, -6
@@ -64,13 +64,8 @@ NO_NODE, NODE_EXISTS, BAD_ARGUMENTS, MARSHALLING, UNIMPLEMENTED = -101, -110, -8
 
 @pytest.fixture
 def zk(zk_server: Server) -> Iterator[KazooClient]:
-    client = KazooClient(zk_server.hosts, timeout=10)
-    client.start(timeout=15)
-    try:
+    with kazoo_client(zk_server.hosts) as client:
         yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 @pytest.fixture
