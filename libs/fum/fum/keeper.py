@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from kazoo.client import KazooClient
 
 HOSTS_VARIABLE = "FUM_KEEPER_HOSTS"
+# How the client retries a command that must be tried again (a lost connection, or a
+# recipe's optimistic write that lost a race, as Counter's): kazoo's default backs off
+# up to an hour; a function's call has a timeout, so here the waits stay short.
+COMMAND_RETRY = {"max_tries": -1, "delay": 0.01, "backoff": 2, "max_jitter": 0.05, "max_delay": 1.0}
 
 _client: KazooClient | None = None
 _lock = threading.Lock()
@@ -47,7 +51,7 @@ def keeper(timeout: float = 15.0) -> KazooClient:
                 raise NoKeeper(
                     "fum.keeper() needs kazoo: add it to the function's requirements"
                 ) from None
-            client = KazooClient(hosts=hosts)
+            client = KazooClient(hosts=hosts, command_retry=dict(COMMAND_RETRY))
             client.start(timeout=timeout)
             atexit.register(_close, client)
             _client = client
