@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.retry import KazooRetry
@@ -21,8 +22,9 @@ from .keeper import TICK_MS, RawClient, start_server
 OPEN = [wire.ACL(31, wire.Id("world", "anyone"))]
 
 
-def test_kill_9_under_writes_loses_no_acknowledged_write(tmp_path: Path) -> None:
-    keeper = start_server("keeper", tmp_path / "k")
+@pytest.mark.parametrize("sync", ["normal", "full"])  # commits on the loop, on a thread
+def test_kill_9_under_writes_loses_no_acknowledged_write(tmp_path: Path, sync: str) -> None:
+    keeper = start_server("keeper", tmp_path / "k", keeper_sync=sync)
     acked: list[list[str]] = [[] for _ in range(6)]
     stop = threading.Event()
 

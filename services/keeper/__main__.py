@@ -36,9 +36,7 @@ async def run(settings: KeeperSettings) -> int:
         stack.push_async_callback(store.close)
         server = KeeperServer(settings, store, loaded)
         hosts = [host.strip() for host in settings.keeper_host.split(",") if host.strip()]
-        listener = await loop.create_server(
-            lambda: Connection(server), hosts, settings.keeper_port
-        )
+        listener = await loop.create_server(lambda: Connection(server), hosts, settings.keeper_port)
         expiry = loop.create_task(server.expire_sessions())
 
         def on_signal(signum: signal.Signals) -> None:

@@ -507,6 +507,15 @@ class KeeperServer:
         changes = self._take_changes()
         held, self._held = self._held, []
         self._dirty = False
+        if self.store.inline:
+            try:
+                self.store.write(changes)
+            except StoreFailed as exc:
+                self._failed(exc)
+                return
+            self._counts["commits"] += 1
+            self._deliver(held)
+            return
         self._committing = True
         task = asyncio.get_running_loop().create_task(self._commit(changes, held))
         self._tasks.add(task)
@@ -516,9 +525,7 @@ class KeeperServer:
         try:
             await self.store.commit(changes)
         except StoreFailed as exc:
-            log.error("keeper.store_failed", error=str(exc))
-            self.failure = exc
-            self.stopped.set()
+            self._failed(exc)
             return
         finally:
             self._committing = False
@@ -529,6 +536,12 @@ class KeeperServer:
         else:
             rest, self._held = self._held, []
             self._deliver(rest)
+
+    def _failed(self, exc: StoreFailed) -> None:
+        """The file lost a commit: stop, and send none of the replies it held."""
+        log.error("keeper.store_failed", error=str(exc))
+        self.failure = exc
+        self.stopped.set()
 
     def _deliver(self, held: list[tuple[Connection, bytes | None]]) -> None:
         touched: dict[Connection, None] = {}
