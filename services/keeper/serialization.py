@@ -86,7 +86,10 @@ class Reader:
 
     __slots__ = ("buf", "offset")
 
-    def __init__(self, buf: bytes | memoryview, offset: int = 0) -> None:
+    # ``buf`` is bytes, so a slice of it is bytes already. The hot reads (int32, buffer)
+    # do their own unpacking: a request is a handful of fields, each read costs calls.
+
+    def __init__(self, buf: bytes, offset: int = 0) -> None:
         self.buf = buf
         self.offset = offset
 
@@ -99,7 +102,12 @@ class Reader:
         return values
 
     def int32(self) -> int:
-        return self._take(INT)[0]
+        offset = self.offset
+        if offset + 4 > len(self.buf):
+            raise MalformedPacket(f"packet ends inside a field at byte {offset}")
+        self.offset = offset + 4
+        value: int = INT.unpack_from(self.buf, offset)[0]
+        return value
 
     def int64(self) -> int:
         return self._take(LONG)[0]
@@ -112,15 +120,18 @@ class Reader:
         return value != 0
 
     def buffer(self) -> bytes | None:
-        length = self.int32()
+        buf, start = self.buf, self.offset + 4
+        if start > len(buf):
+            raise MalformedPacket(f"packet ends inside a field at byte {self.offset}")
+        (length,) = INT.unpack_from(buf, self.offset)
         if length < 0:
+            self.offset = start
             return None
-        end = self.offset + length
-        if end > len(self.buf):
+        end = start + length
+        if end > len(buf):
             raise MalformedPacket(f"a field of {length} bytes runs past the packet")
-        value = bytes(self.buf[self.offset : end])
         self.offset = end
-        return value
+        return buf[start:end]
 
     def string(self) -> str | None:
         raw = self.buffer()
