@@ -16,7 +16,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import LockTimeout
 
-from fum_cli.local import LocalCluster
+from fum_cli.local import LocalCluster, free_port
 
 from .keeper import kazoo_client, start_server
 from .support import Api, targz, unique
@@ -148,3 +148,26 @@ except fum.NoKeeper as exc:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
     assert "FUM_KEEPER_HOSTS is not set" in out.stdout
+
+
+async def test_the_sdk_finds_the_keeper_through_the_api(cluster: LocalCluster) -> None:
+    from fum_client import AsyncClient, Client, NoKeeper
+
+    path = f"/sdk-{uuid.uuid4().hex[:8]}"
+    with Client(cluster.url) as api:
+        client = await asyncio.to_thread(api.keeper)
+        try:
+            client.create(path, b"from the sdk")
+            assert client.hosts == [("127.0.0.1", cluster.keeper_port)]
+        finally:
+            client.stop()
+            client.close()
+        with pytest.raises(NoKeeper, match="did not answer"):
+            await asyncio.to_thread(api.keeper, f"127.0.0.1:{free_port()}", 1.0)
+    async with AsyncClient(cluster.url) as aio:
+        client = await aio.keeper()
+        try:
+            assert client.get(path)[0] == b"from the sdk"
+        finally:
+            client.stop()
+            client.close()
