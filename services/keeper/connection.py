@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-MARSHALLING_ERROR = -5
-
 # ZooKeeper's four-letter words, read in place of the first length
 FOUR_LETTER_WORDS = {INT.unpack(word)[0]: word.decode() for word in (b"ruok", b"srvr", b"envi")}
 

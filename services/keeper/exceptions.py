@@ -20,6 +20,10 @@ class RuntimeInconsistency(KeeperError):
     code = -2
 
 
+class MarshallingError(KeeperError):
+    code = -5
+
+
 class Unimplemented(KeeperError):
     code = -6
 

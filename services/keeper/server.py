@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from .exceptions import (
     AuthFailed,
     BadArguments,
     KeeperError,
+    MarshallingError,
     NoNode,
     ReconfigDisabled,
     RuntimeInconsistency,
@@ -76,7 +76,6 @@ from .watches import Watches
 log = structlog.get_logger()
 
 VERSION = "3.8.0-fum-keeper"  # what srvr and envi report (the protocol of ZooKeeper 3.8)
-MARSHALLING_ERROR = -5
 
 Body = bytes | bytearray
 Handler = Callable[[Connection, Any, int], Body]
@@ -104,7 +103,6 @@ class KeeperServer:
             self.sessions.restore(sid, passwd, timeout)
         self.watches = Watches()
         self.connections: set[Connection] = set()
-        self.started = time.monotonic()
         self.failure: StoreFailed | None = None
         self.stopped = asyncio.Event()
         # the group commit: replies held until the writes before them are durable
@@ -249,7 +247,7 @@ class KeeperServer:
         session.touch()
         if request_type.writes:
             self._next_zxid()
-        conn.queue(reply(xid, self.zxid, MARSHALLING_ERROR))
+        conn.queue(reply(xid, self.zxid, MarshallingError.code))
 
     def _fire(self, events: list[Event]) -> None:
         for kind, path in events:

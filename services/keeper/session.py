@@ -57,6 +57,3 @@ class Sessions:
     def expired(self) -> list[Session]:
         now = time.monotonic()
         return [s for s in self.by_id.values() if s.deadline <= now and not s.ended]
-
-    def next_deadline(self) -> float | None:
-        return min((s.deadline for s in self.by_id.values() if not s.ended), default=None)

@@ -32,7 +32,7 @@ from .exceptions import (
     NotEmpty,
     Unimplemented,
 )
-from .serialization import ACL, STAT, EventType, Id, Stat
+from .serialization import ACL, STAT, EventType, Id
 
 # the nodes ZooKeeper keeps for itself: they exist from the start and cannot be deleted
 ZOOKEEPER = "/zookeeper"
@@ -133,9 +133,6 @@ class Node:
             children,
             self.pzxid,
         )
-
-    def stat(self) -> Stat:
-        return Stat(*STAT.unpack(self.stat_bytes()))
 
 
 def now_ms() -> int:

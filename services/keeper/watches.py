@@ -49,9 +49,6 @@ class WatchTable:
             if not watchers:
                 del self.by_path[path]
 
-    def count(self) -> int:
-        return sum(len(watchers) for watchers in self.by_path.values())
-
 
 class Watches:
     """Data and child watches; ``trigger`` tells each watcher of an event, once."""
