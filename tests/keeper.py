@@ -1,7 +1,7 @@
 """Keeper test helpers: the keeper and Debian's ZooKeeper as real processes, a raw client.
 
 ``start_server("keeper" | "zookeeper", folder)`` starts one on a free loopback port with
-a data folder of its own and waits until it answers ``ruok``. Both run with the same
+a data folder of its own and waits until it serves (``srvr`` names its mode). Both run with the same
 tick (``TICK_MS``), so they negotiate the same session timeouts. ``RawClient`` speaks
 the protocol packet by packet (through ``services.keeper.serialization``), for what
 kazoo cannot show: the order of packets, malformed input, sessions left to expire.
@@ -85,6 +85,7 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 60.0) -> Server:
+        """Wait until the server serves sessions."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -92,7 +93,9 @@ class Server:
                     f"{self.kind} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}"
                 )
             try:
-                if four_letter_word("127.0.0.1", self.port, "ruok", 1.0) == "imok":
+                # `srvr`, not `ruok`: ZooKeeper says imok while it is still loading, and
+                # closes the sessions it is asked for until it serves (srvr says "Mode:")
+                if "Mode:" in four_letter_word("127.0.0.1", self.port, "srvr", 1.0):
                     return self
             except OSError:
                 pass
@@ -159,7 +162,7 @@ def _spawn(kind: str, folder: Path, port: int, env: dict[str, str]) -> subproces
 
 
 def start_server(kind: str, folder: Path, **settings: object) -> Server:
-    """A keeper (``settings`` as FUM_KEEPER_* values) or a ZooKeeper, answering ``ruok``."""
+    """A keeper (``settings`` as FUM_KEEPER_* values) or a ZooKeeper, serving sessions."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = dict(os.environ)

@@ -703,3 +703,17 @@ def test_pipelined_requests_answer_in_order(zk_server: Server, base: str) -> Non
         raw.send_raw(b"".join(requests))
         order = [raw.read_reply()[0] for _ in range(100)]
         assert order == [x for n in range(50) for x in (n + 1, 1000 + n)]
+
+
+def test_reconfig_children_count_and_acl_errors(zk_server: Server, base: str) -> None:
+    with RawClient(zk_server.hosts) as raw:
+        raw.connect()
+        for path in (f"{base}/a", f"{base}/a/b", f"{base}/c"):
+            assert raw.call(Create(path, b"", OPEN, 0))[0] == 0
+        err, body = raw.call(wire.GetAllChildrenNumber(base))
+        assert (err, body.int32()) == (0, 3)
+        assert raw.call(wire.GetAllChildrenNumber(f"{base}/nope"))[0] == NO_NODE
+        assert raw.call(wire.Reconfig(None, None, "server.1=x", -1))[0] == -123
+        assert raw.call(wire.GetACL(f"{base}/nope"))[0] == NO_NODE
+        assert raw.call(wire.SetACL(f"{base}/a", OPEN, 3))[0] == -103
+        assert raw.call(wire.SetACL(f"{base}/nope", OPEN, -1))[0] == NO_NODE
