@@ -142,6 +142,7 @@ class LocalCluster:
     def _docker_gateway(self) -> str:
         """The gateway of this cluster's docker network (made now if it is not there)."""
         import asyncio
+        from concurrent.futures import ThreadPoolExecutor
 
         import aiodocker
 
@@ -151,7 +152,9 @@ class LocalCluster:
             async with aiodocker.Docker() as docker:
                 return await ensure_network(docker, self.docker_network)
 
-        return asyncio.run(gateway())
+        # a loop of its own, on a thread: the caller may be inside a running loop (tests)
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            return thread.submit(asyncio.run, gateway()).result()
 
     def start_db(self, policy: str | None = None) -> None:
         self._spawn(
