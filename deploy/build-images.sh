@@ -374,8 +374,9 @@ build_runtime() {
     local ctx="$CTX/runtime"
     rm -rf "$ctx"; mkdir -p "$ctx"
     cp "$ROOT/runtimes/python/Dockerfile" "$ctx/Dockerfile"
-    # cloudpickle: the SDK's built-in function runs Python callables sent pickled.
-    collect_wheels "$ctx/wheels" "$SRC/libs/fum" pyzmq cloudpickle
+    # cloudpickle: the SDK's built-in function runs Python callables sent pickled;
+    # kazoo: fum.keeper(), the client of the cluster's keeper.
+    collect_wheels "$ctx/wheels" "$SRC/libs/fum" pyzmq cloudpickle kazoo
     build_image runtime "$ctx" "$BASE" pythonruntime:latest fum/python-runtime:latest
 }
 

@@ -1,4 +1,5 @@
-"""A local cluster: db, api and workers as processes on loopback (process driver by default).
+"""A local cluster: keeper, db, api and workers as processes on loopback (process driver by
+default).
 
 ``fum up`` runs one in the foreground; the tests and the benchmarks start one the same way.
 """
@@ -38,7 +39,7 @@ class ClusterError(RuntimeError):
 
 @dataclass
 class LocalCluster:
-    """db + api + ``workers`` workers, each a ``python -m services.X`` process."""
+    """keeper + db + api + ``workers`` workers, each a ``python -m services.X`` process."""
 
     data_dir: Path
     port: int = 3000  # 0: any free port
@@ -54,6 +55,8 @@ class LocalCluster:
     # ``node`` (for its workers' package fetches).
     auth: bool = False
     env: dict[str, str] = field(default_factory=dict)  # extra FUM_* settings for every process
+    # A keeper or ZooKeeper ensemble to use ("host:port,..."), instead of starting a keeper.
+    external_keeper: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -61,6 +64,10 @@ class LocalCluster:
         self.http_port = self.port or free_port()
         self.node_port = free_port()
         self.db_port = free_port()
+        self.keeper_port = free_port()
+        # where function sandboxes reach the keeper: loopback, or (docker) the gateway of
+        # the cluster's network, known once start_keeper has made it
+        self.sandbox_keeper_host = "127.0.0.1"
         # With the docker driver, each local cluster has its own network: the network is
         # what tells one cluster's function containers from another's on the same engine.
         self.docker_network = f"fum-local-{self.http_port}"
@@ -75,6 +82,16 @@ class LocalCluster:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def keeper_hosts(self) -> str:
+        """The keeper as clients on this machine reach it."""
+        return self.external_keeper or f"127.0.0.1:{self.keeper_port}"
+
+    @property
+    def sandbox_keeper_hosts(self) -> str:
+        """The keeper as function sandboxes reach it."""
+        return self.external_keeper or f"{self.sandbox_keeper_host}:{self.keeper_port}"
 
     def _env(self, **settings: object) -> dict[str, str]:
         env = dict(os.environ)
@@ -109,6 +126,8 @@ class LocalCluster:
         if self.auth:
             self.api_key = add_key(self.keys_file, "admin")
             self._node_key = add_key(self.keys_file, "node")
+        if not self.external_keeper:
+            self.start_keeper()
         self.start_db()
         self.start_api()
         for node in range(self.workers):
@@ -122,6 +141,36 @@ class LocalCluster:
 
     def _log(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"
+
+    def start_keeper(self, policy: str | None = None) -> None:
+        if self.driver == "docker":
+            self.sandbox_keeper_host = self._docker_gateway()
+        self._spawn(
+            "keeper",
+            "keeper",
+            self._log("keeper"),
+            keeper_host=",".join(dict.fromkeys(["127.0.0.1", self.sandbox_keeper_host])),
+            keeper_port=self.keeper_port,
+            keeper_path=self.data_dir / "keeper.sqlite3",
+            keeper_start_policy=policy or self.db_policy,
+        )
+
+    def _docker_gateway(self) -> str:
+        """The gateway of this cluster's docker network (made now if it is not there)."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        import aiodocker
+
+        from services.miniworker.docker_driver import ensure_network
+
+        async def gateway() -> str:
+            async with aiodocker.Docker() as docker:
+                return await ensure_network(docker, self.docker_network)
+
+        # a loop of its own, on a thread: the caller may be inside a running loop (tests)
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            return thread.submit(asyncio.run, gateway()).result()
 
     def start_db(self, policy: str | None = None) -> None:
         self._spawn(
@@ -143,6 +192,7 @@ class LocalCluster:
             data_dir=self.data_dir / "api",
             invocation_policy=self.policy,
             api_keys=self.keys_file if self.auth else "",
+            keeper_hosts=self.keeper_hosts,
         )
 
     def start_worker(self, node: int) -> None:
@@ -157,6 +207,7 @@ class LocalCluster:
             driver=self.driver,
             docker_network=self.docker_network,
             **({"api_key": self._node_key} if self.auth else {}),
+            keeper_hosts=self.sandbox_keeper_hosts,
         )
 
     def get(self, path: str) -> object:
@@ -206,6 +257,7 @@ class LocalCluster:
             self.stop_process(name)
         self.stop_process("api")
         self.stop_process("db")
+        self.stop_process("keeper")
         if self.driver == "docker":
             subprocess.run(
                 ["docker", "network", "rm", self.docker_network], capture_output=True, check=False

@@ -30,6 +30,7 @@ from fum_client.packaging import load_package
 
 from . import cluster as state
 from .keys import key_app
+from .keeper import keeper_app
 from .local import ClusterError, LocalCluster, default_data_dir
 from .output import (
     CALL_COLUMNS,
@@ -84,6 +85,7 @@ app.add_typer(runtime_app, name="runtime", no_args_is_help=True)
 app.add_typer(fn_app, name="fn", no_args_is_help=True)
 app.add_typer(config_app, name="config", no_args_is_help=True)
 app.add_typer(key_app, name="key", no_args_is_help=True)
+app.add_typer(keeper_app, name="keeper")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts)")]
 DataOpt = Annotated[
@@ -330,6 +332,7 @@ def up(
     pids = {name: proc.pid for name, proc in cluster.procs.items()}
     state.write_state(data, state.UpState(os.getpid(), cluster.url, str(data), time.time(), pids))
     typer.echo(f"fum is up: {cluster.url}  (data in {cluster.data_dir}; Ctrl-C stops it)")
+    typer.echo(f"keeper: {cluster.keeper_hosts}")
     try:
         while not stop.wait(0.5):
             for name, proc in cluster.procs.items():
@@ -408,6 +411,7 @@ def status(
             health = probe.health()
             nodes = probe.list_nodes()
         report.update(up=True, health=health.status, nodes=[n.to_dict() for n in nodes])
+        report["keeper"] = health.keeper
     except FumError as exc:
         report.update(up=False, error=str(exc))
     if json_:
@@ -420,6 +424,8 @@ def status(
             out().print(f"no local cluster running for {data}")
         if report["up"]:
             out().print(f"[green]up[/]: {url}  ({len(report['nodes'])} node(s))")
+            if report["keeper"]:
+                out().print(f"keeper: {report['keeper']}")
         else:
             out().print(f"[red]down[/]: {escape(report['error'])}")
     if not report["up"]:

@@ -37,6 +37,7 @@ from .executor import (
     ExecutorClosed,
     FunctionExecutor,
 )
+from .keeper import NoKeeper
 from .models import Call, CallPage, Function, Health, Node, Runtime, WaitResult
 from .packaging import PackageError, pack_folder
 from .serialize import SerializationError
@@ -74,6 +75,7 @@ __all__ = [
     "Function",
     "FunctionExecutor",
     "Health",
+    "NoKeeper",
     "Node",
     "NotFound",
     "PackageError",

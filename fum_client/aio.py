@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
@@ -15,8 +15,12 @@ from . import _api
 from ._http import UPLOAD_CHUNK, Progress, default_headers
 from .config import Settings, resolve
 from .errors import ApiUnreachable, WaitTimeout, api_error
+from .keeper import configured_hosts, start_keeper
 from .models import Call, CallPage, Function, Health, Node, Runtime, WaitResult
 from .packaging import load_package
+
+if TYPE_CHECKING:
+    from kazoo.client import KazooClient
 
 T = TypeVar("T")
 
@@ -112,6 +116,12 @@ class AsyncClient:
 
     async def health(self) -> Health:
         return await self._send(_api.health())
+
+    async def keeper(self, hosts: str | None = None, timeout: float = 15.0) -> KazooClient:
+        """A started kazoo client of the cluster's keeper (see ``Client.keeper``); kazoo
+        is thread-based: call it from ``asyncio.to_thread`` in async code."""
+        hosts = configured_hosts(hosts) or (await self.health()).keeper
+        return await asyncio.to_thread(start_keeper, hosts, self.api_url, timeout)
 
     async def openapi(self) -> dict[str, Any]:
         document: dict[str, Any] = await self._send(_api.openapi())

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _api
 from ._http import Progress, SyncTransport
 from .config import Settings, resolve
 from .errors import WaitTimeout
+from .keeper import configured_hosts, start_keeper
 from .models import Call, CallPage, Function, Health, Node, Runtime, WaitResult
 from .packaging import load_package
+
+if TYPE_CHECKING:
+    from kazoo.client import KazooClient
 
 
 class Client:
@@ -57,6 +61,13 @@ class Client:
     def health(self) -> Health:
         """``GET /healthz``: the api and its db answer."""
         return self._http.send(_api.health())
+
+    def keeper(self, hosts: str | None = None, timeout: float = 15.0) -> KazooClient:
+        """A started kazoo client of the cluster's keeper (ZooKeeper's protocol): at
+        ``hosts``, else ``FUM_KEEPER_HOSTS``, else where ``/healthz`` says. Stop it when
+        done."""
+        hosts = configured_hosts(hosts) or self.health().keeper
+        return start_keeper(hosts, self.api_url, timeout)
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI document of the api."""

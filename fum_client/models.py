@@ -105,10 +105,12 @@ class WaitResult(Model, frozen=True):
 
 
 class Health(Model, frozen=True):
-    """``GET /healthz``: the api and its db answer; how many workers are registered."""
+    """``GET /healthz``: the api and its db answer; how many workers are registered; where
+    the cluster's keeper is (``host:port``, None when it has none)."""
 
     status: str
     nodes: int = 0
+    keeper: str | None = None
 
 
 class _Items(msgspec.Struct):

@@ -16,6 +16,7 @@ import pytest
 
 from fum_cli.local import LocalCluster
 
+from .keeper import SERVERS, Server, start_server
 from .support import Api
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,3 +58,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, driver: str) -> Iterator[L
 async def api(cluster: LocalCluster) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession(cluster.url) as session:
         yield Api(session)
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def zk_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The keeper, then Debian's ZooKeeper: the same protocol tests run against both."""
+    server = start_server(str(request.param), tmp_path_factory.mktemp(str(request.param)))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def keeper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A keeper process for one test module."""
+    server = start_server("keeper", tmp_path_factory.mktemp("keeper"))
+    try:
+        yield server
+    finally:
+        server.stop()

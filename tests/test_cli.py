@@ -406,6 +406,7 @@ def test_up_status_down_with_docker(images: None, tmp_path: Path) -> None:
     env = {
         "FUM_CONFIG": str(tmp_path / "config.toml"),
         "FUM_REGISTRY_PORT": str(free_port()),
+        "FUM_KEEPER_PORT": str(free_port()),  # not the host's 2181, which another may hold
         "FUM_NODES_DIR": str(tmp_path / "nodes"),
         "FUM_NETWORK": project,
     }

@@ -16,7 +16,7 @@ import pytest
 from fum_cli.cluster import compose_command
 from fum_cli.local import free_port
 
-from .support import Api, curl, invoke_dice, register_dice
+from .support import Api, curl, invoke_dice, register_dice, targz
 
 pytestmark = pytest.mark.docker
 
@@ -76,6 +76,8 @@ def cluster(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "FUM_NODES_DIR": str(nodes),
         "FUM_NETWORK": project,
         "FUM_INVOCATION_POLICY": "round-robin",
+        "FUM_KEEPER_PORT": str(keeper_port := free_port()),
+        "FUM_KEEPER_CLIENT_HOSTS": f"127.0.0.1:{keeper_port}",
     }
     compose = Compose(project, env)
     try:
@@ -132,6 +134,53 @@ async def test_a_worker_lacking_an_image_pulls_it_from_the_registry(cluster: Com
             assert status == 200 and call["result"] == {"pulled": True}, call
     finally:
         subprocess.run(["docker", "rmi", "-f", name, remote], capture_output=True, check=False)
+
+
+KEEPER_FUNCTION = """
+import fum
+
+def handle(params):
+    client = fum.keeper()
+    client.ensure_path(params["path"])
+    counter = client.Counter(params["path"] + "/count")
+    counter += 1
+    return client.hosts
+"""
+
+
+async def test_functions_reach_the_keeper_which_keeps_its_tree(cluster: Compose) -> None:
+    from kazoo.client import KazooClient
+
+    path = f"/compose-{uuid.uuid4().hex[:8]}"
+    async with aiohttp.ClientSession(cluster.url) as session:
+        api = Api(session)
+        _, health = await api.request("GET", "/healthz")
+        assert health["keeper"] == cluster.env["FUM_KEEPER_CLIENT_HOSTS"]
+        await api.runtime("pyh")
+        status, body = await api.deploy(
+            f"{cluster.project}-keeper", "pyh", targz({"main.py": KEEPER_FUNCTION})
+        )
+        assert status == 201, body
+        for _ in range(4):  # round-robin: both nodes' containers
+            status, call = await api.invoke(f"{cluster.project}-keeper", {"path": path})
+            assert status == 200 and call["status"] == "DONE", call
+            assert call["result"] == [["keeper", 2181]]
+    cluster("restart", "keeper")  # its SQLite file is in a volume
+    deadline = time.monotonic() + 60
+    while "healthy" not in docker("inspect", "-f", "{{.State.Health.Status}}", keeper_id(cluster)):
+        assert time.monotonic() < deadline, "the keeper did not come back"
+        time.sleep(0.5)
+    client = KazooClient(health["keeper"])
+    client.start(timeout=30)
+    try:
+        assert client.Counter(f"{path}/count").value == 4
+    finally:
+        client.stop()
+        client.close()
+
+
+def keeper_id(cluster: Compose) -> str:
+    return cluster("ps", "-q", "keeper").strip()
 
 
 async def test_calls_go_on_when_a_worker_stops(cluster: Compose) -> None:

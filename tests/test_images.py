@@ -216,6 +216,8 @@ def test_second_run_is_cached_and_fast(checkout: Path, first_build: Run) -> None
 
 def test_runtime_has_fum_and_pyzmq(first_build: Run) -> None:
     docker("run", "--rm", "pythonruntime", "python3", "-c", "import fum, zmq")
+    # kazoo, for fum.keeper() (docs/KEEPER.md)
+    docker("run", "--rm", "pythonruntime", "python3", "-c", "import kazoo.client, fum.keeper")
 
 
 def test_runtime_python_and_pip_are_the_venv_and_work_offline(first_build: Run) -> None:
@@ -229,7 +231,14 @@ def test_runtime_python_and_pip_are_the_venv_and_work_offline(first_build: Run) 
 
 
 def test_services_image_runs_the_services(first_build: Run) -> None:
-    docker("run", "--rm", "fum/services", "python", "-c", "import services, fum, aiodocker")
+    docker(
+        "run",
+        "--rm",
+        "fum/services",
+        "python",
+        "-c",
+        "import services.keeper.server, fum, aiodocker",
+    )
     cmd = json.loads(inspect(SERVICES, "{{json .Config.Cmd}}"))
     assert cmd == ["python", "-m", "services.api"]
 

@@ -41,3 +41,4 @@ class ApiSettings(PackageLimits, frozen=True, kw_only=True):
     api_keys: str = ""
     max_json_mb: int = 32  # largest JSON body (a batch of calls, say); 413 beyond
     log_level: str = "info"
+    keeper_hosts: str = ""  # the keeper as clients reach it, told by /healthz ("": none)

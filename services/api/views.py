@@ -550,7 +550,10 @@ async def legacy_call_get(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     await request.app[DB].ping()
-    return json_response({"status": "ok", "nodes": len(request.app[DISPATCHER].nodes)})
+    health = {"status": "ok", "nodes": len(request.app[DISPATCHER].nodes)}
+    if request.app[SETTINGS].keeper_hosts:
+        health["keeper"] = request.app[SETTINGS].keeper_hosts
+    return json_response(health)
 
 
 async def list_runtimes(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""Health checks for containers: ``python -m services.common.health db|http ADDRESS``.
+"""Health checks for containers: ``python -m services.common.health db|http|keeper ADDRESS``.
 
 Exit 0 when the service answers within two seconds, 1 otherwise (Docker's contract). The
 db is asked with the keys of ``FUM_KEYS_DIR`` (the service's own, in its container).
@@ -6,6 +6,7 @@ db is asked with the keys of ``FUM_KEYS_DIR`` (the service's own, in its contain
 
 from __future__ import annotations
 
+import socket
 import sys
 import urllib.request
 
@@ -43,9 +44,20 @@ def http_answers(url: str) -> bool:
         return False
 
 
+def keeper_answers(address: str) -> bool:
+    """The keeper (or a ZooKeeper) answers ``ruok`` with ``imok``; ``address`` is host:port."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=DEADLINE_MS / 1000) as sock:
+            sock.sendall(b"ruok")
+            return sock.recv(4) == b"imok"
+    except (OSError, ValueError):
+        return False
+
+
 def main() -> None:
     kind, address = sys.argv[1], sys.argv[2]
-    check = {"db": db_answers, "http": http_answers}[kind]
+    check = {"db": db_answers, "http": http_answers, "keeper": keeper_answers}[kind]
     sys.exit(0 if check(address) else 1)
 
 

@@ -178,6 +178,8 @@ class Miniworker:
             "FUM_HOST_IP": sandbox.host_ip,
             "FUM_HOST_PORT": str(host.port),
         }
+        if self.settings.keeper_hosts:
+            env["FUM_KEEPER_HOSTS"] = self.settings.keeper_hosts
         node_ip, node_port = await sandbox.launch(env)
         setup = asyncio.ensure_future(host.wait_setup())
         exited = asyncio.ensure_future(sandbox.exited.wait())

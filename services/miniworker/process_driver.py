@@ -55,19 +55,22 @@ def _child_setup(memory_mb: int | None) -> Callable[[], None]:
 
 
 def sandbox_lib(node_dir: Path) -> Path:
-    """A folder holding only ``fum``, ``pyzmq`` and ``cloudpickle`` (links to this
-    interpreter's copies), as the runtime image has them installed.
+    """A folder holding only ``fum``, ``pyzmq``, ``cloudpickle`` and ``kazoo`` (links to
+    this interpreter's copies), as the runtime image has them installed.
 
-    cloudpickle is there for the SDK's built-in function, which runs Python callables.
+    cloudpickle is there for the SDK's built-in function, which runs Python callables;
+    kazoo for ``fum.keeper()``.
     """
     import cloudpickle
     import fum
+    import kazoo
     import zmq
 
     sources = [
         Path(fum.__file__).parent,
         Path(zmq.__file__).parent,
         Path(cloudpickle.__file__).parent,
+        Path(kazoo.__file__).parent,
     ]
     libs = Path(zmq.__file__).parent.parent / "pyzmq.libs"
     if libs.exists():

@@ -17,6 +17,7 @@ class MiniworkerSettings(PackageLimits, frozen=True, kw_only=True):
     alive_interval: float = 1.0
     setup_timeout: float = 300.0  # dependencies + the function's own set-up
     log_level: str = "info"
+    keeper_hosts: str = ""  # FUM_KEEPER_HOSTS of every sandbox (see WorkerSettings)
     # the docker driver: the bridge network of function containers, the address they reach
     # this miniworker at (default: the network's gateway), and the registry to pull from
     docker_network: str = "fum"

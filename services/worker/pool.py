@@ -613,6 +613,7 @@ class Pool:
             docker_host_ip=self.settings.docker_host_ip,
             docker_registry=self.settings.docker_registry,
             **limits_of(self.settings),
+            keeper_hosts=self.settings.keeper_hosts,
         )
         env = {**self._base_env, **settings_env(settings)}
         try:

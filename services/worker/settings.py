@@ -39,6 +39,9 @@ class WorkerSettings(PackageLimits, frozen=True, kw_only=True):
     miniworker_timeout: float = 10.0  # no Alive from a miniworker for this long: it is dead
     setup_timeout: float = 300.0
     log_level: str = "info"
+    # The keeper (or ZooKeeper ensemble, "host:port,host:port") as function sandboxes reach
+    # it: given to every sandbox as FUM_KEEPER_HOSTS, used by fum.keeper(). "": none.
+    keeper_hosts: str = ""
     # the docker driver (see MiniworkerSettings)
     docker_network: str = "fum"
     docker_host_ip: str = ""

@@ -10,6 +10,7 @@ A function script does its setup, then loops around ``fum_yield()``::
         fum.result(model(fum.params()))
 
 or defines ``def handle(params)`` and is run by ``python -m fum main:handle``.
+``fum.keeper()`` gives a kazoo client of the cluster's keeper (ZooKeeper's protocol).
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fum.keeper import NoKeeper, keeper
 from fum.session import Session, error_report
 
 __all__ = [
     "Fum",
+    "NoKeeper",
     "Session",
     "error_report",
     "fail",
     "fum_yield",
     "input_path",
+    "keeper",
     "output_path",
     "params",
     "result",

@@ -1,0 +1,1 @@
+"""The keeper: ZooKeeper's data model and client protocol, for functions (docs/KEEPER.md)."""
