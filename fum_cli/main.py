@@ -29,8 +29,8 @@ from fum_client.models import STATUSES, Call
 from fum_client.packaging import load_package
 
 from . import cluster as state
-from .keys import key_app
 from .keeper import keeper_app
+from .keys import key_app
 from .local import ClusterError, LocalCluster, default_data_dir
 from .output import (
     CALL_COLUMNS,
