@@ -84,7 +84,7 @@ async def test_fifty_concurrent_calls_count_exactly(api: Api, kazoo: KazooClient
 
 
 async def test_a_lock_held_across_calls(api: Api, kazoo: KazooClient) -> None:
-    name = await deploy(api, LOCKER, max_containers=1)
+    name = await deploy(api, LOCKER, maxContainers=1)
     path = f"/lock-{uuid.uuid4().hex[:8]}"
     status, call = await api.invoke(name, {"path": path, "op": "acquire", "me": "fn"})
     assert status == 200 and call["result"] is True, call
