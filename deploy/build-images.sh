@@ -13,6 +13,8 @@
 #                                                      runtimes/python/Dockerfile
 #   registry  fum/registry:latest   registry:2 if it can be pulled, else
 #                                   services/registry/Dockerfile (Debian package)
+#   prometheus fum/prometheus:latest deploy/prometheus/Dockerfile (Debian package);
+#                                   only with --only: compose's optional `metrics`
 #
 # Cache: each image carries the label fum.inputs=<sha256 of its Dockerfile, its
 # build context and the base image id>; an image whose tags already carry the
@@ -100,7 +102,8 @@ else
             services|fum/services) WANT[services]=1 ;;
             runtime|python-runtime|pythonruntime|fum/python-runtime) WANT[runtime]=1 ;;
             registry|fum/registry) WANT[registry]=1 ;;
-            *) die "unknown image for --only: $n (base, services, runtime, registry)" ;;
+            prometheus|fum/prometheus) WANT[prometheus]=1 ;;
+            *) die "unknown image for --only: $n (base, services, runtime, registry, prometheus)" ;;
         esac
     done
 fi
@@ -397,6 +400,13 @@ build_registry() {
     build_image registry "$ctx" "$BASE" fum/registry:latest
 }
 
+build_prometheus() {
+    local ctx="$CTX/prometheus"
+    rm -rf "$ctx"; mkdir -p "$ctx"
+    cp "$ROOT/deploy/prometheus/Dockerfile" "$ROOT/deploy/prometheus/prometheus.yml" "$ctx/"
+    build_image prometheus "$ctx" "$BASE" fum/prometheus:latest
+}
+
 push_runtime() {
     local tag
     for tag in pythonruntime:latest fum/python-runtime:latest; do
@@ -419,5 +429,6 @@ fi
 if wanted services; then build_services; fi
 if wanted runtime; then build_runtime; fi
 if wanted registry; then build_registry; fi
+if wanted prometheus; then build_prometheus; fi
 if [ -n "$PUSH_TO" ]; then push_runtime; fi
 log "done in $((SECONDS - START))s"

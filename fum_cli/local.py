@@ -73,6 +73,9 @@ class LocalCluster:
         self.docker_network = f"fum-local-{self.http_port}"
         self.keys_dir = self.data_dir / "keys"  # the control plane's (services/common/curve.py)
         self.api_key: str | None = None
+        # every service but the api (its /metrics is on its HTTP port) serves its metrics
+        # on a port of its own, kept across restarts (metrics_targets())
+        self.metrics_ports: dict[str, int] = {}
         self._node_key = ""
 
     @property
@@ -109,6 +112,8 @@ class LocalCluster:
         return env
 
     def _spawn(self, name: str, service: str, log: Path, **settings: object) -> None:
+        if service != "api":
+            settings["metrics_port"] = self.metrics_ports.setdefault(name, free_port())
         with log.open("ab") as out:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{service}"],
@@ -137,7 +142,25 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+        targets = self.data_dir / "metrics-targets.json"
+        targets.write_text(json.dumps(self.metrics_targets(), indent=2) + "\n")
         return self
+
+    def metrics_targets(self) -> list[dict[str, object]]:
+        """Where each service's metrics are, as Prometheus' file_sd_configs reads them
+        (``start`` writes them to DATA/metrics-targets.json)."""
+        api: dict[str, object] = {
+            "targets": [f"127.0.0.1:{self.http_port}"],
+            "labels": {"job": "fum-api"},
+        }
+        others: list[dict[str, object]] = [
+            {
+                "targets": [f"127.0.0.1:{port}"],
+                "labels": {"job": f"fum-{name.split('-')[0]}", "instance": name},
+            }
+            for name, port in self.metrics_ports.items()
+        ]
+        return [api, *others]
 
     def _log(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"

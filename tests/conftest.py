@@ -29,7 +29,8 @@ def images() -> None:
     them before pytest started, outside the per-test timeout)."""
     if os.environ.get("FUM_IMAGES_READY") == "1":
         return
-    subprocess.run([str(ROOT / "deploy" / "build-images.sh")], check=True, timeout=1800)
+    build = [str(ROOT / "deploy" / "build-images.sh"), "--only"]
+    subprocess.run([*build, "services,runtime,registry,prometheus"], check=True, timeout=1800)
 
 
 def start_cluster(tmp_path_factory: pytest.TempPathFactory, **options: object) -> LocalCluster:

@@ -78,15 +78,16 @@ def cluster(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "FUM_INVOCATION_POLICY": "round-robin",
         "FUM_KEEPER_PORT": str(keeper_port := free_port()),
         "FUM_KEEPER_CLIENT_HOSTS": f"127.0.0.1:{keeper_port}",
+        "FUM_PROMETHEUS_PORT": str(free_port()),
     }
     compose = Compose(project, env)
     try:
-        compose("up", "-d")
+        compose("--profile", "metrics", "up", "-d")  # with the optional Prometheus
         wait_nodes(compose.url, 2, 120)
         yield compose
     finally:
         subprocess.run(
-            [*compose.base, "down", "-v", "--remove-orphans"],
+            [*compose.base, "--profile", "metrics", "down", "-v", "--remove-orphans"],
             env=env,
             capture_output=True,
             timeout=300,
@@ -96,7 +97,7 @@ def cluster(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         left = docker("ps", "-aq", "--filter", f"label=fum.network={functions}").split()
         volumes = docker("volume", "ls", "-q", "--filter", f"name={project}_").split()
         subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
-        for network in (project, functions):
+        for network in (project, functions, f"{project}-metrics"):
             subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
         assert left == [], "the workers left function containers behind"
         assert volumes == [], "compose down -v left volumes"
@@ -109,12 +110,35 @@ async def test_original_curl_sequence_on_both_nodes(cluster: Compose) -> None:
     async with aiohttp.ClientSession(url) as session:
         api = Api(session)
         calls = [await api.wait_call(n, timeout=120) for n in nums]
-    assert [c["status"] for c in calls] == ["DONE"] * 4
+    assert [c["status"] for c in calls] == ["DONE"] * 4, [c["error"] for c in calls]
     for call in calls:
         assert len(call["result"]) == 4 and all(1 <= d <= 6 for d in call["result"])
     assert {c["nodeId"] for c in calls} == {0, 1}  # round-robin over the two nodes
     legacy = json.loads(curl(f"{url}/call/{nums[0]}"))
     assert legacy["status"] == "DONE" and len(json.loads(legacy["result"])) == 4
+
+
+def test_prometheus_scrapes_every_service(cluster: Compose) -> None:
+    """The `metrics` profile's Prometheus finds every service's metrics up."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{cluster.env['FUM_PROMETHEUS_PORT']}/api/v1/targets"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                targets = json.loads(answer.read())["data"]["activeTargets"]
+            health = {t["labels"]["instance"]: t["health"] for t in targets}
+        except OSError:
+            health = {}
+        if len(health) == 5 and set(health.values()) == {"up"}:
+            break
+        assert time.monotonic() < deadline, f"targets not all up: {health}"
+        time.sleep(1)
+    query = f"http://127.0.0.1:{cluster.env['FUM_PROMETHEUS_PORT']}/api/v1/query?query=fum_nodes"
+    with urllib.request.urlopen(query, timeout=5) as answer:
+        result = json.loads(answer.read())["data"]["result"]
+    assert [float(r["value"][1]) for r in result] == [2.0]
 
 
 async def test_a_worker_lacking_an_image_pulls_it_from_the_registry(cluster: Compose) -> None:

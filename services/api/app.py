@@ -17,6 +17,7 @@ from services.common.errors import FumError, Overloaded, Unavailable
 from services.common.models import Call
 from services.common.rpc import close_context
 
+from . import metrics
 from .auth import ApiKeys
 from .callnums import CallNumbers
 from .catalog import Catalog, PackageStore
@@ -47,6 +48,7 @@ async def errors_and_access_log(
     try:
         response = await handler(request)
     except Overloaded as exc:
+        metrics.REJECTED.inc()
         response = json_response(
             error_body(exc.code, exc.message),
             exc.http_status,
@@ -63,12 +65,17 @@ async def errors_and_access_log(
     except Exception as exc:
         log.exception("http.error", path=request.path)
         response = json_response(error_body("internal", f"{type(exc).__name__}: {exc}"), 500)
+    seconds = time.perf_counter() - t0
+    route = request.match_info.route.resource
+    template = route.canonical if route is not None else "unmatched"  # never a raw path
+    metrics.HTTP_REQUESTS.labels(request.method, template, str(response.status)).inc()
+    metrics.HTTP_SECONDS.labels(request.method, template).observe(seconds)
     log.debug(
         "http.request",
         method=request.method,
         path=request.path,
         status=response.status,
-        ms=round((time.perf_counter() - t0) * 1000, 3),
+        ms=round(seconds * 1000, 3),
     )
     return response
 

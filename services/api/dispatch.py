@@ -15,6 +15,7 @@ import zmq
 
 from services.common.curve import ClusterKeys
 from services.common.errors import FumError, Unavailable, UnknownNode
+from services.common.metrics import register
 from services.common.models import Call, Function, Limits, Runtime
 from services.common.node_protocol import (
     NODE_PROTOCOL,
@@ -30,6 +31,7 @@ from services.common.node_protocol import (
 from services.common.protocol import Message, Protocol
 from services.common.rpc import EVENT, Channel, bound_endpoint, make_socket
 
+from . import metrics
 from .admission import Admission
 from .policies import POLICIES, Node
 from .settings import ApiSettings
@@ -77,6 +79,9 @@ class Dispatcher:
         # the db has the result, and a client that was answered must then find it here.
         self.recent: OrderedDict[int, Call] = OrderedDict()
         self._ctx, self._keys = ctx, keys
+        self.metrics = register(
+            metrics.NodesCollector(lambda: list(self.nodes.values()), lambda: len(self._placed))
+        )
         self._channel: Channel | None = None  # open(): once the catalogue is loaded
         self.endpoint = ""
         self._handlers: dict[type[Message], Callable[[bytes, Message], Message | None]] = {
@@ -260,6 +265,7 @@ class Dispatcher:
         if node is None or node.identity != identity:
             raise UnknownNode(f"node {message.node_id} is not registered")
         node.last_seen, node.heard_at = time.monotonic(), time.time()
+        self.metrics.heard(node.node_id)
         node.capacity, node.busy, node.queued = message.capacity, message.busy, message.queued
         node.idle, node.generic = dict(message.idle), message.generic
         return HeartbeatAck()
@@ -291,6 +297,8 @@ class Dispatcher:
             following = self.admission.finished(placed.call.func_name)
             if following is not None:
                 self._place(following)
+        if call.call_num not in self.recent:  # a call dispatched twice may end twice
+            metrics.call_ended(call)
         self.recent[call.call_num] = call
         if len(self.recent) > RECENT:
             self.recent.popitem(last=False)

@@ -80,6 +80,13 @@ ROUTES: tuple[Route, ...] = (
         responses=(200, 503),
     ),
     Route("GET", "/v1/openapi.json", openapi_view, "This document"),
+    Route(
+        "GET",
+        "/metrics",
+        views.metrics_view,
+        "The api's metrics, Prometheus text format",
+        tag="operations",
+    ),
     Route("GET", "/v1/runtimes", views.list_runtimes, "List runtimes"),
     Route(
         "POST",

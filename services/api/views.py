@@ -17,6 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from services.common.db_client import DbClient
 from services.common.errors import BadRequest, NotFound, TooLarge, Unavailable
+from services.common.metrics import CONTENT_TYPE_LATEST, exposition
 from services.common.models import (
     FINAL_STATUSES,
     LIMIT_NAMES,
@@ -554,6 +555,11 @@ async def healthz(request: web.Request) -> web.Response:
     if request.app[SETTINGS].keeper_hosts:
         health["keeper"] = request.app[SETTINGS].keeper_hosts
     return json_response(health)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    """The api's metrics in the Prometheus text format (services/api/metrics.py)."""
+    return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def list_runtimes(request: web.Request) -> web.Response:

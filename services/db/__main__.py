@@ -11,7 +11,7 @@ import structlog
 import uvloop
 import zmq
 
-from services.common import profiling
+from services.common import metrics, profiling
 from services.common.curve import ClusterKeys, authenticator
 from services.common.logs import setup_logging
 from services.common.rpc import close_context, make_socket
@@ -56,6 +56,7 @@ async def run(settings: DbSettings) -> int:
             loop.add_signal_handler(signum, on_signal, signum)
             stack.callback(loop.remove_signal_handler, signum)
 
+        metrics.serve(settings.metrics_port, settings.metrics_host, "db")
         log.info("db.listening", bind=settings.db_bind, path=settings.db_path)
         try:
             await server.serve()

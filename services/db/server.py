@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -64,6 +64,7 @@ from services.common.models import check_name, now
 from services.common.protocol import Error, Message, Protocol
 from services.common.rpc import Channel
 
+from . import metrics
 from .store import RollbackFailed, Store, check_status
 
 log = structlog.get_logger()
@@ -196,6 +197,7 @@ class DbServer:
         except Exception as exc:
             # Nothing of this batch is durable: no request of it may be answered as done.
             log.error("db.batch_failed", requests=len(requests), exc_info=exc)
+            metrics.FAILED.inc()
             failed = Error(code=Unavailable.code, message=f"db: batch not committed: {exc}")
             for request in requests:
                 request.reply = failed
@@ -204,12 +206,18 @@ class DbServer:
                 raise  # answered; but no other batch may run on this connection
             return
         self._send_replies(requests)
+        seconds = time.perf_counter() - started
+        metrics.BATCH_SECONDS.labels(str(writers > 0).lower()).observe(seconds)
+        metrics.BATCH_REQUESTS.observe(len(requests))
+        kinds = Counter(r.message.msg_type for r in requests if r.message is not None)
+        for kind, count in kinds.items():
+            metrics.REQUESTS.labels(kind).inc(count)
         log.debug(
             "db.batch",
             requests=len(requests),
             units=len(units),
             writes=writers > 0,
-            ms=round((time.perf_counter() - started) * 1000, 3),
+            ms=round(seconds * 1000, 3),
         )
 
     def _decode(self, frames: list[bytes]) -> _Request:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import msgspec
-
 from services.common.curve import DEFAULT_DIR
+from services.common.metrics import MetricsSettings
 
 
-class DbSettings(msgspec.Struct, frozen=True, kw_only=True):
+class DbSettings(MetricsSettings, frozen=True, kw_only=True):
     """Where the db listens and stores, and how hard it tries to keep what it stored."""
 
     db_bind: str = "tcp://127.0.0.1:3002"

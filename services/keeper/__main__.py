@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 import structlog
 import uvloop
 
-from services.common import profiling
+from services.common import metrics, profiling
 from services.common.logs import setup_logging
 from services.common.settings import load_settings
 
@@ -52,6 +52,7 @@ async def run(settings: KeeperSettings) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
             stack.callback(loop.remove_signal_handler, signum)
+        metrics.serve(settings.metrics_port, settings.metrics_host, "keeper")
         host, port = listener.sockets[0].getsockname()[:2]
         log.info(
             "keeper.listening",

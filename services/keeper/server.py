@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from services.common.metrics import register
+
 from . import acl as acls
+from . import metrics
 from .acl import Perms
 from .connection import Connection
 from .exceptions import (
@@ -102,6 +106,7 @@ class KeeperServer:
         for sid, passwd, timeout in loaded.sessions:
             self.sessions.restore(sid, passwd, timeout)
         self.watches = Watches()
+        register(metrics.KeeperCollector(self._sizes))
         self.connections: set[Connection] = set()
         self.failure: StoreFailed | None = None
         self.stopped = asyncio.Event()
@@ -222,6 +227,7 @@ class KeeperServer:
         session.touch()
         self._counts["requests"] += 1
         zxid = self._next_zxid() if request.writes else 0
+        started = time.perf_counter()
         try:
             body = self._handlers[request.type](conn, request, zxid)
         except MultiFailed as failed:
@@ -238,6 +244,10 @@ class KeeperServer:
                 conn.queue(reply(xid, self.zxid, 0, body))
             if request.type == OpCode.CLOSE:
                 conn.close_after_replies()
+        finally:
+            timer = metrics.BY_OP.get(request.type)
+            if timer is not None:
+                timer.observe(time.perf_counter() - started)
 
     def malformed(self, conn: Connection, xid: int, request_type: type[Request]) -> None:
         """A request body that did not decode: MarshallingError, as from ZooKeeper."""
@@ -507,7 +517,8 @@ class KeeperServer:
         self._dirty = False
         if self.store.inline:
             try:
-                self.store.write(changes)
+                with metrics.COMMIT_SECONDS.time():
+                    self.store.write(changes)
             except StoreFailed as exc:
                 self._failed(exc)
                 return
@@ -521,7 +532,8 @@ class KeeperServer:
 
     async def _commit(self, changes: Changes, held: list[tuple[Connection, bytes | None]]) -> None:
         try:
-            await self.store.commit(changes)
+            with metrics.COMMIT_SECONDS.time():
+                await self.store.commit(changes)
         except StoreFailed as exc:
             self._failed(exc)
             return
@@ -579,6 +591,12 @@ class KeeperServer:
                 self.kick()
 
     # ---- four-letter words
+
+    def _sizes(self) -> tuple[int, int, int]:
+        """Sessions, znodes, watches (for metrics)."""
+        watches = self.watches.data, self.watches.children
+        count = sum(len(w) for table in watches for w in table.by_path.values())
+        return len(self.sessions.by_id), len(self.tree.nodes), count
 
     def four_letter_word(self, word: str) -> str:
         if word == "ruok":

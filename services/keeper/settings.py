@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import msgspec
+from services.common.metrics import MetricsSettings
 
 
-class KeeperSettings(msgspec.Struct, frozen=True, kw_only=True):
+class KeeperSettings(MetricsSettings, frozen=True, kw_only=True):
     """Where the keeper listens and stores, and its session clock (ZooKeeper's names in
     brackets)."""
 

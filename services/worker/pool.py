@@ -25,6 +25,7 @@ import zmq
 
 from services.common.archive import limits_of
 from services.common.errors import FumError
+from services.common.metrics import register
 from services.common.models import Call, Function, Runtime
 from services.common.node_protocol import Heartbeat
 from services.common.pool_protocol import (
@@ -45,6 +46,7 @@ from services.common.settings import settings_env
 from services.common.tasks import Background
 from services.miniworker.settings import MiniworkerSettings
 
+from . import metrics
 from .packages import PackageCache
 from .settings import WorkerSettings
 
@@ -140,6 +142,7 @@ class Pool:
         self._sandboxes = Path(settings.node_dir) / "sandboxes"
         shutil.rmtree(self._sandboxes, ignore_errors=True)  # what a previous run left
         self._sandboxes.mkdir(parents=True)
+        register(metrics.PoolCollector(self.states))
         self._handlers = {
             Ready: self._on_ready,
             CallDone: self._on_call_done,
@@ -186,6 +189,13 @@ class Pool:
         held = [job.call.call_num for q in self._queues.values() for job in q]
         held += [num for s in self._slots.values() for num in s.jobs]
         return held
+
+    def states(self) -> tuple[dict[str, int], int]:
+        """Sandboxes by state, and calls waiting (for metrics)."""
+        states: dict[str, int] = {}
+        for slot in self._slots.values():
+            states[slot.state] = states.get(slot.state, 0) + 1
+        return states, sum(len(q) for q in self._queues.values())
 
     def load(self) -> Heartbeat:
         """What the node's heartbeat says: busy slots, waiting calls, idle sandboxes."""
@@ -593,6 +603,9 @@ class Pool:
         slot = Slot(mw_id=mw_id, runtime=runtime, function=function)
         if job is not None:
             slot.jobs[job.call.call_num] = job
+        metrics.SPAWNED.labels(
+            "cold" if job is not None else "warm" if function is not None else "generic"
+        ).inc()
         self._slots[mw_id] = slot
         self._background.spawn(self._run_slot(slot))
         return slot

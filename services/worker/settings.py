@@ -23,6 +23,10 @@ class WorkerSettings(PackageLimits, frozen=True, kw_only=True):
     db_url: str = "tcp://127.0.0.1:3002"
     node_dir: str = ".fum/node-0"  # packages, sandboxes and caches of this node
     keys_dir: str = DEFAULT_DIR  # the control plane's CURVE keys (services/common/curve.py)
+    # where it serves its metrics (services/common/metrics.py; 0: none); its base
+    # PackageLimits keeps it from taking the MetricsSettings mixin the others take
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     pool_bind: str = ""  # the ROUTER miniworkers connect to; default: a unix socket
     # in node_dir (tcp on loopback where that path is too long for a unix socket)
     preload: Literal["runtime", "function", "none"] = "runtime"

@@ -13,6 +13,7 @@ import msgspec
 import structlog
 import zmq
 
+from services.common import metrics
 from services.common.curve import ClusterKeys
 from services.common.db_client import DbClient
 from services.common.errors import FumError, Unavailable, UnknownNode
@@ -86,6 +87,7 @@ class Worker:
             )
             stack.push_async_callback(self.api.close)
             stack.push_async_callback(self._background.close)
+            metrics.serve(s.metrics_port, s.metrics_host, f"worker-{s.node_id}")
             log.info("worker.started", node=s.node_id, preload=s.preload, pool=self.pool.endpoint)
             await asyncio.gather(self.pool.serve(), self._keep_registered())
 
