@@ -104,7 +104,7 @@ async def test_a_429_is_counted(cluster: LocalCluster) -> None:
 def targz_of(source: str) -> bytes:
     from .support import targz
 
-    return targz({"handler.py": source})
+    return targz({"main.py": source})
 
 
 async def test_every_service_serves_its_metrics(cluster: LocalCluster) -> None:

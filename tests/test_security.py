@@ -517,6 +517,7 @@ async def test_api_keys_guard_every_route_but_health_and_the_document(
             ("POST", "/registerRuntime", {"json": {"image": "pythonruntime", "run": "r"}}),
             ("POST", "/invokeFunction", {"json": {"funcName": "x"}}),
             ("GET", "/v1/packages/" + "0" * 64, {}),
+            ("GET", "/metrics", {}),
         ]:
             async with session.request(method, path, **kwargs) as r:
                 assert r.status == 401, (method, path)

@@ -80,6 +80,15 @@ ROUTES: tuple[Route, ...] = (
         responses=(200, 503),
     ),
     Route("GET", "/v1/openapi.json", openapi_view, "This document"),
+    Route("GET", "/ui", views.ui_page, "The dashboard", tag="operations"),
+    Route(
+        "GET",
+        "/ui/{file}",
+        views.ui_asset,
+        "A file of the dashboard",
+        responses=(200, 404),
+        tag="operations",
+    ),
     Route(
         "GET",
         "/metrics",

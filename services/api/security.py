@@ -10,7 +10,8 @@ Every request passes, in order:
    asking): a request with an ``Origin`` header is let in only from its own origin or
    an allowed one (``FUM_ALLOWED_ORIGINS``); an allowed origin's CORS preflight is
    answered here, before any key is asked for.
-3. **API key**, unless the route is public (``/healthz``, ``/v1/openapi.json``).
+3. **API key**, unless the route is public (``/healthz``, ``/v1/openapi.json``, the
+   dashboard's static files under ``/ui``, which hold no data).
 4. **Content type**: a route that takes JSON takes only ``application/json`` (or
    ``+json``) bodies, an upload route only ``multipart/form-data``: 415 otherwise.
 """
@@ -36,7 +37,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CALLER = "caller"  # request key: the name of the API key that sent it (None: open api)
 CORS_ORIGIN = "cors_origin"  # request key: the allowed foreign origin to answer
-PUBLIC = frozenset({"healthz", "openapi_view"})
+PUBLIC = frozenset({"healthz", "openapi_view", "ui_page", "ui_asset"})
 CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key"
 CORS_EXPOSE = "Location, Retry-After, WWW-Authenticate"
 

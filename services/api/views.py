@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -555,6 +556,37 @@ async def healthz(request: web.Request) -> web.Response:
     if request.app[SETTINGS].keeper_hosts:
         health["keeper"] = request.app[SETTINGS].keeper_hosts
     return json_response(health)
+
+
+UI_DIR = Path(__file__).parent / "ui"
+UI_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+# The dashboard's pages read the /v1 API of their own origin and nothing else: no inline
+# script, no other origin, never framed (docs/OPERATIONS.md, "The dashboard").
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _ui_file(name: str) -> web.Response:
+    path = UI_DIR / name
+    kind = UI_TYPES.get(path.suffix)
+    if kind is None or path.name != name or not path.is_file():
+        raise NotFound(f"no file {name!r} in the dashboard")
+    return web.Response(body=path.read_bytes(), content_type=kind, headers=UI_HEADERS)
+
+
+async def ui_page(request: web.Request) -> web.Response:
+    """The dashboard (static files; they hold no data, so need no key to load)."""
+    return _ui_file("index.html")
+
+
+async def ui_asset(request: web.Request) -> web.Response:
+    return _ui_file(request.match_info["file"])
 
 
 async def metrics_view(request: web.Request) -> web.Response:

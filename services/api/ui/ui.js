@@ -1,0 +1,181 @@
+// fum's dashboard: reads the /v1 API of the api that serves it (same origin), nothing else.
+// Every value shown is put in the page as text (textContent), never as HTML: function
+// names, results and logs come from function code, which is not trusted.
+"use strict";
+
+const REFRESH_MS = 1000;
+let timer = null;
+
+function apiKey() {
+  return sessionStorage.getItem("fum-api-key");
+}
+
+async function api(path) {
+  const headers = { Accept: "application/json" };
+  const key = apiKey();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const answer = await fetch(path, { headers, credentials: "omit" });
+  if (answer.status === 401) {
+    document.getElementById("key-form").hidden = false;
+    throw new Error("this api asks for an API key");
+  }
+  const body = await answer.json();
+  if (!answer.ok) throw new Error(body.error ? body.error.message : answer.statusText);
+  return body;
+}
+
+// a DOM element with text and children; attributes as properties
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (name === "dataset") Object.assign(node.dataset, value);
+    else if (name === "onclick") node.addEventListener("click", value);
+    else node[name] = value;
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+  }
+  return node;
+}
+
+function table(headings, rows, onRow) {
+  const head = el("tr", {}, ...headings.map((h) => el("th", {}, h)));
+  const body = rows.map((row) => {
+    const tr = el("tr", row.props || {}, ...row.cells.map((c) => el("td", {}, c)));
+    if (onRow) {
+      tr.classList.add("clickable");
+      tr.addEventListener("click", () => onRow(row));
+    }
+    return tr;
+  });
+  return el("table", {}, el("thead", {}, head), el("tbody", {}, ...body));
+}
+
+function counts(map) {
+  const parts = Object.entries(map || {}).map(([name, n]) => `${name}: ${n}`);
+  return parts.length ? parts.join(", ") : "—";
+}
+
+function json(value) {
+  return value === null || value === undefined ? "—" : JSON.stringify(value);
+}
+
+function status(text) {
+  return el("span", { className: `status-${text}` }, text);
+}
+
+const views = {
+  async nodes() {
+    const { items } = await api("/v1/nodes");
+    return el(
+      "section",
+      { id: "nodes" },
+      el("h2", {}, `Nodes (${items.length})`),
+      table(
+        ["node", "driver", "preload", "capacity", "busy", "queued", "idle (by function)", "generic (by runtime)", "heard"],
+        items.map((n) => ({
+          props: { dataset: { node: n.nodeId } },
+          cells: [n.nodeId, n.driver, n.preload, n.capacity, n.busy, n.queued, counts(n.idle), counts(n.generic), n.heardAt],
+        })),
+      ),
+    );
+  },
+
+  async functions() {
+    const { items } = await api("/v1/functions?limit=500");
+    return el(
+      "section",
+      { id: "functions" },
+      el("h2", {}, `Functions (${items.length})`),
+      table(
+        ["name", "runtime", "build", "limits", "size", "updated"],
+        items.map((f) => ({
+          props: { dataset: { function: f.name } },
+          cells: [f.name, f.runtime, f.build ? f.build.status : "—", limits(f.limits), f.size, f.updatedAt],
+        })),
+      ),
+    );
+  },
+
+  async calls() {
+    const { items } = await api("/v1/calls?limit=50");
+    return el(
+      "section",
+      { id: "calls" },
+      el("h2", {}, "Calls (the latest 50, live)"),
+      table(
+        ["call", "function", "status", "start", "node", "wait ms", "run ms", "created"],
+        items.map((c) => ({
+          call: c.callNum,
+          props: { dataset: { call: c.callNum } },
+          cells: [c.callNum, c.funcName, status(c.status), c.start || "—", c.nodeId ?? "—", ms(c.waitMs), ms(c.durationMs), c.createdAt],
+        })),
+        (row) => { location.hash = `#call/${row.call}`; },
+      ),
+    );
+  },
+
+  async call(num) {
+    const call = await api(`/v1/calls/${encodeURIComponent(num)}`);
+    const final = ["DONE", "ERROR", "TIMEOUT"].includes(call.status);
+    const logs = final ? (await api(`/v1/calls/${encodeURIComponent(num)}/logs`)).logs : null;
+    const fields = [
+      ["function", call.funcName], ["status", status(call.status)], ["node", call.nodeId ?? "—"],
+      ["attempts", call.attempts], ["start", call.start || "—"], ["set-up ms", ms(call.initMs)],
+      ["wait ms", ms(call.waitMs)], ["run ms", ms(call.durationMs)], ["created", call.createdAt],
+      ["started", call.startedAt || "—"], ["finished", call.finishedAt || "—"], ["caller", call.caller || "—"],
+    ];
+    return el(
+      "section",
+      { id: "call", dataset: { call: call.callNum } },
+      el("h2", {}, `Call ${call.callNum}`),
+      el("dl", {}, ...fields.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+      el("h3", {}, "Params"), el("pre", { id: "params" }, json(call.params)),
+      el("h3", {}, "Result"), el("pre", { id: "result" }, json(call.result)),
+      call.error ? el("h3", {}, "Error") : "", call.error ? el("pre", { id: "call-error" }, call.error) : "",
+      el("h3", {}, "Logs"), el("pre", { id: "logs" }, logs === null ? "(when the call ends)" : logs || "(none)"),
+    );
+  },
+};
+
+function limits(l) {
+  return Object.entries(l || {}).filter(([, v]) => v !== null).map(([k, v]) => `${k}=${v}`).join(" ") || "—";
+}
+
+function ms(value) {
+  return value === null || value === undefined ? "—" : value.toFixed(1);
+}
+
+async function render() {
+  clearTimeout(timer);
+  const [name, arg] = (location.hash.slice(1) || "nodes").split("/");
+  const view = views[name] || views.nodes;
+  for (const a of document.querySelectorAll("nav a")) {
+    a.classList.toggle("current", a.getAttribute("href") === `#${name}`);
+  }
+  const error = document.getElementById("error");
+  try {
+    const content = await view(arg);
+    document.getElementById("view").replaceChildren(content);
+    error.hidden = true;
+  } catch (exc) {
+    error.textContent = exc.message;
+    error.hidden = false;
+  }
+  try {
+    const health = await api("/healthz");
+    document.getElementById("health").textContent = `${health.status} · ${health.nodes} node(s)`;
+  } catch (exc) {
+    document.getElementById("health").textContent = "api unreachable";
+  }
+  timer = setTimeout(render, REFRESH_MS);  // live: every view is read again each second
+}
+
+document.getElementById("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("fum-api-key", document.getElementById("key").value);
+  document.getElementById("key-form").hidden = true;
+  render();
+});
+window.addEventListener("hashchange", render);
+render();

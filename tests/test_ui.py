@@ -1,0 +1,138 @@
+"""The dashboard at /ui, driven by headless Chromium (Debian's chromium and
+chromium-driver, through selenium) against a cluster that asks for API keys.
+
+A screenshot of each view is saved to test-artifacts/ui/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as seen
+from selenium.webdriver.support.ui import WebDriverWait
+
+from fum_cli.local import LocalCluster
+
+from .conftest import start_cluster
+from .support import Api, targz
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "test-artifacts" / "ui"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = start_cluster(tmp_path_factory, auth=True)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    # .ci/run installs both; a machine without them fails here, loudly
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), (
+        "apt install chromium chromium-driver"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1280,900")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shot(driver: WebDriver, name: str) -> None:
+    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def wait_for(driver: WebDriver, css: str, timeout: float = 20) -> None:
+    WebDriverWait(driver, timeout).until(seen.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+
+def console_errors(driver: WebDriver) -> list[str]:
+    """Errors the page logged, but the 401 the first load meets before a key is given."""
+    logs = driver.get_log("browser")  # type: ignore[no-untyped-call]
+    return [e["message"] for e in logs if e["level"] == "SEVERE" and "401" not in e["message"]]
+
+
+CHATTY = (
+    "def handle(params):\n    print('hello from', params['who'], flush=True)\n    return params\n"
+)
+
+
+async def test_the_dashboard_shows_nodes_functions_and_a_call_live(
+    cluster: LocalCluster, browser: WebDriver
+) -> None:
+    assert cluster.api_key is not None
+    key = {"Authorization": f"Bearer {cluster.api_key}"}
+    browser.get(f"{cluster.url}/ui")
+    wait_for(browser, "#key-form:not([hidden])")  # the api asks for a key: the page asks
+    browser.find_element(By.ID, "key").send_keys(cluster.api_key)
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait_for(browser, "#nodes tr[data-node='0']")
+    shot(browser, "nodes")
+    assert "key" not in browser.current_url  # never in a URL
+
+    async with aiohttp.ClientSession(cluster.url, headers=key) as session:
+        api = Api(session)
+        await api.runtime("pyh")
+        status, body = await api.deploy("ui-chatty", "pyh", targz({"main.py": CHATTY}))
+        assert status == 201, body
+        browser.get(f"{cluster.url}/ui#functions")
+        wait_for(browser, "#functions tr[data-function='ui-chatty']")
+        shot(browser, "functions")
+
+        browser.get(f"{cluster.url}/ui#calls")
+        wait_for(browser, "#calls")
+        status, call = await api.invoke("ui-chatty", {"who": "<b>a browser</b>"})
+        assert status == 200 and call["status"] == "DONE", call
+    num = call["callNum"]
+    wait_for(browser, f"#calls tr[data-call='{num}']")  # appeared by itself
+    shot(browser, "calls")
+    browser.find_element(By.CSS_SELECTOR, f"#calls tr[data-call='{num}']").click()
+    wait_for(browser, f"#call[data-call='{num}']")
+    WebDriverWait(browser, 20).until(lambda d: "hello from" in d.find_element(By.ID, "logs").text)
+    logs = browser.find_element(By.ID, "logs").text
+    assert "hello from <b>a browser</b>" in logs  # shown as text, not as markup
+    assert browser.find_elements(By.CSS_SELECTOR, "#logs b") == []
+    shot(browser, "call")
+    assert console_errors(browser) == []
+
+
+def test_the_dashboard_is_static_and_locked_down(cluster: LocalCluster) -> None:
+    with urllib.request.urlopen(f"{cluster.url}/ui", timeout=10) as page:  # no key needed
+        assert page.headers["Content-Type"].startswith("text/html")
+        policy = page.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+        assert page.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/ui/..%2Fviews.py", "/ui/views.py", "/ui/nothing.js"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{cluster.url}{path}", timeout=10)
+        with refused.value:
+            assert refused.value.code == 404, path
+            assert json.loads(refused.value.read())["error"]["code"] == "not_found"
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the data needs the key
+        urllib.request.urlopen(f"{cluster.url}/v1/nodes", timeout=10)
+    with refused.value:
+        assert refused.value.code == 401
