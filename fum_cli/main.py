@@ -781,6 +781,13 @@ def calls(
     json_: Annotated[
         bool, typer.Option("--json", help="JSON (with --watch: one call a line)")
     ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Also draw the calls listed: FILE_timeline.png and FILE_histogram.png",
+        ),
+    ] = None,
 ) -> None:
     """List calls, newest first; --watch then follows new calls until Ctrl-C."""
     if status is not None and status.upper() not in STATUSES:
@@ -793,6 +800,12 @@ def calls(
         page = api.list_calls(
             function=function, status=status, limit=limit, before=before, after=after
         )
+    if plot is not None:
+        from fum_client.plots import plot as draw
+
+        with errors():
+            for path in draw(page.items, plot, title=f"{len(page.items)} calls"):
+                typer.echo(f"wrote {path}", err=True)
     if not watch:
         if json_:
             print_json({"items": [c.to_dict() for c in page.items], "next": page.next})

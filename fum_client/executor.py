@@ -21,6 +21,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -791,6 +792,22 @@ class FunctionExecutor:
         elif len(outputs) == 1 and len(futures) > 1:
             return results[0]  # map futures + the reduce future
         return results
+
+    # ---- pictures
+
+    def plot(
+        self, fs: Sequence[CallFuture] | None = None, dst: str | Path | None = None
+    ) -> list[Path]:
+        """PNGs of a run (as Lithops' ``plot``): ``<dst>_timeline.png``, each call's time
+        queued, setting up and running, and ``<dst>_histogram.png``, their durations.
+        ``fs``: the futures to draw (default: every one this executor made); ``dst``:
+        default ``fum-plots/<time>``. Needs matplotlib (the ``plot`` extra)."""
+        from . import plots
+
+        futures = self.futures if fs is None else fs
+        calls = [f.call for f in futures if f.call is not None]
+        when = time.strftime("%Y%m%d-%H%M%S")
+        return plots.plot(calls, dst or Path("fum-plots") / when, title=f"{len(calls)} calls")
 
     # ---- closing
 

@@ -61,8 +61,10 @@ def call_ended(call: Call) -> None:
     if call.started_at is not None and call.finished_at is not None:
         CALL_SECONDS.labels(call.func_name).observe(max(0.0, call.finished_at - call.started_at))
         if call.created_at:
-            wait = call.started_at - call.created_at - (call.init_ms or 0.0) / 1000
-            QUEUE_SECONDS.labels(call.func_name).observe(max(0.0, wait))
+            # started_at is when a sandbox took it, before its set-up (initMs)
+            QUEUE_SECONDS.labels(call.func_name).observe(
+                max(0.0, call.started_at - call.created_at)
+            )
     if call.start is not None:
         STARTS.labels(call.start).inc()
         if call.init_ms is not None:
