@@ -4,8 +4,9 @@
 #
 # Build context (made by the script): this file as `Dockerfile` plus a
 # wheelhouse: `wheels/deps/` holds every third-party dependency, `wheels/local/`
-# the two wheels built from this checkout (fum-cluster from the repo root, fum
-# from libs/fum). Installs are offline (`--no-index`): see /work/shared/IMAGES.md.
+# the wheel built from this checkout (fum-cluster, which ships the container
+# library `fum` of libs/fum too). Installs are offline (`--no-index`): see
+# /work/shared/IMAGES.md.
 #
 # Layer order is chosen for rebuild speed (legacy builder, DOCKER_BUILDKIT=0):
 # the dependencies are installed in their own stage, which stays cached while
