@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.api.auth import add_key
-from services.common.proc import die_with_parent
+from services.common.proc import die_with_parent, python_module
 
 
 def free_port() -> int:
@@ -111,7 +110,7 @@ class LocalCluster:
     def _spawn(self, name: str, service: str, log: Path, **settings: object) -> None:
         with log.open("ab") as out:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{service}"],
+                python_module(f"services.{service}"),
                 env=self._env(**settings),
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -27,6 +27,7 @@ from fum_client import Client, FumError
 from fum_client.config import Settings, config_path, resolve, write_setting
 from fum_client.models import STATUSES, Call
 from fum_client.packaging import load_package
+from services.common.proc import python_module
 
 from . import cluster as state
 from .keeper import keeper_app
@@ -217,7 +218,7 @@ def _up_detached(argv: list[str], data: Path, timeout: float) -> None:
     log = data / "logs" / "fum-up.log"
     with log.open("ab") as sink:
         child = subprocess.Popen(
-            [sys.executable, "-m", "fum_cli", "up", *argv],
+            [*python_module("fum_cli"), "up", *argv],
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=sink,

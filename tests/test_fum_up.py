@@ -12,9 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from fum_cli.local import free_port
-
-from .support import Api
+from .support import Api, fum_up
 
 FUM = Path(sys.executable).parent / "fum"
 
@@ -46,18 +44,8 @@ def wait_gone(folder: Path, timeout: float) -> list[int]:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_fum_up_runs_a_cluster_and_stops_cleanly(tmp_path: Path, sig: int) -> None:
     data = tmp_path / "data"
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(FUM), "up", "--port", str(port), "--data", str(data), "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert f"http://127.0.0.1:{port}" in line, line
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+    with fum_up("--data", str(data), "--workers", "2") as (proc, url):
+        async with aiohttp.ClientSession(url) as session:
             api = Api(session)
             nodes = await api.wait_nodes(lambda n: len(n) == 2)
             assert {n["nodeId"] for n in nodes} == {0, 1}
@@ -71,12 +59,6 @@ async def test_fum_up_runs_a_cluster_and_stops_cleanly(tmp_path: Path, sig: int)
         assert proc.wait(timeout=30) == 0
         left = wait_gone(data, 10)
         assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 def test_fum_up_rejects_bad_options(tmp_path: Path) -> None:
@@ -87,3 +69,21 @@ def test_fum_up_rejects_bad_options(tmp_path: Path) -> None:
         timeout=30,
     )
     assert out.returncode != 0 and "preload" in out.stderr
+
+
+async def test_fum_up_serves_from_a_folder_holding_fum_and_services(tmp_path: Path) -> None:
+    """Folders named like fum's packages in the caller's working folder (here the data
+    folder itself is ``./fum``) stand in for nothing: every service and sandbox starts
+    cwd-proof."""
+    for name in ("fum", "services", "fum_cli", "fum_client", "virtualenv"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('the cwd {name}')\n")
+    with fum_up("--data", "./fum", cwd=tmp_path) as (proc, url):
+        async with aiohttp.ClientSession(url) as session:
+            api = Api(session)
+            await api.runtime("pyh")
+            name = await api.handler_function("echo", "pyh")
+            status, call = await api.invoke(name, {"cwd": 1})
+            assert (status, call["status"], call["result"]) == (200, "DONE", {"cwd": 1}), call
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
