@@ -14,7 +14,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from services.api.auth import add_key
@@ -208,6 +210,18 @@ class LocalCluster:
             **({"api_key": self._node_key} if self.auth else {}),
             keeper_hosts=self.sandbox_keeper_hosts,
         )
+
+    def restart(self, name: str) -> None:
+        """Start the service ``name`` again after it died, on its ports, with its data
+        (the keeper and the db keep what they hold, whatever ``db_policy`` said at start)."""
+        starts: dict[str, Callable[[], None]] = {
+            "keeper": partial(self.start_keeper, "keep"),
+            "db": partial(self.start_db, "keep"),
+            "api": self.start_api,
+            **{f"worker-{node}": partial(self.start_worker, node) for node in range(self.workers)},
+        }
+        self.procs.pop(name).wait()
+        starts[name]()
 
     def get(self, path: str) -> object:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

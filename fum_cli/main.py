@@ -45,6 +45,7 @@ from .output import (
     status_text,
     table,
 )
+from .supervisor import CrashLoop, Supervisor
 
 GLOBAL_OPTIONS = ("--api-url", "--api-key", "--profile")
 
@@ -330,16 +331,21 @@ def up(
             write_setting(config_path(), profile, "api_url", cluster.url)
             write_setting(config_path(), profile, "api_key", cluster.api_key)
         typer.echo(f"API keys are on: the key is in {config_path()} [{profile}]")
-    pids = {name: proc.pid for name, proc in cluster.procs.items()}
-    state.write_state(data, state.UpState(os.getpid(), cluster.url, str(data), time.time(), pids))
+    started = time.time()
+
+    def record() -> None:  # the state file has the services' current pids
+        pids = {name: proc.pid for name, proc in cluster.procs.items()}
+        state.write_state(data, state.UpState(os.getpid(), cluster.url, str(data), started, pids))
+
+    record()
     typer.echo(f"fum is up: {cluster.url}  (data in {cluster.data_dir}; Ctrl-C stops it)")
     typer.echo(f"keeper: {cluster.keeper_hosts}")
+    supervisor = Supervisor(cluster, lambda line: typer.echo(f"fum up: {line}", err=True), record)
     try:
-        while not stop.wait(0.5):
-            for name, proc in cluster.procs.items():
-                if proc.poll() is not None:
-                    typer.echo(f"fum up: {name} exited with status {proc.returncode}", err=True)
-                    stop.set()
+        supervisor.run(stop)
+    except CrashLoop as exc:
+        typer.echo(f"fum up: {exc}; stopping", err=True)
+        raise typer.Exit(1) from None
     finally:
         typer.echo("stopping...")
         cluster.stop()
