@@ -291,8 +291,9 @@ async def test_openapi_document_matches_the_routes(api: Api, cluster: LocalClust
     assert status == 200 and doc["openapi"].startswith("3.")
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert documented == route_keys(init_app(ApiSettings()))
-    for ops in doc["paths"].values():
+    for path, ops in doc["paths"].items():
         for op in ops.values():
+            assert ("{" not in path) or "404" in op["responses"], (path, op["responses"])
             for ref in json.dumps(op).split('"$ref": "')[1:]:
                 name = ref.split('"')[0].rsplit("/", 1)[1]
                 assert name in doc["components"]["schemas"]
