@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: up test lint
 
-$(STAMP): pyproject.toml libs/fum/pyproject.toml
+# The root project ships the container library (`fum`) too. A distribution named `fum`
+# in a venv made before that (libs/fum's old name, or PyPI's unrelated project) is removed.
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip setuptools wheel
-	$(VENV)/bin/pip install --quiet -e libs/fum -e '.[dev]'
+	$(VENV)/bin/pip uninstall --quiet --yes fum
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
 up: $(STAMP)

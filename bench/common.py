@@ -18,6 +18,8 @@ from tests.support import Api, targz
 
 NOOP = "def handle(params):\n    return None\n"
 RUNTIME = {"image": "pythonruntime", "dependencies": "", "run": "python3 -m fum main:handle"}
+# invokes send JSON as JSON: the api answers 415 to a body of another (or no) type
+JSON = {"Content-Type": "application/json"}
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 from common import (  # bench/common.py, beside this script
+    JSON,
     cpu_by_role,
     cpu_per_call,
     noop_cluster,
@@ -64,7 +65,8 @@ async def throughput(
     async def client() -> None:
         nonlocal errors
         for _ in todo:
-            async with session.post("/v1/functions/noop/invoke?blocking=false", data=b"{}") as r:
+            url = "/v1/functions/noop/invoke?blocking=false"
+            async with session.post(url, data=b"{}", headers=JSON) as r:
                 await r.read()
                 errors += r.status != 202
 

@@ -16,7 +16,7 @@ import json
 import time
 
 import aiohttp
-from common import noop_cluster, percentile  # bench/common.py, beside this script
+from common import JSON, noop_cluster, percentile  # bench/common.py, beside this script
 
 
 async def load(session: aiohttp.ClientSession, args: argparse.Namespace) -> dict[str, object]:
@@ -31,7 +31,8 @@ async def load(session: aiohttp.ClientSession, args: argparse.Namespace) -> dict
         while due < end:
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             try:
-                async with session.post("/v1/functions/noop/invoke", data=b"{}") as response:
+                url = "/v1/functions/noop/invoke"
+                async with session.post(url, data=b"{}", headers=JSON) as response:
                     body = await response.read()
                 if response.status == 200 and b'"DONE"' in body:
                     latencies.append((time.perf_counter() - due) * 1000)

@@ -316,7 +316,7 @@ collect_wheels() {  # DEST REQUIREMENT...
     local w
     for w in "$dest"/*.whl; do
         case "${w##*/}" in
-            fum-[0-9]*|fum_cluster-[0-9]*) mv "$w" "$dest/local/" ;;
+            fum_container_lib-[0-9]*|fum_cluster-[0-9]*) mv "$w" "$dest/local/" ;;
             *) mv "$w" "$dest/deps/" ;;
         esac
     done
@@ -369,7 +369,8 @@ build_services() {
     local ctx="$CTX/services"
     rm -rf "$ctx"; mkdir -p "$ctx"
     cp "$ROOT/deploy/services.Dockerfile" "$ctx/Dockerfile"
-    collect_wheels "$ctx/wheels" "$SRC" "$SRC/libs/fum"
+    # fum-cluster holds the container library (fum) too: one wheel of this checkout
+    collect_wheels "$ctx/wheels" "$SRC"
     build_image services "$ctx" "$BASE" fum/services:latest
 }
 

@@ -4,8 +4,9 @@
 #
 # Build context (made by the script): this file as `Dockerfile` plus a
 # wheelhouse: `wheels/deps/` holds every third-party dependency, `wheels/local/`
-# the two wheels built from this checkout (fum-cluster from the repo root, fum
-# from libs/fum). Installs are offline (`--no-index`): see /work/shared/IMAGES.md.
+# the wheel built from this checkout (fum-cluster, which ships the container
+# library `fum` of libs/fum too). Installs are offline (`--no-index`): see
+# /work/shared/IMAGES.md.
 #
 # Layer order is chosen for rebuild speed (legacy builder, DOCKER_BUILDKIT=0):
 # the dependencies are installed in their own stage, which stays cached while
@@ -32,16 +33,19 @@ ENV PATH=/opt/fum/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
     VIRTUAL_ENV=/opt/fum \
     LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
+    PYTHONSAFEPATH=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# PYTHONSAFEPATH (as `python -P`): the working folder is never on sys.path, so nothing in
+# it (a mounted data folder holding `fum/` or `services/`) can stand in for fum's packages.
 # Working directory for state the services keep on local disk (the db's sqlite
 # file, the worker's package cache) unless their settings say otherwise; mount a
 # volume here to keep it.
 WORKDIR /var/lib/fum
 # api: HTTP on 3000. The ZeroMQ ports are set by the services' FUM_* settings.
 EXPOSE 3000
-# Pick the process with the command: `python -m services.db`, `... services.worker`,
+# Pick the process with the command: `python -P -m services.db`, `... services.worker`,
 # `... services.miniworker`.
-CMD ["python", "-m", "services.api"]
+CMD ["python", "-P", "-m", "services.api"]
 
 COPY --from=deps /opt/fum /opt/fum
 COPY wheels/local /tmp/local

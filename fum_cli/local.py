@@ -11,15 +11,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from services.api.auth import add_key
-from services.common.proc import die_with_parent
+from services.common.proc import die_with_parent, python_module
 
 
 def free_port() -> int:
@@ -116,7 +117,7 @@ class LocalCluster:
             settings["metrics_port"] = self.metrics_ports.setdefault(name, free_port())
         with log.open("ab") as out:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{service}"],
+                python_module(f"services.{service}"),
                 env=self._env(**settings),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -232,6 +233,18 @@ class LocalCluster:
             **({"api_key": self._node_key} if self.auth else {}),
             keeper_hosts=self.sandbox_keeper_hosts,
         )
+
+    def restart(self, name: str) -> None:
+        """Start the service ``name`` again after it died, on its ports, with its data
+        (the keeper and the db keep what they hold, whatever ``db_policy`` said at start)."""
+        starts: dict[str, Callable[[], None]] = {
+            "keeper": partial(self.start_keeper, "keep"),
+            "db": partial(self.start_db, "keep"),
+            "api": self.start_api,
+            **{f"worker-{node}": partial(self.start_worker, node) for node in range(self.workers)},
+        }
+        self.procs.pop(name).wait()
+        starts[name]()
 
     def get(self, path: str) -> object:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

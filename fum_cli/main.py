@@ -27,6 +27,7 @@ from fum_client import Client, FumError
 from fum_client.config import Settings, config_path, resolve, write_setting
 from fum_client.models import STATUSES, Call
 from fum_client.packaging import load_package
+from services.common.proc import python_module
 
 from . import cluster as state
 from .keeper import keeper_app
@@ -44,6 +45,7 @@ from .output import (
     status_text,
     table,
 )
+from .supervisor import CrashLoop, Supervisor
 
 GLOBAL_OPTIONS = ("--api-url", "--api-key", "--profile")
 
@@ -217,7 +219,7 @@ def _up_detached(argv: list[str], data: Path, timeout: float) -> None:
     log = data / "logs" / "fum-up.log"
     with log.open("ab") as sink:
         child = subprocess.Popen(
-            [sys.executable, "-m", "fum_cli", "up", *argv],
+            [*python_module("fum_cli"), "up", *argv],
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=sink,
@@ -329,16 +331,21 @@ def up(
             write_setting(config_path(), profile, "api_url", cluster.url)
             write_setting(config_path(), profile, "api_key", cluster.api_key)
         typer.echo(f"API keys are on: the key is in {config_path()} [{profile}]")
-    pids = {name: proc.pid for name, proc in cluster.procs.items()}
-    state.write_state(data, state.UpState(os.getpid(), cluster.url, str(data), time.time(), pids))
+    started = time.time()
+
+    def record() -> None:  # the state file has the services' current pids
+        pids = {name: proc.pid for name, proc in cluster.procs.items()}
+        state.write_state(data, state.UpState(os.getpid(), cluster.url, str(data), started, pids))
+
+    record()
     typer.echo(f"fum is up: {cluster.url}  (data in {cluster.data_dir}; Ctrl-C stops it)")
     typer.echo(f"keeper: {cluster.keeper_hosts}")
+    supervisor = Supervisor(cluster, lambda line: typer.echo(f"fum up: {line}", err=True), record)
     try:
-        while not stop.wait(0.5):
-            for name, proc in cluster.procs.items():
-                if proc.poll() is not None:
-                    typer.echo(f"fum up: {name} exited with status {proc.returncode}", err=True)
-                    stop.set()
+        supervisor.run(stop)
+    except CrashLoop as exc:
+        typer.echo(f"fum up: {exc}; stopping", err=True)
+        raise typer.Exit(1) from None
     finally:
         typer.echo("stopping...")
         cluster.stop()

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from pathlib import Path
 from kazoo.client import KazooClient
 
 from fum_cli.local import free_port
+from services.common.proc import python_module
 from services.keeper.serialization import (
     INT,
     REPLY_HEADER,
@@ -123,7 +123,7 @@ class Server:
 def _spawn(kind: str, folder: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = (folder / f"{kind}.log").open("ab")
     if kind == "keeper":
-        argv = [sys.executable, "-m", "services.keeper"]
+        argv = python_module("services.keeper")
     else:
         config = folder / "zoo.cfg"
         config.write_text(

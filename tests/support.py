@@ -6,15 +6,20 @@ import asyncio
 import io
 import json
 import subprocess
+import sys
 import tarfile
 import textwrap
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from fum_cli.local import free_port
 
 HANDLER_RUNTIME = {
     "image": "pythonruntime",
@@ -205,3 +210,31 @@ class Api:
                 return body["items"]  # type: ignore[no-any-return]
             assert time.monotonic() < deadline, f"nodes never matched: {body}"
             await asyncio.sleep(0.1)
+
+
+FUM = Path(sys.executable).parent / "fum"  # the CLI of this virtualenv
+
+
+@contextmanager
+def fum_up(*args: str, cwd: Path | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``fum up --port P ARGS`` until it says where it serves: the process and its url;
+    killed at the end if it still runs."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(FUM), "up", "--port", str(port), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in line, line
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()

@@ -12,7 +12,7 @@ import pytest
 
 from fum_cli.local import LocalCluster
 
-from .support import Api, curl, invoke_dice, register_dice, unique
+from .support import HANDLER_RUNTIME, Api, curl, invoke_dice, register_dice, targz, unique
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,6 +156,42 @@ async def test_function_error_timeout_and_crash(api: Api) -> None:
     assert call["status"] == "ERROR" and "about to die" in call["error"]
 
 
+# Ends of a function's process inside a call: the handler's (or the loop's) last words,
+# and what the call's error must say about its exit.
+EXITS = {
+    "system-exit": ("raise SystemExit('boom')", "status 1"),
+    "sys-exit-3": ("sys.exit(3)", "status 3"),
+    "os-exit-4": ("os._exit(4)", "status 4"),
+    "signal": ("os.kill(os.getpid(), signal.SIGKILL)", "signal 9"),
+}
+
+
+@pytest.mark.parametrize("style", ["handler", "loop"])
+@pytest.mark.parametrize("ending", list(EXITS))
+async def test_a_process_that_ends_mid_call_is_an_error_and_retried(
+    api: Api, style: str, ending: str
+) -> None:
+    """Whatever ends the process inside a call, the call is ERROR with the exit status and
+    the tail of the output, after the retry of docs/SCHEDULING.md: never DONE."""
+    code, expected = EXITS[ending]
+    if style == "handler":
+        await api.runtime("pyh")
+        source = f"def handle(params):\n    print('last words', flush=True)\n    {code}\n"
+        files, runtime = {"main.py": "import os, signal, sys\n" + source}, "pyh"
+    else:
+        await api.runtime("pyloop", {**HANDLER_RUNTIME, "run": "python3 loop.py"})
+        loop = "while True:\n    fum.fum_yield()\n    print('last words', flush=True)\n"
+        files = {"loop.py": f"import os, signal, sys\nimport fum\n{loop}    {code}\n"}
+        runtime = "pyloop"
+    name = unique(ending)
+    status, body = await api.deploy(name, runtime, targz(files))
+    assert status == 201, body
+    status, call = await api.invoke(name, {})
+    assert status == 200 and call["status"] == "ERROR", call
+    assert expected in call["error"] and "last words" in call["error"], call["error"]
+    assert call["attempts"] == 2, call
+
+
 async def test_logs_are_captured_per_call(api: Api) -> None:
     await api.runtime("pyh")
     chatty = await api.handler_function("chatty", "pyh")
@@ -255,8 +291,9 @@ async def test_openapi_document_matches_the_routes(api: Api, cluster: LocalClust
     assert status == 200 and doc["openapi"].startswith("3.")
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert documented == route_keys(init_app(ApiSettings()))
-    for ops in doc["paths"].values():
+    for path, ops in doc["paths"].items():
         for op in ops.values():
+            assert ("{" not in path) or "404" in op["responses"], (path, op["responses"])
             for ref in json.dumps(op).split('"$ref": "')[1:]:
                 name = ref.split('"')[0].rsplit("/", 1)[1]
                 assert name in doc["components"]["schemas"]

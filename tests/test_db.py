@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sqlite3
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,6 +39,7 @@ from services.common.db_protocol import (
 )
 from services.common.errors import BadRequest, Conflict, NotFound, Unavailable
 from services.common.models import CallUpdate, Function, Limits, NewCall, Runtime
+from services.common.proc import python_module
 from services.common.protocol import Error, Message
 from services.db.store import MIGRATIONS, SCHEMA_VERSION
 
@@ -104,7 +104,7 @@ class DbLauncher:
         }
         with db.log.open("wb") as log:
             db.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.db", cwd=REPO, env=env, stderr=log
+                *python_module("services.db"), cwd=REPO, env=env, stderr=log
             )
         self.started.append(db)
         await self.wait_ready(db)

@@ -446,6 +446,28 @@ def test_uncaught_exception_mid_call_is_reported_as_the_call_error(
     assert process.wait(timeout=DEADLINE_S) == 1
 
 
+@pytest.mark.parametrize(
+    ("ending", "status"),
+    [("raise SystemExit('boom')", 1), ("sys.exit(3)", 3), ("sys.exit(0)", 0), ("pass", 0)],
+)
+def test_a_process_that_exits_mid_call_reports_nothing(
+    host: Host, start: Any, tmp_path: Path, ending: str, status: int
+) -> None:
+    """Ending the process inside a call (SystemExit, sys.exit, the script's end) does not
+    finish the call: no ``ok`` is sent for it, so the host sees the exit and makes the
+    call an error with the exit status, where the library used to report it done."""
+    folder = tmp_path / "exit-src"
+    folder.mkdir()
+    (folder / "exits.py").write_text(
+        f"import sys\nimport fum\nfum.fum_yield()\nfum.result('started')\n{ending}\n"
+    )
+    process = start(folder, "exits.py")
+    assert_setup_ok(host)
+    host.send_call({})
+    assert process.wait(timeout=DEADLINE_S) == status
+    assert not host.pull.poll(500), host.pull.recv_multipart()
+
+
 # -- in-process units ------------------------------------------------------------------------
 
 

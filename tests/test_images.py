@@ -240,7 +240,7 @@ def test_services_image_runs_the_services(first_build: Run) -> None:
         "import services.keeper.server, fum, aiodocker",
     )
     cmd = json.loads(inspect(SERVICES, "{{json .Config.Cmd}}"))
-    assert cmd == ["python", "-m", "services.api"]
+    assert cmd == ["python", "-P", "-m", "services.api"]
 
 
 def test_registry_serves_the_distribution_api(registry: str) -> None:

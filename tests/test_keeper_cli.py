@@ -23,6 +23,7 @@ from fum_cli.keeper_shell import KeeperCompleter
 from fum_cli.local import free_port
 
 from .keeper import Server
+from .support import fum_up
 
 FUM = Path(sys.executable).parent / "fum"
 
@@ -180,16 +181,8 @@ def test_completion_from_the_live_tree(keeper_server: Server) -> None:
 
 def test_fum_up_prints_the_keeper_and_status_gives_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(FUM), "up", "--port", str(port), "--data", str(data)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    with fum_up("--data", str(data)) as (proc, url):
         assert proc.stdout is not None
-        assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
         keeper_line = proc.stdout.readline()
         assert keeper_line.startswith("keeper: 127.0.0.1:"), keeper_line
         keeper = keeper_line.split(": ", 1)[1].strip()
@@ -197,7 +190,7 @@ def test_fum_up_prints_the_keeper_and_status_gives_it(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["keeper"] == keeper
         # without --hosts, `fum keeper` asks the api where the keeper is
-        env = {**os.environ, "FUM_API_URL": f"http://127.0.0.1:{port}"}
+        env = {**os.environ, "FUM_API_URL": url}
         env.pop("FUM_KEEPER_HOSTS", None)
         listed = fum("keeper", "ls", "/", "--json", env=env)
         assert listed.returncode == 0, listed.stderr
@@ -205,12 +198,6 @@ def test_fum_up_prints_the_keeper_and_status_gives_it(tmp_path: Path) -> None:
         assert (data / "keeper.sqlite3").exists()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 ZKCLI = "/usr/share/zookeeper/bin/zkCli.sh"

@@ -112,6 +112,8 @@ def _operation(route: Route) -> dict[str, Any]:
         codes.add(401)  # when the api asks for keys
     if route.body is not None:
         codes |= {413, 415}
+    if "{" in route.path:
+        codes.add(404)  # nothing of that name (or number) is there
     op["responses"] = {
         str(code): (
             {

@@ -12,7 +12,6 @@ import asyncio
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +25,7 @@ from services.common.curve import ClusterKeys
 from services.common.db_client import DbClient
 from services.common.db_protocol import DB_PROTOCOL, CallsCreated, CreateCalls
 from services.common.models import CallUpdate, NewCall
+from services.common.proc import python_module
 
 SCENARIOS = ((10_000, 1), (100, 100))  # (requests, calls per request)
 
@@ -143,7 +143,7 @@ async def bench(sync: str) -> None:
             "FUM_DB_PATH": str(Path(folder) / "bench.sqlite3"),
             "FUM_LOG_LEVEL": "warning",
         }
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.db", env=env)
+        process = await asyncio.create_subprocess_exec(*python_module("services.db"), env=env)
         ctx = zmq.asyncio.Context()
         try:
             client = DbClient(ctx, endpoint, keys, timeout=10)

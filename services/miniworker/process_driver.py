@@ -18,7 +18,6 @@ import resource
 import shutil
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import structlog
 
 from services.common.archive import PackageLimits, extract_package
 from services.common.models import Function, Limits, Runtime
-from services.common.proc import die_with_parent
+from services.common.proc import die_with_parent, python_module
 
 from .sandbox import Driver, OutputBuffer, Sandbox, SandboxFailed, tail
 
@@ -148,7 +147,7 @@ class ProcessSandbox(Sandbox):
             folder.mkdir(parents=True)
         lib = sandbox_lib(self.node_dir)
         await self._exec(
-            [sys.executable, "-m", "virtualenv", "--quiet", "--no-periodic-update", str(self.venv)],
+            [*python_module("virtualenv"), "--quiet", "--no-periodic-update", str(self.venv)],
             what="virtualenv",
         )
         site = next(self.venv.glob("lib/python*/site-packages"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from services.common.pool_protocol import (
     Run,
     Stop,
 )
-from services.common.proc import die_with_parent
+from services.common.proc import die_with_parent, python_module
 from services.common.protocol import Message
 from services.common.rpc import Channel, bound_endpoint, make_socket
 from services.common.settings import settings_env
@@ -631,9 +630,7 @@ class Pool:
         env = {**self._base_env, **settings_env(settings)}
         try:
             slot.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "services.miniworker",
+                *python_module("services.miniworker"),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 preexec_fn=die_with_parent,

@@ -313,12 +313,16 @@ class Session:
         sys.excepthook = hook
 
     def _at_exit(self) -> None:
-        """Report a call still open when the process ends, then flush and close."""
-        # Ending the process inside a call finishes that call, as the next fum_yield() would;
-        # an uncaught exception has been recorded as its error by the hook above.
-        if self._push is not None and self.current_uuid is not None:
+        """Report the error of a call an uncaught exception ended, then flush and close.
+
+        Any other end of the process inside a call (``SystemExit``, ``sys.exit(3)``, the
+        end of the script) reports nothing: the call is not done, and the host, which sees
+        the process end, makes it an error with the exit status and the tail of the output
+        (and may run it again). ``os._exit`` and signals never get here.
+        """
+        if self._push is not None and self.current_uuid is not None and self._error is not None:
             self._report(self.current_uuid.encode("ascii"))
-            self.current_uuid = None
+        self.current_uuid = None
         self.close()
 
     # -- files ------------------------------------------------------------------------
