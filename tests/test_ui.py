@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -70,6 +71,16 @@ def wait_for(driver: WebDriver, css: str, timeout: float = 20) -> None:
     WebDriverWait(driver, timeout).until(seen.presence_of_element_located((By.CSS_SELECTOR, css)))
 
 
+def click(driver: WebDriver, css: str) -> bool:
+    driver.find_element(By.CSS_SELECTOR, css).click()
+    return True
+
+
+def text_with(driver: WebDriver, element_id: str, part: str) -> str | None:
+    text = driver.find_element(By.ID, element_id).text
+    return text if part in text else None
+
+
 def console_errors(driver: WebDriver) -> list[str]:
     """Errors the page logged, but the 401 the first load meets before a key is given."""
     logs = driver.get_log("browser")  # type: ignore[no-untyped-call]
@@ -110,10 +121,11 @@ async def test_the_dashboard_shows_nodes_functions_and_a_call_live(
     num = call["callNum"]
     wait_for(browser, f"#calls tr[data-call='{num}']")  # appeared by itself
     shot(browser, "calls")
-    browser.find_element(By.CSS_SELECTOR, f"#calls tr[data-call='{num}']").click()
+    # the view is drawn again every second: an element found may be gone when used
+    patient = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
+    patient.until(lambda d: click(d, f"#calls tr[data-call='{num}']"))
     wait_for(browser, f"#call[data-call='{num}']")
-    WebDriverWait(browser, 20).until(lambda d: "hello from" in d.find_element(By.ID, "logs").text)
-    logs = browser.find_element(By.ID, "logs").text
+    logs = patient.until(lambda d: text_with(d, "logs", "hello from"))
     assert "hello from <b>a browser</b>" in logs  # shown as text, not as markup
     assert browser.find_elements(By.CSS_SELECTOR, "#logs b") == []
     shot(browser, "call")
