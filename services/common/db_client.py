@@ -264,9 +264,16 @@ class DbClient:
         before: int | None = None,
         after: int | None = None,
         limit: int = 100,
+        oldest_first: bool = False,
     ) -> list[Call]:
-        """Calls newest first; ``before`` pages back, ``after`` asks only for newer ones."""
+        """Calls newest first (or ``oldest_first``); ``before`` and ``after`` bound the call
+        number."""
         request = ListCalls(
-            func_name=func_name, status=status, before=before, after=after, limit=limit
+            func_name=func_name,
+            status=status,
+            before=before,
+            after=after,
+            limit=limit,
+            oldest_first=oldest_first,
         )
         return (await self._request(request, CallList)).calls

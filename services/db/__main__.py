@@ -59,6 +59,7 @@ async def run(settings: DbSettings) -> int:
         log.info("db.listening", bind=settings.db_bind, path=settings.db_path)
         try:
             await server.serve()
+            await server.drain()
         except asyncio.CancelledError:
             if not server.stopping:
                 raise

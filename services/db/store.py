@@ -1,11 +1,17 @@
-"""The SQLite store of runtimes, functions and calls, on aiosqlite.
+"""The SQLite store of runtimes, functions and calls.
 
-This process is the only writer. aiosqlite runs the sqlite3 connection on a thread of its
-own, and every trip there (queue, thread wake-up, wake-up of the loop back) costs far
-more than the SQL of a typical request. So nothing here awaits statement by statement:
-the server hands a whole batch to ``Store.run``, one trip, and on that thread the batch
-calls the plain synchronous methods here, from BEGIN to COMMIT or ROLLBACK. Those methods
-may only run there: sqlite3 refuses a connection used off the thread that opened it.
+This process is the only writer. Its sqlite3 connection lives on a thread of its own
+(``SqliteThread``), and every trip there (queue, thread wake-up, wake-up of the loop back)
+costs far more than the SQL of a typical request. So nothing here awaits statement by
+statement: the server hands a whole batch to ``Store.run``, one trip, and on that thread
+the batch calls the plain synchronous methods here, from BEGIN to COMMIT or ROLLBACK.
+Those methods may only run there: sqlite3 refuses a connection used off the thread that
+opened it.
+
+Listings (``list_calls``, ``list_functions``, ``list_runtimes``) run on a second
+connection with a thread of its own (``Store.read``): under WAL a reader sees the last
+commit and never blocks the writer, so a page of a large listing does not hold up the
+batches of small requests behind it.
 
 Transactions are opened by the caller (the server runs a whole batch of requests in
 one), so the write methods here assume one is open; each of them validates with reads
@@ -17,15 +23,17 @@ them in two statements.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import aiosqlite
 import msgspec
 import structlog
 
@@ -108,6 +116,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE TABLE call_numbers (next INTEGER NOT NULL)",),
     # 3: the name of the API key that created a call
     ("ALTER TABLE calls ADD COLUMN caller TEXT",),
+    # 4: every listing filter has an index that also gives its order (a rare function's
+    # DONE calls were found by scanning every DONE call), and retention by age finds the
+    # oldest calls without a scan.
+    (
+        "CREATE INDEX calls_by_func_status ON calls (func_name, status, call_num DESC)",
+        "CREATE INDEX calls_by_created ON calls (created_at)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -216,30 +231,72 @@ class RollbackFailed(Exception):
     unknown state, so the process must stop rather than run another batch on it."""
 
 
+class SqliteThread:
+    """A sqlite3 connection on a thread of its own: ``run`` takes a function there.
+
+    sqlite3 releases the GIL while SQLite works, so the event loop runs on meanwhile.
+    A function runs in a copy of the caller's context: the thread has its own, and the
+    log lines it writes would lose what is bound in this one (the service's name).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection; only for code that ``run`` runs."""
+        assert self._db is not None, "not open"
+        return self._db
+
+    async def open(self, path: str) -> None:
+        self._db = await self.run(sqlite3.connect, path, isolation_level=None)
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self.run(self._db.close)
+            self._db = None
+        self._executor.shutdown()
+
+
 class Store:
     """Runtimes, functions and calls in one SQLite file (WAL, foreign keys on).
 
-    Every method but ``open``, ``close`` and ``run`` is synchronous and runs on the
-    connection's thread, inside a function given to ``run``; so does every change to the
-    call counter.
+    Every method but ``open``, ``close``, ``run`` and ``read`` is synchronous: the
+    listings run on the reader's thread, inside a function given to ``read``; the rest on
+    the writer's, inside a function given to ``run``; so does every change to the call
+    counter.
     """
 
-    def __init__(self, conn: aiosqlite.Connection, next_call_num: int) -> None:
-        self._conn = conn
-        # The sqlite3 connection that aiosqlite opened on its thread, for the code run there.
-        self._db: sqlite3.Connection = conn._conn
+    def __init__(self, writer: SqliteThread, reader: SqliteThread, next_call_num: int) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._db = writer.db
+        self._rdb = reader.db
         self._next_call_num = next_call_num
 
     @classmethod
     async def open(cls, settings: DbSettings) -> Store:
         """Open (or create) the database, apply the start policy and the migrations."""
-        if settings.db_path != ":memory:":
+        memory = settings.db_path == ":memory:"
+        if not memory:
             Path(settings.db_path).parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(settings.db_path, isolation_level=None)
+        writer = SqliteThread("db-writer")
+        # A second connection to ":memory:" would be a second, empty database.
+        reader = writer if memory else SqliteThread("db-reader")
         try:
-            version, next_call_num = await _on_thread(conn, _prepare, conn._conn, settings)
+            await writer.open(settings.db_path)
+            version, next_call_num = await writer.run(_prepare, writer.db, settings)
+            if reader is not writer:
+                await reader.open(settings.db_path)
+                await reader.run(_prepare_reader, reader.db)
         except BaseException:
-            await conn.close()
+            await writer.close()
+            await reader.close()
             raise
         log.info(
             "db.store_opened",
@@ -249,15 +306,21 @@ class Store:
             sync=settings.db_sync,
             next_call_num=next_call_num,
         )
-        return cls(conn, next_call_num)
+        return cls(writer, reader, next_call_num)
 
     async def close(self) -> None:
-        await self._conn.close()
+        await self._reader.close()
+        await self._writer.close()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn`` on the connection's thread and give its result: one trip there,
+        """Run ``fn`` on the writer's thread and give its result: one trip there,
         however many statements ``fn`` runs through this store's methods."""
-        return await _on_thread(self._conn, fn, *args, **kwargs)
+        return await self._writer.run(fn, *args, **kwargs)
+
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn``, which may only use the listings, on the reader's thread: it sees
+        what was committed, and writes go on meanwhile."""
+        return await self._reader.run(fn, *args, **kwargs)
 
     # ---- transactions
 
@@ -337,7 +400,7 @@ class Store:
         return _runtime(row)
 
     def list_runtimes(self) -> list[Runtime]:
-        rows = self._db.execute(f"SELECT {_RUNTIME_COLUMNS} FROM runtimes ORDER BY name")
+        rows = self._rdb.execute(f"SELECT {_RUNTIME_COLUMNS} FROM runtimes ORDER BY name")
         return [_runtime(row) for row in rows]
 
     def delete_runtime(self, name: str) -> None:
@@ -398,7 +461,7 @@ class Store:
         return _function(row)
 
     def list_functions(self) -> list[Function]:
-        rows = self._db.execute(f"SELECT {_FUNCTION_COLUMNS} FROM functions ORDER BY name")
+        rows = self._rdb.execute(f"SELECT {_FUNCTION_COLUMNS} FROM functions ORDER BY name")
         return [_function(row) for row in rows]
 
     def delete_function(self, name: str) -> None:
@@ -564,8 +627,10 @@ class Store:
         before: int | None = None,
         after: int | None = None,
         limit: int = 100,
+        oldest_first: bool = False,
     ) -> list[Call]:
-        """Calls newest first, filtered; ``before``/``after`` bound the call number."""
+        """Calls newest first (or oldest first), filtered; ``before``/``after`` bound the
+        call number. Each filter has an index in that order: the cost is the page's."""
         clauses: list[str] = []
         params: list[Any] = []
         if func_name is not None:
@@ -582,23 +647,11 @@ class Store:
             params.append(after)
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
         params.append(max(1, min(limit, MAX_LIST)))
-        rows = self._db.execute(
-            f"SELECT {_CALL_COLUMNS} FROM calls {where}ORDER BY call_num DESC LIMIT ?", params
+        order = "ASC" if oldest_first else "DESC"
+        rows = self._rdb.execute(
+            f"SELECT {_CALL_COLUMNS} FROM calls {where}ORDER BY call_num {order} LIMIT ?", params
         )
         return [_call(row) for row in rows]
-
-
-async def _on_thread(
-    conn: aiosqlite.Connection, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
-) -> T:
-    """Run ``fn`` on aiosqlite's connection thread, through the primitive its own methods
-    use (``Connection._execute``: one queued function, one future).
-
-    ``fn`` runs in a copy of the caller's context: the thread has its own, and the log
-    lines ``fn`` writes would lose what is bound in this one (the service's name).
-    """
-    result: T = await conn._execute(contextvars.copy_context().run, fn, *args, **kwargs)
-    return result
 
 
 def _prepare(db: sqlite3.Connection, settings: DbSettings) -> tuple[int, int]:
@@ -611,6 +664,12 @@ def _prepare(db: sqlite3.Connection, settings: DbSettings) -> tuple[int, int]:
         _wipe(db)
     db.execute("PRAGMA foreign_keys = ON")
     return _migrate(db), _first_free_call_num(db)
+
+
+def _prepare_reader(db: sqlite3.Connection) -> None:
+    """Set the reader's connection up: it may not write, and waits out a checkpoint."""
+    db.execute("PRAGMA query_only = ON")
+    db.execute("PRAGMA busy_timeout = 5000")
 
 
 def _first_free_call_num(db: sqlite3.Connection) -> int:
