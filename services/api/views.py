@@ -7,11 +7,12 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+import structlog
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -44,7 +45,9 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 CALL_NUMS = web.AppKey("call_nums", CallNumbers)
 KEYS = web.AppKey("keys", Keys)
 
+log = structlog.get_logger()
 _json = msgspec.json.Encoder()
+LIST_PAGE = 1000  # calls a streamed listing reads from the db at a time (the db's most)
 DB_DEADLINE = 30.0  # seconds a write waits for a db that does not answer (a restart)
 LOGS_WAIT = 2.0  # seconds a reported call's logs may take to reach the db
 
@@ -519,18 +522,38 @@ async def legacy_functions(request: web.Request) -> web.Response:
     return json_response(list(request.app[CATALOG].functions))
 
 
-async def legacy_calls(request: web.Request) -> web.Response:
-    """The whole call store as the original design shows it: ``{"c1": {...}, ...}``."""
-    db, calls, before = request.app[DB], {}, None
-    while True:
-        page = await db.list_calls(before=before, limit=1000)
-        for c in page:
-            calls[f"c{c.call_num}"] = legacy_call(c)
-        if len(page) < 1000:
-            break
-        before = page[-1].call_num
-    ordered = dict(sorted(calls.items(), key=lambda kv: int(kv[0][1:])))
-    return json_response(ordered)
+async def legacy_calls(request: web.Request) -> web.StreamResponse:
+    """The whole call store as the original design shows it: ``{"c1": {...}, ...}``.
+
+    Streamed: read from the db a page at a time, oldest first, each page written out
+    before the next is asked for, so the api holds one page whatever the number of calls
+    (and answers other requests between pages). Once the first bytes are out the status
+    cannot change: if the db fails for good mid-way, the connection is cut, so a client
+    sees a broken body rather than a shorter valid one.
+    """
+    db = request.app[DB]
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    after: int | None = None
+    opening = b"{"
+
+    def next_page() -> Awaitable[list[Call]]:
+        return db.list_calls(after=after, limit=LIST_PAGE, oldest_first=True)
+
+    try:
+        while page := await retrying(next_page, DB_DEADLINE, "list calls"):
+            # one dict of the page, its braces dropped: the members of the whole object
+            members = _json.encode({f"c{c.call_num}": legacy_call(c) for c in page})[1:-1]
+            await response.write(opening + members)
+            opening, after = b",", page[-1].call_num
+    except Unavailable as exc:
+        log.warning("api.stream_cut", path=request.path, error=exc.message)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write(b"{}" if opening == b"{" else b"}")
+    await response.write_eof()
+    return response
 
 
 async def fetch_call(app: web.Application, num: int) -> Call:

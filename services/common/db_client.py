@@ -159,9 +159,7 @@ class DbClient:
         self._creates = _Coalescer[NewCall, Call]("create calls", self.create_calls)
         # Results are written after their client was answered (docs/SCHEDULING.md): their
         # batches may wait for the one in flight, and grow under load.
-        self._updates = _Coalescer[CallUpdate, bool](
-            "update calls", self.update_calls, in_flight=1
-        )
+        self._updates = _Coalescer[CallUpdate, bool]("update calls", self.update_calls, in_flight=1)
         self.requests_sent = 0
         self._closed = False
 

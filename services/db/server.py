@@ -355,6 +355,7 @@ class DbServer:
 
     def _create_calls(self, requests: list[CreateCalls]) -> list[Outcome]:
         """All the creates of a group in one store call; a malformed one fails alone."""
+
         def check(request: CreateCalls) -> None:
             for new in request.calls:
                 check_name("function", new.func_name)
@@ -415,13 +416,4 @@ class DbServer:
         return CallLogs(call_num=request.call_num, logs=logs)
 
     def _list_calls(self, request: ListCalls) -> CallList:
-        return CallList(
-            calls=self._store.list_calls(
-                func_name=request.func_name,
-                status=request.status,
-                before=request.before,
-                after=request.after,
-                limit=request.limit,
-                oldest_first=request.oldest_first,
-            )
-        )
+        return CallList(calls=self._store.list_calls(request))

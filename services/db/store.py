@@ -37,6 +37,7 @@ from typing import Any, ParamSpec, TypeVar
 import msgspec
 import structlog
 
+from services.common.db_protocol import ListCalls
 from services.common.errors import BadRequest, Conflict, FumError, NotFound
 from services.common.models import (
     FINAL_STATUSES,
@@ -619,39 +620,33 @@ class Store:
             raise NotFound(f"no call number {call_num}")
         return row[0] or ""
 
-    def list_calls(
-        self,
-        *,
-        func_name: str | None = None,
-        status: str | None = None,
-        before: int | None = None,
-        after: int | None = None,
-        limit: int = 100,
-        oldest_first: bool = False,
-    ) -> list[Call]:
-        """Calls newest first (or oldest first), filtered; ``before``/``after`` bound the
-        call number. Each filter has an index in that order: the cost is the page's."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if func_name is not None:
-            clauses.append("func_name = ?")
-            params.append(func_name)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(check_status(status))
-        if before is not None:
-            clauses.append("call_num < ?")
-            params.append(before)
-        if after is not None:
-            clauses.append("call_num > ?")
-            params.append(after)
-        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
-        params.append(max(1, min(limit, MAX_LIST)))
-        order = "ASC" if oldest_first else "DESC"
-        rows = self._rdb.execute(
-            f"SELECT {_CALL_COLUMNS} FROM calls {where}ORDER BY call_num {order} LIMIT ?", params
-        )
-        return [_call(row) for row in rows]
+    def list_calls(self, request: ListCalls) -> list[Call]:
+        """A page of calls (``ListCalls``), on the reader's thread."""
+        return [_call(row) for row in self._rdb.execute(*list_calls_query(request))]
+
+
+def list_calls_query(request: ListCalls) -> tuple[str, list[Any]]:
+    """The SQL of a page of calls and its parameters: newest first (or oldest first),
+    filtered, ``before``/``after`` bounding the call number. Each filter has an index in
+    that order, so a page costs what it holds, not the calls that do not match."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if request.func_name is not None:
+        clauses.append("func_name = ?")
+        params.append(request.func_name)
+    if request.status is not None:
+        clauses.append("status = ?")
+        params.append(check_status(request.status))
+    if request.before is not None:
+        clauses.append("call_num < ?")
+        params.append(request.before)
+    if request.after is not None:
+        clauses.append("call_num > ?")
+        params.append(request.after)
+    where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+    params.append(max(1, min(request.limit, MAX_LIST)))
+    order = "ASC" if request.oldest_first else "DESC"
+    return f"SELECT {_CALL_COLUMNS} FROM calls {where}ORDER BY call_num {order} LIMIT ?", params
 
 
 def _prepare(db: sqlite3.Connection, settings: DbSettings) -> tuple[int, int]:
