@@ -47,7 +47,8 @@ KEYS = web.AppKey("keys", Keys)
 
 log = structlog.get_logger()
 _json = msgspec.json.Encoder()
-LIST_PAGE = 1000  # calls a streamed listing reads from the db at a time (the db's most)
+LIST_PAGE = 1000  # the most a page of a listing holds (the db's most)
+DEFAULT_PAGE = 100
 DB_DEADLINE = 30.0  # seconds a write waits for a db that does not answer (a restart)
 LOGS_WAIT = 2.0  # seconds a reported call's logs may take to reach the db
 
@@ -579,9 +580,28 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response(health)
 
 
+def next_page(
+    request: web.Request, items: list[Any], limit: int, key: str, cursor: Any
+) -> str | None:
+    """The URL of the page after a full one, which ended at ``cursor`` (the query
+    parameter ``key`` of the next), else None: the same query otherwise."""
+    if len(items) < limit:
+        return None
+    query = {k: v for k, v in request.query.items() if k not in ("before", "after")}
+    query[key] = str(cursor)
+    return str(request.rel_url.with_query(query))
+
+
+def query_limit(request: web.Request) -> int:
+    return query_int(request, "limit", 1, LIST_PAGE) or DEFAULT_PAGE
+
+
 async def list_runtimes(request: web.Request) -> web.Response:
-    items = [runtime_view(r) for r in request.app[CATALOG].runtimes.values()]
-    return json_response({"items": items})
+    """Runtimes in name order, a page at a time (``limit``, ``after``: a name)."""
+    limit = query_limit(request)
+    page = request.app[CATALOG].runtime_page(request.query.get("after"), limit)
+    next_url = next_page(request, page, limit, "after", page[-1].name if page else "")
+    return json_response({"items": [runtime_view(r) for r in page], "next": next_url})
 
 
 async def create_runtime(request: web.Request) -> web.Response:
@@ -611,8 +631,11 @@ async def delete_runtime(request: web.Request) -> web.Response:
 
 
 async def list_functions(request: web.Request) -> web.Response:
-    items = [function_view(f) for f in request.app[CATALOG].functions.values()]
-    return json_response({"items": items})
+    """Functions in name order, a page at a time (``limit``, ``after``: a name)."""
+    limit = query_limit(request)
+    page = request.app[CATALOG].function_page(request.query.get("after"), limit)
+    next_url = next_page(request, page, limit, "after", page[-1].name if page else "")
+    return json_response({"items": [function_view(f) for f in page], "next": next_url})
 
 
 async def put_function(request: web.Request) -> web.Response:
@@ -812,7 +835,7 @@ async def list_calls(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
-    limit = query_int(request, "limit", 1, 1000) or 100
+    limit = query_limit(request)
     function = request.query.get("function")
     calls = await request.app[DB].list_calls(
         func_name=function,
@@ -821,11 +844,7 @@ async def list_calls(request: web.Request) -> web.Response:
         after=query_int(request, "after"),
         limit=limit,
     )
-    next_url = None
-    if len(calls) == limit:
-        query = {k: v for k, v in request.query.items() if k not in ("before", "after")}
-        query["before"] = str(calls[-1].call_num)
-        next_url = str(request.rel_url.with_query(query))
+    next_url = next_page(request, calls, limit, "before", calls[-1].call_num if calls else 0)
     return json_response({"items": [call_view(c) for c in calls], "next": next_url})
 
 
