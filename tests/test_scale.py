@@ -13,7 +13,7 @@ import pytest
 
 from fum_cli.local import LocalCluster
 from services.common.db_protocol import ListCalls
-from services.db.store import list_calls_query
+from services.db.store import list_calls_query, retention_query
 
 from .conftest import MILLION
 
@@ -112,14 +112,17 @@ FILTERS = {
 }
 
 
-@pytest.mark.parametrize("name", FILTERS)
-def test_listing_filters_use_an_index(million_calls: Path, name: str) -> None:
-    db = sqlite3.connect(f"file:{million_calls}?mode=ro", uri=True)
+def query_plan(path: Path, sql: str, params: list[object]) -> str:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        sql, params = list_calls_query(FILTERS[name])
-        plan = " / ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+        return " / ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("name", FILTERS)
+def test_listing_filters_use_an_index(million_calls: Path, name: str) -> None:
+    plan = query_plan(million_calls, *list_calls_query(FILTERS[name]))
     assert "TEMP B-TREE" not in plan, plan
     if FILTERS[name].func_name is not None:
         expected = "calls_by_func_status" if FILTERS[name].status else "calls_by_func"
@@ -130,3 +133,14 @@ def test_listing_filters_use_an_index(million_calls: Path, name: str) -> None:
         assert plan == "SCAN calls"  # in call-number order: LIMIT stops it at the page's end
     else:
         assert "USING INTEGER PRIMARY KEY" in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("older", "index"),
+    [("age", "USING INDEX calls_by_created "), ("count", "USING INTEGER PRIMARY KEY ")],
+)
+def test_retention_finds_old_calls_through_an_index(
+    million_calls: Path, older: str, index: str
+) -> None:
+    plan = query_plan(million_calls, retention_query(older), [1000.0, 500])  # type: ignore[arg-type]
+    assert index in plan and "calls_by_status" not in plan, plan

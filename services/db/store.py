@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import msgspec
 import structlog
@@ -171,6 +171,7 @@ _UPDATE_CALL = f"""
 """
 
 MAX_LIST = 1000
+_INCREMENTAL = 2  # PRAGMA auto_vacuum: free pages stay in the file until incremental_vacuum
 
 _json = msgspec.json.Encoder()
 _limits = msgspec.json.Decoder(Limits)
@@ -620,6 +621,40 @@ class Store:
             raise NotFound(f"no call number {call_num}")
         return row[0] or ""
 
+    # ---- retention
+
+    def newest_beyond(self, keep: int) -> int:
+        """The number of the newest call beyond the newest ``keep`` (0 if there are not
+        that many), on the reader's thread."""
+        row = self._rdb.execute(
+            "SELECT call_num FROM calls ORDER BY call_num DESC LIMIT 1 OFFSET ?", (keep,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def delete_old_calls(self, older: Literal["count", "age"], bound: float, limit: int) -> int:
+        """Delete up to ``limit`` finished calls numbered up to ``bound`` (``count``) or
+        created before it (``age``), in a transaction of their own; how many went.
+
+        The call counter is written down first: the newest calls may be among those
+        deleted, and a restart must not give their numbers again.
+        """
+        with self.transaction():
+            (kept,) = self._db.execute("SELECT MAX(next) FROM call_numbers").fetchone()
+            if (kept or 0) < self._next_call_num:
+                self._db.execute("DELETE FROM call_numbers")
+                self._db.execute(
+                    "INSERT INTO call_numbers (next) VALUES (?)", (self._next_call_num,)
+                )
+            cursor = self._db.execute(
+                f"DELETE FROM calls WHERE call_num IN ({retention_query(older)})", (bound, limit)
+            )
+        return cursor.rowcount
+
+    def compact(self, pages: int) -> int:
+        """Give up to ``pages`` free pages back to the file system; how many stay free."""
+        self._db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+        return int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+
     def list_calls(self, request: ListCalls) -> list[Call]:
         """A page of calls (``ListCalls``), on the reader's thread."""
         return [_call(row) for row in self._rdb.execute(*list_calls_query(request))]
@@ -649,9 +684,24 @@ def list_calls_query(request: ListCalls) -> tuple[str, list[Any]]:
     return f"SELECT {_CALL_COLUMNS} FROM calls {where}ORDER BY call_num {order} LIMIT ?", params
 
 
+# Which finished calls retention deletes: beyond the newest N (``count``: numbered up to
+# a bound), or older than N days (``age``: created before a time). The ``+`` keeps SQLite
+# from reading them through the status index (every DONE call) instead of these orders.
+_OLD_CALLS = {"count": "call_num <= ?", "age": "created_at < ?"}
+RETENTION_QUERY = (
+    "SELECT call_num FROM calls WHERE {older} AND +status IN (" + _FINAL_SQL + ") LIMIT ?"
+)
+
+
+def retention_query(older: Literal["count", "age"]) -> str:
+    """The SQL that picks a batch of calls for retention to delete (bound, limit)."""
+    return RETENTION_QUERY.format(older=_OLD_CALLS[older])
+
+
 def _prepare(db: sqlite3.Connection, settings: DbSettings) -> tuple[int, int]:
     """Set the connection up, apply the start policy and the migrations (on the
     connection's thread); the schema version and the next call number."""
+    _compactable(db, settings.retention)  # first: WAL mode would make a new file's header
     db.execute("PRAGMA journal_mode = WAL")
     db.execute(f"PRAGMA synchronous = {settings.db_sync.upper()}")
     db.execute("PRAGMA busy_timeout = 5000")
@@ -665,6 +715,19 @@ def _prepare_reader(db: sqlite3.Connection) -> None:
     """Set the reader's connection up: it may not write, and waits out a checkpoint."""
     db.execute("PRAGMA query_only = ON")
     db.execute("PRAGMA busy_timeout = 5000")
+
+
+def _compactable(db: sqlite3.Connection, retention: bool) -> None:
+    """Make the file give back the pages of deleted rows on ``compact`` (SQLite's
+    incremental auto-vacuum). A new file is made so; an older one is rewritten once
+    (VACUUM, before the db serves) when retention is turned on for it."""
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+        return
+    db.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")
+    empty = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    if not empty and retention:
+        log.info("db.vacuuming", reason="retention on, the file not yet compactable")
+        db.execute("VACUUM")
 
 
 def _first_free_call_num(db: sqlite3.Connection) -> int:
@@ -692,6 +755,7 @@ def _wipe(db: sqlite3.Connection) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    db.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")  # applied by the VACUUM
     db.execute("VACUUM")
     log.info("db.wiped", tables=tables)
 
