@@ -547,13 +547,14 @@ async def legacy_calls(request: web.Request) -> web.StreamResponse:
             members = _json.encode({f"c{c.call_num}": legacy_call(c) for c in page})[1:-1]
             await response.write(opening + members)
             opening, after = b",", page[-1].call_num
+        await response.write(b"{}" if opening == b"{" else b"}")
+        await response.write_eof()
     except Unavailable as exc:
         log.warning("api.stream_cut", path=request.path, error=exc.message)
         if request.transport is not None:
             request.transport.close()
-        return response
-    await response.write(b"{}" if opening == b"{" else b"}")
-    await response.write_eof()
+    except ConnectionResetError:  # the client left: nothing more to send
+        pass
     return response
 
 
