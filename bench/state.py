@@ -98,6 +98,7 @@ async def timed(session: aiohttp.ClientSession, path: str, count: int) -> float:
 async def legacy_calls(session: aiohttp.ClientSession, cluster: LocalCluster) -> dict[str, float]:
     """The original GET /calls: time, size, the api's peak RSS, /healthz meanwhile."""
     probes: list[float] = []
+    reads: list[float] = []
     size = 0
     async with aiohttp.ClientSession(cluster.url) as prober:
         await timed(prober, "/healthz", 1)
@@ -107,12 +108,14 @@ async def legacy_calls(session: aiohttp.ClientSession, cluster: LocalCluster) ->
                 size += len(chunk)
                 if size // 4_000_000 >= len(probes):
                     probes.append(await timed(prober, "/healthz", 1))
+                    reads.append(await timed(prober, "/v1/calls/1", 1))
         elapsed = time.perf_counter() - t0
     return {
         "legacy_calls_s": round(elapsed, 3),
         "legacy_calls_mb": round(size / 1e6, 1),
         "api_peak_rss_mb": peak_rss_mb(cluster.procs["api"].pid),
         "healthz_during_legacy_max_ms": max(probes),
+        "call_during_legacy_max_ms": max(reads),
     }
 
 
