@@ -55,7 +55,7 @@ async def prepare(folder: Path, calls: int, functions: int) -> dict[str, float]:
     """Make a data folder: the calls file, then the functions through the api."""
     folder.mkdir(parents=True)
     if calls:
-        build_calls_file(folder / "fum.sqlite3", calls)
+        await asyncio.to_thread(build_calls_file, folder / "fum.sqlite3", calls)  # its own loop
     cluster = LocalCluster(folder, port=0).start(timeout=120)
     per_registration: list[float] = []
     try:
