@@ -144,7 +144,9 @@ async def measure(folder: Path) -> dict[str, float]:
                 "calls_rare_function_status": "/v1/calls?function=rare&status=DONE",
                 "call": "/v1/calls/1",
                 "legacy_call": "/call/1",
-                "functions_page": "/v1/functions?limit=100",
+                # pages of one size on both: the first function, and the one after noop
+                "functions_first": "/v1/functions?limit=1",
+                "functions_after": "/v1/functions?after=noop&limit=1",
                 "runtimes": "/v1/runtimes",
                 "healthz": "/healthz",
             }
