@@ -19,9 +19,11 @@ from .models import (
     Call,
     CallPage,
     Function,
+    FunctionPage,
     Health,
     Node,
     Runtime,
+    RuntimePage,
     WaitResult,
     _CallNums,
     _Items,
@@ -109,8 +111,17 @@ def openapi() -> Req[Any]:
 # ---- runtimes
 
 
-def list_runtimes() -> Req[list[Runtime]]:
-    return Req("GET", "/v1/runtimes", _items(Runtime))
+# How many runtimes or functions the clients ask for at a time when they list them all.
+PAGE = 1000
+
+
+def _page_query(after: str | None) -> dict[str, str]:
+    return {"limit": str(PAGE)} if after is None else {"limit": str(PAGE), "after": after}
+
+
+def list_runtimes(after: str | None = None) -> Req[RuntimePage]:
+    """A page of runtimes in name order, from the first after ``after``."""
+    return Req("GET", "/v1/runtimes", _typed(RuntimePage), query=_page_query(after))
 
 
 def get_runtime(name: str) -> Req[Runtime]:
@@ -135,8 +146,9 @@ def delete_runtime(name: str) -> Req[None]:
 # ---- functions
 
 
-def list_functions() -> Req[list[Function]]:
-    return Req("GET", "/v1/functions", _items(Function))
+def list_functions(after: str | None = None) -> Req[FunctionPage]:
+    """A page of functions in name order, from the first after ``after``."""
+    return Req("GET", "/v1/functions", _typed(FunctionPage), query=_page_query(after))
 
 
 def get_function(name: str) -> Req[Function]:

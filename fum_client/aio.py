@@ -133,7 +133,13 @@ class AsyncClient:
     # ---- runtimes
 
     async def list_runtimes(self) -> list[Runtime]:
-        return await self._send(_api.list_runtimes())
+        """Every runtime, in name order (page after page)."""
+        items: list[Runtime] = []
+        while True:
+            page = await self._send(_api.list_runtimes(items[-1].name if items else None))
+            items += page.items
+            if page.next is None or not page.items:
+                return items
 
     async def get_runtime(self, name: str) -> Runtime:
         return await self._send(_api.get_runtime(name))
@@ -149,7 +155,13 @@ class AsyncClient:
     # ---- functions
 
     async def list_functions(self) -> list[Function]:
-        return await self._send(_api.list_functions())
+        """Every function, in name order (page after page)."""
+        items: list[Function] = []
+        while True:
+            page = await self._send(_api.list_functions(items[-1].name if items else None))
+            items += page.items
+            if page.next is None or not page.items:
+                return items
 
     async def get_function(self, name: str) -> Function:
         return await self._send(_api.get_function(name))

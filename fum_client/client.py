@@ -81,7 +81,13 @@ class Client:
     # ---- runtimes
 
     def list_runtimes(self) -> list[Runtime]:
-        return self._http.send(_api.list_runtimes())
+        """Every runtime, in name order (page after page)."""
+        items: list[Runtime] = []
+        while True:
+            page = self._http.send(_api.list_runtimes(items[-1].name if items else None))
+            items += page.items
+            if page.next is None or not page.items:
+                return items
 
     def get_runtime(self, name: str) -> Runtime:
         return self._http.send(_api.get_runtime(name))
@@ -99,7 +105,13 @@ class Client:
     # ---- functions
 
     def list_functions(self) -> list[Function]:
-        return self._http.send(_api.list_functions())
+        """Every function, in name order (page after page)."""
+        items: list[Function] = []
+        while True:
+            page = self._http.send(_api.list_functions(items[-1].name if items else None))
+            items += page.items
+            if page.next is None or not page.items:
+                return items
 
     def get_function(self, name: str) -> Function:
         return self._http.send(_api.get_function(name))

@@ -97,6 +97,20 @@ class CallPage(Model, frozen=True):
     next: str | None = None
 
 
+class RuntimePage(Model, frozen=True):
+    """One page of runtimes in name order; ``next`` is the path of the next page, if any."""
+
+    items: list[Runtime]
+    next: str | None = None
+
+
+class FunctionPage(Model, frozen=True):
+    """One page of functions in name order; ``next`` is the path of the next page, if any."""
+
+    items: list[Function]
+    next: str | None = None
+
+
 class WaitResult(Model, frozen=True):
     """The calls that finished, and the numbers of those still pending."""
 

@@ -81,3 +81,26 @@ def keeper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+MILLION = 1_000_000
+
+
+@pytest.fixture(scope="session")
+def million_calls(pytestconfig: pytest.Config) -> Path:
+    """A db file holding a million calls, built once per schema version and kept in the
+    pytest cache (``.pytest_cache``); tests copy it before using it."""
+    from services.db.store import SCHEMA_VERSION
+
+    from .support import build_calls_file
+
+    assert pytestconfig.cache is not None
+    folder = pytestconfig.cache.mkdir(f"million-calls-v{SCHEMA_VERSION}")
+    path = folder / "fum.sqlite3"
+    if not path.exists():
+        building = folder / "building.sqlite3"
+        for stale in folder.glob("building.sqlite3*"):
+            stale.unlink()
+        build_calls_file(building, MILLION)
+        building.rename(path)
+    return path

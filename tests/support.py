@@ -238,3 +238,50 @@ def fum_up(*args: str, cwd: Path | None = None) -> Iterator[tuple[subprocess.Pop
             proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+# ---- state at scale: a calls table of a million rows, built once
+
+
+def build_calls_file(path: Path, count: int, rare: str = "rare") -> None:
+    """A db file holding ``count`` finished calls, through the db's own schema (its
+    migrations, then one executemany in one transaction: a million rows in seconds).
+
+    Most calls belong to a hundred functions, DONE or (one in ten) ERROR; the ten oldest
+    belong to ``rare``, half of them DONE: the filter a scan by status makes slow.
+    """
+    import sqlite3
+
+    from services.db.settings import DbSettings
+    from services.db.store import Store
+
+    async def schema() -> None:
+        store = await Store.open(DbSettings(db_path=str(path)))
+        await store.close()
+
+    asyncio.run(schema())
+    created = time.time() - count * 0.001
+
+    def rows() -> Iterator[tuple[object, ...]]:
+        for num in range(1, count + 1):
+            func = rare if num <= 10 else f"f{num % 100}"
+            status = "ERROR" if (num % 2 == 0 if num <= 10 else num % 10 == 0) else "DONE"
+            at = created + num * 0.001
+            params = b'{"i":%d}' % num
+            done = status == "DONE"
+            result, error = (b"%d" % num, None) if done else (None, "boom")
+            row = (num, f"{num:032x}", func, status, 0, 1, "warm", at, at, at + 0.0005)
+            yield (*row, params, result, error)
+
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO calls (call_num, uuid, func_name, status, node_id, attempts, start, "
+            "created_at, started_at, finished_at, params, result, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows(),
+        )
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()

@@ -10,9 +10,20 @@ from pathlib import Path
 
 import pytest
 
+import fum_client._api
 from fum_cli.local import LocalCluster
+from fum_client import AsyncClient, Client
 
-from .support import HANDLER_RUNTIME, Api, curl, invoke_dice, register_dice, targz, unique
+from .support import (
+    HANDLER_RUNTIME,
+    Api,
+    curl,
+    handler_package,
+    invoke_dice,
+    register_dice,
+    targz,
+    unique,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -362,3 +373,38 @@ async def test_limits_are_set_at_upload_and_updated(api: Api) -> None:
     assert fn["limits"]["timeout"] == 7  # a refused change changed nothing
     status, _ = await api.deploy(unique("f"), "pyh", b"", concurrency=0)
     assert status == 400
+
+
+async def test_functions_and_runtimes_are_paginated(
+    api: Api, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = unique("pg")
+    runtimes = [f"{prefix}-rt{i}" for i in range(3)]
+    for name in runtimes:
+        await api.runtime(name)
+    functions = [f"{prefix}-fn{i}" for i in range(5)]
+    for name in functions:
+        status, body = await api.deploy(name, runtimes[0], handler_package("echo"))
+        assert status == 201, body
+    for path, names in (("/v1/functions", functions), ("/v1/runtimes", runtimes)):
+        # every page in name order, "next" until the last; the same query beside the cursor
+        seen: list[str] = []
+        url: str | None = f"{path}?limit=2"
+        while url is not None:
+            status, page = await api.request("GET", url)
+            assert status == 200 and len(page["items"]) <= 2, page
+            seen += [item["name"] for item in page["items"]]
+            url = page["next"]
+            assert url is None or "limit=2" in url
+        assert seen == sorted(seen) and [n for n in seen if n.startswith(prefix)] == names
+        status, page = await api.request("GET", path, params={"after": names[-2]})
+        assert [item["name"] for item in page["items"]][:1] == names[-1:]
+        status, body = await api.request("GET", path, params={"limit": "0"})
+        assert status == 400 and "limit" in body["error"]["message"]
+    # the SDK follows the pages (made short here so that five functions take three)
+    monkeypatch.setattr(fum_client._api, "PAGE", 2)
+    with Client(cluster.url) as client:
+        assert [f.name for f in client.list_functions() if f.name.startswith(prefix)] == functions
+    async with AsyncClient(cluster.url) as aclient:
+        listed = await aclient.list_runtimes()
+        assert [r.name for r in listed if r.name.startswith(prefix)] == runtimes

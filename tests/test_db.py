@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -84,7 +85,12 @@ class DbLauncher:
     started: list[DbProcess] = field(default_factory=list)
 
     async def start(
-        self, *, path: Path | None = None, policy: str = "keep", sync: str = "normal"
+        self,
+        *,
+        path: Path | None = None,
+        policy: str = "keep",
+        sync: str = "normal",
+        settings: dict[str, str] | None = None,
     ) -> DbProcess:
         port = free_port()
         db = DbProcess(
@@ -101,6 +107,7 @@ class DbLauncher:
             "FUM_DB_SYNC": sync,
             "FUM_KEYS_DIR": str(self.keys.folder),
             "FUM_LOG_LEVEL": "debug",
+            **(settings or {}),
         }
         with db.log.open("wb") as log:
             db.process = await asyncio.create_subprocess_exec(
@@ -827,3 +834,113 @@ async def test_sigint_stops_cleanly(launcher: DbLauncher) -> None:
     db = await launcher.start()
     assert await launcher.stop(db, signal.SIGINT) == 0
     assert '"db.stopped"' in db.log_text()
+
+
+# ---- retention
+
+
+def file_pages(path: Path) -> tuple[int, int, int]:
+    """The file's auto_vacuum mode, its pages, and how many of them are free."""
+    db = sqlite3.connect(path)
+    try:
+        mode, pages, free = (
+            db.execute(f"PRAGMA {p}").fetchone()[0]
+            for p in ("auto_vacuum", "page_count", "freelist_count")
+        )
+        return mode, pages, free
+    finally:
+        db.close()
+
+
+async def wait_for(check: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"{what} within {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+async def test_retention_keeps_the_newest_calls_and_compacts(
+    launcher: DbLauncher, ctx: zmq.asyncio.Context
+) -> None:
+    db = await launcher.start()
+    client = DbClient(ctx, db.endpoint, launcher.keys, timeout=10.0)
+    try:
+        calls = await client.create_calls(
+            [new_call(params=b'"%s"' % (b"x" * 2000)) for _ in range(1500)]
+        )
+        nums = [c.call_num for c in calls]
+        unfinished = nums[3]  # old, but not finished: never deleted
+        done = [CallUpdate(call_num=n, status="DONE", result=b"1") for n in nums if n != unfinished]
+        assert all(await client.update_calls(done))
+    finally:
+        await client.close()
+    await launcher.stop(db)
+    mode, pages, _ = file_pages(db.path)
+    assert mode == 2  # a new file is made compactable
+
+    db = await launcher.start(
+        path=db.path, settings={"FUM_DB_KEEP_CALLS": "5", "FUM_DB_RETENTION_INTERVAL": "0.2"}
+    )
+    client = DbClient(ctx, db.endpoint, launcher.keys, timeout=10.0)
+    try:
+
+        async def swept() -> bool:
+            return len(await client.list_calls(limit=1000)) == 6
+
+        await wait_for(swept, "retention deleted the old calls")
+        kept = [c.call_num for c in await client.list_calls(limit=1000)]
+        assert kept == [*reversed(nums[-5:]), unfinished]
+
+        async def compacted() -> bool:
+            return file_pages(db.path)[2] == 0
+
+        await wait_for(compacted, "the free pages given back")
+        assert file_pages(db.path)[1] < pages / 5
+        assert (await client.create_call(new_call())).call_num == nums[-1] + 1
+    finally:
+        await client.close()
+
+
+async def test_retention_by_age_never_gives_a_number_again(
+    launcher: DbLauncher, ctx: zmq.asyncio.Context
+) -> None:
+    settings = {"FUM_DB_KEEP_DAYS": "1", "FUM_DB_RETENTION_INTERVAL": "0.2"}
+    db = await launcher.start(settings=settings)
+    client = DbClient(ctx, db.endpoint, launcher.keys, timeout=10.0)
+    two_days_ago = time.time() - 2 * 86400
+    try:
+        old = [msgspec.structs.replace(new_call(), created_at=two_days_ago) for _ in range(20)]
+        calls = await client.create_calls(old)
+        fresh = await client.create_call(new_call())
+        done = [CallUpdate(call_num=c.call_num, status="DONE") for c in [*calls, fresh]]
+        assert all(await client.update_calls(done))
+
+        async def swept() -> bool:
+            return [c.call_num for c in await client.list_calls()] == [fresh.call_num]
+
+        await wait_for(swept, "retention deleted the calls older than a day")
+        # the newest calls all deleted: the numbers still go on after a restart
+        last = await client.create_calls(
+            [msgspec.structs.replace(new_call(), created_at=two_days_ago)]
+        )
+        assert await client.update_calls([CallUpdate(call_num=last[0].call_num, status="DONE")])
+
+        async def all_gone() -> bool:
+            return [c.call_num for c in await client.list_calls()] == [fresh.call_num]
+
+        await wait_for(all_gone, "the newest call deleted too")
+        db.process.kill()
+    finally:
+        await client.close()
+    await launcher.stop(db)
+    db = await launcher.start(path=db.path)
+    client = DbClient(ctx, db.endpoint, launcher.keys, timeout=10.0)
+    try:
+        assert (await client.create_call(new_call())).call_num == last[0].call_num + 1
+    finally:
+        await client.close()
+
+
+async def test_retention_settings_are_checked(launcher: DbLauncher) -> None:
+    with pytest.raises(pytest.fail.Exception, match="db_keep_calls"):
+        await launcher.start(settings={"FUM_DB_KEEP_CALLS": "-1"})

@@ -78,6 +78,7 @@ async def _first_invoke(url: str, name: str) -> None:
         assert call["result"] == {"to": name}
 
 
+@pytest.mark.timeout(900)  # 2,000 registrations and 29 starts: 7.5 min on a busy 2-core host
 async def test_no_restart_leaves_a_node_without_its_functions(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

@@ -108,7 +108,7 @@ def test_request_line_headers_and_keep_alive(canned: Canned) -> None:
         assert client.list_runtimes() == []
         assert client.list_functions() == []
     first = server.requests[0]
-    assert first.startswith(b"GET /v1/runtimes HTTP/1.1\r\n")
+    assert first.startswith(b"GET /v1/runtimes?limit=1000 HTTP/1.1\r\n")
     assert f"Host: 127.0.0.1:{server.url.rsplit(':', 1)[1]}\r\n".encode() in first
     assert b"Authorization: Bearer k\r\n" in first and b"Accept: application/json\r\n" in first
     assert server.connections == 1, "kept alive: both requests on one connection"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import msgspec
 
@@ -22,6 +23,15 @@ from services.common.node_protocol import (
 )
 
 from .dispatch import Dispatcher
+
+T = TypeVar("T")
+
+
+def page_of(table: dict[str, T], names: list[str], after: str | None, limit: int) -> list[T]:
+    """Up to ``limit`` entries of ``table`` in name order, from the first after ``after``;
+    ``names`` is the table's names, sorted."""
+    start = 0 if after is None else bisect.bisect_right(names, after)
+    return [table[name] for name in names[start : start + limit]]
 
 
 class StagedPackage:
@@ -98,10 +108,21 @@ class Catalog:
         self.dispatcher = dispatcher
         self.runtimes: dict[str, Runtime] = {}
         self.functions: dict[str, Function] = {}
+        # the names of each, sorted, for pages in name order (kept as names come and go)
+        self._runtime_names: list[str] = []
+        self._function_names: list[str] = []
 
     async def load(self) -> None:
         self.runtimes = {r.name: r for r in await self.db.list_runtimes()}
         self.functions = {f.name: f for f in await self.db.list_functions()}
+        self._runtime_names = sorted(self.runtimes)
+        self._function_names = sorted(self.functions)
+
+    def runtime_page(self, after: str | None, limit: int) -> list[Runtime]:
+        return page_of(self.runtimes, self._runtime_names, after, limit)
+
+    def function_page(self, after: str | None, limit: int) -> list[Function]:
+        return page_of(self.functions, self._function_names, after, limit)
 
     def snapshot(self) -> tuple[list[Runtime], list[Function]]:
         return list(self.runtimes.values()), list(self.functions.values())
@@ -125,13 +146,16 @@ class Catalog:
         if create_only and runtime.name in self.runtimes:
             raise Conflict(f"runtime {runtime.name!r} exists")
         stored, created = await self.db.put_runtime(runtime)
+        if stored.name not in self.runtimes:
+            bisect.insort(self._runtime_names, stored.name)
         self.runtimes[stored.name] = stored
         self.dispatcher.broadcast(RuntimeSynced(runtime=stored))
         return stored, created
 
     async def delete_runtime(self, name: str) -> None:
         await self.db.delete_runtime(name)
-        self.runtimes.pop(name, None)
+        if self.runtimes.pop(name, None) is not None:
+            self._runtime_names.remove(name)
         self.dispatcher.broadcast(RuntimeRemoved(name=name))
 
     async def put_function(
@@ -159,11 +183,14 @@ class Catalog:
 
     async def _store_function(self, function: Function) -> tuple[Function, bool]:
         stored, created = await self.db.put_function(function)
+        if stored.name not in self.functions:
+            bisect.insort(self._function_names, stored.name)
         self.functions[stored.name] = stored
         self.dispatcher.broadcast(FunctionSynced(function=stored))
         return stored, created
 
     async def delete_function(self, name: str) -> None:
         await self.db.delete_function(name)
-        self.functions.pop(name, None)
+        if self.functions.pop(name, None) is not None:
+            self._function_names.remove(name)
         self.dispatcher.broadcast(FunctionRemoved(name=name))

@@ -36,6 +36,8 @@ QUERY_TYPES = {
     "timeout": "number",
     "blocking": "boolean",
 }
+# Listings in name order page ``after`` a name, not a call number.
+NAMED_LISTINGS = {"/v1/runtimes", "/v1/functions"}
 
 
 @cache
@@ -63,7 +65,11 @@ def _operation(route: Route) -> dict[str, Any]:
             "name": name,
             "in": "query",
             "required": False,
-            "schema": {"type": QUERY_TYPES.get(name, "string")},
+            "schema": {
+                "type": "string"
+                if route.path in NAMED_LISTINGS
+                else QUERY_TYPES.get(name, "string")
+            },
         }
         for name in route.query
     ]

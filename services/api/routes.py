@@ -96,7 +96,14 @@ ROUTES: tuple[Route, ...] = (
         "The api's metrics, Prometheus text format",
         tag="operations",
     ),
-    Route("GET", "/v1/runtimes", views.list_runtimes, "List runtimes"),
+    Route(
+        "GET",
+        "/v1/runtimes",
+        views.list_runtimes,
+        "List runtimes in name order, paginated",
+        responses=(200, 400),
+        query=("limit", "after"),
+    ),
     Route(
         "POST",
         "/v1/runtimes",
@@ -121,7 +128,14 @@ ROUTES: tuple[Route, ...] = (
         "Delete a runtime no function uses",
         responses=(204, 404, 409),
     ),
-    Route("GET", "/v1/functions", views.list_functions, "List functions"),
+    Route(
+        "GET",
+        "/v1/functions",
+        views.list_functions,
+        "List functions in name order, paginated",
+        responses=(200, 400),
+        query=("limit", "after"),
+    ),
     Route(
         "GET", "/v1/functions/{name}", views.get_function, "Get a function", responses=(200, 404)
     ),

@@ -7,12 +7,13 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import structlog
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -46,7 +47,10 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 CALL_NUMS = web.AppKey("call_nums", CallNumbers)
 KEYS = web.AppKey("keys", Keys)
 
+log = structlog.get_logger()
 _json = msgspec.json.Encoder()
+LIST_PAGE = 1000  # the most a page of a listing holds (the db's most)
+DEFAULT_PAGE = 100
 DB_DEADLINE = 30.0  # seconds a write waits for a db that does not answer (a restart)
 LOGS_WAIT = 2.0  # seconds a reported call's logs may take to reach the db
 
@@ -521,18 +525,39 @@ async def legacy_functions(request: web.Request) -> web.Response:
     return json_response(list(request.app[CATALOG].functions))
 
 
-async def legacy_calls(request: web.Request) -> web.Response:
-    """The whole call store as the original design shows it: ``{"c1": {...}, ...}``."""
-    db, calls, before = request.app[DB], {}, None
-    while True:
-        page = await db.list_calls(before=before, limit=1000)
-        for c in page:
-            calls[f"c{c.call_num}"] = legacy_call(c)
-        if len(page) < 1000:
-            break
-        before = page[-1].call_num
-    ordered = dict(sorted(calls.items(), key=lambda kv: int(kv[0][1:])))
-    return json_response(ordered)
+async def legacy_calls(request: web.Request) -> web.StreamResponse:
+    """The whole call store as the original design shows it: ``{"c1": {...}, ...}``.
+
+    Streamed: read from the db a page at a time, oldest first, each page written out
+    before the next is asked for, so the api holds one page whatever the number of calls
+    (and answers other requests between pages). Once the first bytes are out the status
+    cannot change: if the db fails for good mid-way, the connection is cut, so a client
+    sees a broken body rather than a shorter valid one.
+    """
+    db = request.app[DB]
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    after: int | None = None
+    opening = b"{"
+
+    def next_page() -> Awaitable[list[Call]]:
+        return db.list_calls(after=after, limit=LIST_PAGE, oldest_first=True)
+
+    try:
+        while page := await retrying(next_page, DB_DEADLINE, "list calls"):
+            # one dict of the page, its braces dropped: the members of the whole object
+            members = _json.encode({f"c{c.call_num}": legacy_call(c) for c in page})[1:-1]
+            await response.write(opening + members)
+            opening, after = b",", page[-1].call_num
+        await response.write(b"{}" if opening == b"{" else b"}")
+        await response.write_eof()
+    except Unavailable as exc:
+        log.warning("api.stream_cut", path=request.path, error=exc.message)
+        if request.transport is not None:
+            request.transport.close()
+    except ConnectionResetError:  # the client left: nothing more to send
+        pass
+    return response
 
 
 async def fetch_call(app: web.Application, num: int) -> Call:
@@ -594,9 +619,28 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def next_page(
+    request: web.Request, items: list[Any], limit: int, key: str, cursor: Any
+) -> str | None:
+    """The URL of the page after a full one, which ended at ``cursor`` (the query
+    parameter ``key`` of the next), else None: the same query otherwise."""
+    if len(items) < limit:
+        return None
+    query = {k: v for k, v in request.query.items() if k not in ("before", "after")}
+    query[key] = str(cursor)
+    return str(request.rel_url.with_query(query))
+
+
+def query_limit(request: web.Request) -> int:
+    return query_int(request, "limit", 1, LIST_PAGE) or DEFAULT_PAGE
+
+
 async def list_runtimes(request: web.Request) -> web.Response:
-    items = [runtime_view(r) for r in request.app[CATALOG].runtimes.values()]
-    return json_response({"items": items})
+    """Runtimes in name order, a page at a time (``limit``, ``after``: a name)."""
+    limit = query_limit(request)
+    page = request.app[CATALOG].runtime_page(request.query.get("after"), limit)
+    next_url = next_page(request, page, limit, "after", page[-1].name if page else "")
+    return json_response({"items": [runtime_view(r) for r in page], "next": next_url})
 
 
 async def create_runtime(request: web.Request) -> web.Response:
@@ -626,8 +670,11 @@ async def delete_runtime(request: web.Request) -> web.Response:
 
 
 async def list_functions(request: web.Request) -> web.Response:
-    items = [function_view(f) for f in request.app[CATALOG].functions.values()]
-    return json_response({"items": items})
+    """Functions in name order, a page at a time (``limit``, ``after``: a name)."""
+    limit = query_limit(request)
+    page = request.app[CATALOG].function_page(request.query.get("after"), limit)
+    next_url = next_page(request, page, limit, "after", page[-1].name if page else "")
+    return json_response({"items": [function_view(f) for f in page], "next": next_url})
 
 
 async def put_function(request: web.Request) -> web.Response:
@@ -827,7 +874,7 @@ async def list_calls(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
-    limit = query_int(request, "limit", 1, 1000) or 100
+    limit = query_limit(request)
     function = request.query.get("function")
     calls = await request.app[DB].list_calls(
         func_name=function,
@@ -836,11 +883,7 @@ async def list_calls(request: web.Request) -> web.Response:
         after=query_int(request, "after"),
         limit=limit,
     )
-    next_url = None
-    if len(calls) == limit:
-        query = {k: v for k, v in request.query.items() if k not in ("before", "after")}
-        query["before"] = str(calls[-1].call_num)
-        next_url = str(request.rel_url.with_query(query))
+    next_url = next_page(request, calls, limit, "before", calls[-1].call_num if calls else 0)
     return json_response({"items": [call_view(c) for c in calls], "next": next_url})
 
 

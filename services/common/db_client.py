@@ -159,9 +159,7 @@ class DbClient:
         self._creates = _Coalescer[NewCall, Call]("create calls", self.create_calls)
         # Results are written after their client was answered (docs/SCHEDULING.md): their
         # batches may wait for the one in flight, and grow under load.
-        self._updates = _Coalescer[CallUpdate, bool](
-            "update calls", self.update_calls, in_flight=1
-        )
+        self._updates = _Coalescer[CallUpdate, bool]("update calls", self.update_calls, in_flight=1)
         self.requests_sent = 0
         self._closed = False
 
@@ -264,9 +262,16 @@ class DbClient:
         before: int | None = None,
         after: int | None = None,
         limit: int = 100,
+        oldest_first: bool = False,
     ) -> list[Call]:
-        """Calls newest first; ``before`` pages back, ``after`` asks only for newer ones."""
+        """Calls newest first (or ``oldest_first``); ``before`` and ``after`` bound the call
+        number."""
         request = ListCalls(
-            func_name=func_name, status=status, before=before, after=after, limit=limit
+            func_name=func_name,
+            status=status,
+            before=before,
+            after=after,
+            limit=limit,
+            oldest_first=oldest_first,
         )
         return (await self._request(request, CallList)).calls

@@ -79,13 +79,15 @@ class GetCallLogs(Message, frozen=True):
 
 
 class ListCalls(Message, frozen=True):
-    """Calls newest first; ``before`` pages back, ``after`` asks only for newer ones."""
+    """Calls newest first (``oldest_first``: the other way); ``before`` and ``after``
+    bound the call number (the cursor of the next page either way)."""
 
     func_name: str | None = None
     status: str | None = None
     before: int | None = None
     after: int | None = None
     limit: int = 100
+    oldest_first: bool = False
 
 
 # ---- replies

@@ -16,7 +16,9 @@ from services.common.curve import ClusterKeys, authenticator
 from services.common.logs import setup_logging
 from services.common.rpc import close_context, make_socket
 from services.common.settings import load_settings
+from services.common.tasks import Background
 
+from .retention import Retention
 from .server import DbServer
 from .settings import DbSettings
 from .store import Store
@@ -43,6 +45,10 @@ async def run(settings: DbSettings) -> int:
         sock.bind(settings.db_bind)
         server = DbServer(sock, store)
         stack.callback(server.close)
+        background = Background()
+        stack.push_async_callback(background.close)
+        if settings.retention:
+            background.spawn(Retention(store, settings).run())
 
         def on_signal(signum: signal.Signals) -> None:
             if not server.stopping:
@@ -60,6 +66,7 @@ async def run(settings: DbSettings) -> int:
         log.info("db.listening", bind=settings.db_bind, path=settings.db_path)
         try:
             await server.serve()
+            await server.drain()
         except asyncio.CancelledError:
             if not server.stopping:
                 raise

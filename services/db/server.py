@@ -12,6 +12,11 @@ SAVEPOINT, so one that fails leaves the rest of its batch intact; a lone writer 
 The whole batch, from BEGIN to COMMIT or ROLLBACK, is one synchronous function run on the
 store's connection thread (``Store.run``): one thread trip per batch, not one per
 statement. So the handlers are synchronous, and run on that thread.
+
+Listings are taken out of their batch and run on the store's reader (``Store.read``),
+beside the batches: a page of a million calls never waits behind writes, nor holds up a
+``GetCall``. They read what is committed, so a listing pipelined right behind a write on
+the same socket may not see it; a client that needs it waits for the write's reply.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class Handler(NamedTuple):
     writes: bool  # needs the batch transaction and a savepoint
     groups: bool = False  # consecutive requests of this type go to ``run`` together
     store: bool = True  # uses the store, so the batch must go to its thread
+    apart: bool = False  # a listing: runs on the store's reader, beside the batches
 
 
 def _one(handle: Callable[[Any], Message]) -> RunUnit:
@@ -116,6 +122,7 @@ class _Request:
     routing: list[bytes]
     message: Message | None
     reply: Message | None = None
+    apart: bool = False  # answered by the reader, not with its batch
 
 
 class DbServer:
@@ -130,15 +137,16 @@ class DbServer:
         self._store = store
         self.started_at = now()
         self.stopping = False
+        self._reads: set[asyncio.Task[None]] = set()
         self._handlers: dict[type[Message], Handler] = {
             Ping: Handler(_one(self._ping), writes=False, store=False),
             PutRuntime: Handler(_one(self._put_runtime), writes=True),
             GetRuntime: Handler(_one(self._get_runtime), writes=False),
-            ListRuntimes: Handler(_one(self._list_runtimes), writes=False),
+            ListRuntimes: Handler(_one(self._list_runtimes), writes=False, apart=True),
             DeleteRuntime: Handler(_one(self._delete_runtime), writes=True),
             PutFunction: Handler(_one(self._put_function), writes=True),
             GetFunction: Handler(_one(self._get_function), writes=False),
-            ListFunctions: Handler(_one(self._list_functions), writes=False),
+            ListFunctions: Handler(_one(self._list_functions), writes=False, apart=True),
             DeleteFunction: Handler(_one(self._delete_function), writes=True),
             CreateCalls: Handler(self._create_calls, writes=True, groups=True),
             ReserveCallNums: Handler(_one(self._reserve_call_nums), writes=True),
@@ -147,7 +155,7 @@ class DbServer:
             GetCalls: Handler(_one(self._get_calls), writes=False),
             FindCalls: Handler(_one(self._find_calls), writes=False),
             GetCallLogs: Handler(_one(self._get_call_logs), writes=False),
-            ListCalls: Handler(_one(self._list_calls), writes=False),
+            ListCalls: Handler(_one(self._list_calls), writes=False, apart=True),
         }
 
     # ---- main loop
@@ -174,6 +182,10 @@ class DbServer:
             while self._waiting and not self.stopping:
                 await self._run_batch(self._next_batch())
 
+    async def drain(self) -> None:
+        """Wait for the listings still running on the reader, and their replies."""
+        await asyncio.gather(*self._reads)
+
     def _next_batch(self) -> list[list[bytes]]:
         """The requests waiting, oldest first, up to MAX_BATCH or MAX_BATCH_BYTES."""
         batch = [self._waiting.popleft()]
@@ -188,6 +200,16 @@ class DbServer:
         started = time.perf_counter()
         requests = [self._decode(frames) for frames in batch]
         units = self._units(requests)
+        apart = [unit for unit in units if unit[0].apart]
+        if apart:
+            units = [unit for unit in units if not unit[0].apart]
+            for _, unit in apart:
+                for request in unit:
+                    request.apart = True
+            read = asyncio.ensure_future(self._run_apart(apart))
+            self._reads.add(read)
+            read.add_done_callback(self._reads.discard)
+            requests = [request for request in requests if not request.apart]
         writers = sum(handler.writes for handler, _ in units)
         try:
             if any(handler.store for handler, _ in units):
@@ -219,6 +241,18 @@ class DbServer:
             writes=writers > 0,
             ms=round(seconds * 1000, 3),
         )
+
+    async def _run_apart(self, units: list[tuple[Handler, list[_Request]]]) -> None:
+        """Run listings on the store's reader and answer them."""
+        try:
+            await self._store.read(self._run_units, units, 0)
+        except Exception as exc:
+            log.error("db.read_failed", exc_info=exc)
+            failed = Error(code=Unavailable.code, message=f"db: read failed: {exc}")
+            for _, unit in units:
+                for request in unit:
+                    request.reply = request.reply or failed
+        self._send_replies([request for _, unit in units for request in unit])
 
     def _decode(self, frames: list[bytes]) -> _Request:
         routing, payload = frames[:-1], frames[-1]
@@ -329,6 +363,7 @@ class DbServer:
 
     def _create_calls(self, requests: list[CreateCalls]) -> list[Outcome]:
         """All the creates of a group in one store call; a malformed one fails alone."""
+
         def check(request: CreateCalls) -> None:
             for new in request.calls:
                 check_name("function", new.func_name)
@@ -389,12 +424,4 @@ class DbServer:
         return CallLogs(call_num=request.call_num, logs=logs)
 
     def _list_calls(self, request: ListCalls) -> CallList:
-        return CallList(
-            calls=self._store.list_calls(
-                func_name=request.func_name,
-                status=request.status,
-                before=request.before,
-                after=request.after,
-                limit=request.limit,
-            )
-        )
+        return CallList(calls=self._store.list_calls(request))

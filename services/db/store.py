@@ -1,11 +1,17 @@
-"""The SQLite store of runtimes, functions and calls, on aiosqlite.
+"""The SQLite store of runtimes, functions and calls.
 
-This process is the only writer. aiosqlite runs the sqlite3 connection on a thread of its
-own, and every trip there (queue, thread wake-up, wake-up of the loop back) costs far
-more than the SQL of a typical request. So nothing here awaits statement by statement:
-the server hands a whole batch to ``Store.run``, one trip, and on that thread the batch
-calls the plain synchronous methods here, from BEGIN to COMMIT or ROLLBACK. Those methods
-may only run there: sqlite3 refuses a connection used off the thread that opened it.
+This process is the only writer. Its sqlite3 connection lives on a thread of its own
+(``SqliteThread``), and every trip there (queue, thread wake-up, wake-up of the loop back)
+costs far more than the SQL of a typical request. So nothing here awaits statement by
+statement: the server hands a whole batch to ``Store.run``, one trip, and on that thread
+the batch calls the plain synchronous methods here, from BEGIN to COMMIT or ROLLBACK.
+Those methods may only run there: sqlite3 refuses a connection used off the thread that
+opened it.
+
+Listings (``list_calls``, ``list_functions``, ``list_runtimes``) run on a second
+connection with a thread of its own (``Store.read``): under WAL a reader sees the last
+commit and never blocks the writer, so a page of a large listing does not hold up the
+batches of small requests behind it.
 
 Transactions are opened by the caller (the server runs a whole batch of requests in
 one), so the write methods here assume one is open; each of them validates with reads
@@ -17,18 +23,21 @@ them in two statements.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
-import aiosqlite
 import msgspec
 import structlog
 
+from services.common.db_protocol import ListCalls
 from services.common.errors import BadRequest, Conflict, FumError, NotFound
 from services.common.models import (
     FINAL_STATUSES,
@@ -108,6 +117,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE TABLE call_numbers (next INTEGER NOT NULL)",),
     # 3: the name of the API key that created a call
     ("ALTER TABLE calls ADD COLUMN caller TEXT",),
+    # 4: every listing filter has an index that also gives its order (a rare function's
+    # DONE calls were found by scanning every DONE call), and retention by age finds the
+    # oldest calls without a scan.
+    (
+        "CREATE INDEX calls_by_func_status ON calls (func_name, status, call_num DESC)",
+        "CREATE INDEX calls_by_created ON calls (created_at)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -155,6 +171,7 @@ _UPDATE_CALL = f"""
 """
 
 MAX_LIST = 1000
+_INCREMENTAL = 2  # PRAGMA auto_vacuum: free pages stay in the file until incremental_vacuum
 
 _json = msgspec.json.Encoder()
 _limits = msgspec.json.Decoder(Limits)
@@ -216,30 +233,72 @@ class RollbackFailed(Exception):
     unknown state, so the process must stop rather than run another batch on it."""
 
 
+class SqliteThread:
+    """A sqlite3 connection on a thread of its own: ``run`` takes a function there.
+
+    sqlite3 releases the GIL while SQLite works, so the event loop runs on meanwhile.
+    A function runs in a copy of the caller's context: the thread has its own, and the
+    log lines it writes would lose what is bound in this one (the service's name).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection; only for code that ``run`` runs."""
+        assert self._db is not None, "not open"
+        return self._db
+
+    async def open(self, path: str) -> None:
+        self._db = await self.run(sqlite3.connect, path, isolation_level=None)
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self.run(self._db.close)
+            self._db = None
+        self._executor.shutdown()
+
+
 class Store:
     """Runtimes, functions and calls in one SQLite file (WAL, foreign keys on).
 
-    Every method but ``open``, ``close`` and ``run`` is synchronous and runs on the
-    connection's thread, inside a function given to ``run``; so does every change to the
-    call counter.
+    Every method but ``open``, ``close``, ``run`` and ``read`` is synchronous: the
+    listings run on the reader's thread, inside a function given to ``read``; the rest on
+    the writer's, inside a function given to ``run``; so does every change to the call
+    counter.
     """
 
-    def __init__(self, conn: aiosqlite.Connection, next_call_num: int) -> None:
-        self._conn = conn
-        # The sqlite3 connection that aiosqlite opened on its thread, for the code run there.
-        self._db: sqlite3.Connection = conn._conn
+    def __init__(self, writer: SqliteThread, reader: SqliteThread, next_call_num: int) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._db = writer.db
+        self._rdb = reader.db
         self._next_call_num = next_call_num
 
     @classmethod
     async def open(cls, settings: DbSettings) -> Store:
         """Open (or create) the database, apply the start policy and the migrations."""
-        if settings.db_path != ":memory:":
+        memory = settings.db_path == ":memory:"
+        if not memory:
             Path(settings.db_path).parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(settings.db_path, isolation_level=None)
+        writer = SqliteThread("db-writer")
+        # A second connection to ":memory:" would be a second, empty database.
+        reader = writer if memory else SqliteThread("db-reader")
         try:
-            version, next_call_num = await _on_thread(conn, _prepare, conn._conn, settings)
+            await writer.open(settings.db_path)
+            version, next_call_num = await writer.run(_prepare, writer.db, settings)
+            if reader is not writer:
+                await reader.open(settings.db_path)
+                await reader.run(_prepare_reader, reader.db)
         except BaseException:
-            await conn.close()
+            await writer.close()
+            await reader.close()
             raise
         log.info(
             "db.store_opened",
@@ -249,15 +308,21 @@ class Store:
             sync=settings.db_sync,
             next_call_num=next_call_num,
         )
-        return cls(conn, next_call_num)
+        return cls(writer, reader, next_call_num)
 
     async def close(self) -> None:
-        await self._conn.close()
+        await self._reader.close()
+        await self._writer.close()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn`` on the connection's thread and give its result: one trip there,
+        """Run ``fn`` on the writer's thread and give its result: one trip there,
         however many statements ``fn`` runs through this store's methods."""
-        return await _on_thread(self._conn, fn, *args, **kwargs)
+        return await self._writer.run(fn, *args, **kwargs)
+
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn``, which may only use the listings, on the reader's thread: it sees
+        what was committed, and writes go on meanwhile."""
+        return await self._reader.run(fn, *args, **kwargs)
 
     # ---- transactions
 
@@ -337,7 +402,7 @@ class Store:
         return _runtime(row)
 
     def list_runtimes(self) -> list[Runtime]:
-        rows = self._db.execute(f"SELECT {_RUNTIME_COLUMNS} FROM runtimes ORDER BY name")
+        rows = self._rdb.execute(f"SELECT {_RUNTIME_COLUMNS} FROM runtimes ORDER BY name")
         return [_runtime(row) for row in rows]
 
     def delete_runtime(self, name: str) -> None:
@@ -398,7 +463,7 @@ class Store:
         return _function(row)
 
     def list_functions(self) -> list[Function]:
-        rows = self._db.execute(f"SELECT {_FUNCTION_COLUMNS} FROM functions ORDER BY name")
+        rows = self._rdb.execute(f"SELECT {_FUNCTION_COLUMNS} FROM functions ORDER BY name")
         return [_function(row) for row in rows]
 
     def delete_function(self, name: str) -> None:
@@ -556,54 +621,87 @@ class Store:
             raise NotFound(f"no call number {call_num}")
         return row[0] or ""
 
-    def list_calls(
-        self,
-        *,
-        func_name: str | None = None,
-        status: str | None = None,
-        before: int | None = None,
-        after: int | None = None,
-        limit: int = 100,
-    ) -> list[Call]:
-        """Calls newest first, filtered; ``before``/``after`` bound the call number."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if func_name is not None:
-            clauses.append("func_name = ?")
-            params.append(func_name)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(check_status(status))
-        if before is not None:
-            clauses.append("call_num < ?")
-            params.append(before)
-        if after is not None:
-            clauses.append("call_num > ?")
-            params.append(after)
-        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
-        params.append(max(1, min(limit, MAX_LIST)))
-        rows = self._db.execute(
-            f"SELECT {_CALL_COLUMNS} FROM calls {where}ORDER BY call_num DESC LIMIT ?", params
-        )
-        return [_call(row) for row in rows]
+    # ---- retention
+
+    def newest_beyond(self, keep: int) -> int:
+        """The number of the newest call beyond the newest ``keep`` (0 if there are not
+        that many), on the reader's thread."""
+        row = self._rdb.execute(
+            "SELECT call_num FROM calls ORDER BY call_num DESC LIMIT 1 OFFSET ?", (keep,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def delete_old_calls(self, older: Literal["count", "age"], bound: float, limit: int) -> int:
+        """Delete up to ``limit`` finished calls numbered up to ``bound`` (``count``) or
+        created before it (``age``), in a transaction of their own; how many went.
+
+        The call counter is written down first: the newest calls may be among those
+        deleted, and a restart must not give their numbers again.
+        """
+        with self.transaction():
+            (kept,) = self._db.execute("SELECT MAX(next) FROM call_numbers").fetchone()
+            if (kept or 0) < self._next_call_num:
+                self._db.execute("DELETE FROM call_numbers")
+                self._db.execute(
+                    "INSERT INTO call_numbers (next) VALUES (?)", (self._next_call_num,)
+                )
+            cursor = self._db.execute(
+                f"DELETE FROM calls WHERE call_num IN ({retention_query(older)})", (bound, limit)
+            )
+        return cursor.rowcount
+
+    def compact(self, pages: int) -> int:
+        """Give up to ``pages`` free pages back to the file system; how many stay free."""
+        self._db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+        return int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def list_calls(self, request: ListCalls) -> list[Call]:
+        """A page of calls (``ListCalls``), on the reader's thread."""
+        return [_call(row) for row in self._rdb.execute(*list_calls_query(request))]
 
 
-async def _on_thread(
-    conn: aiosqlite.Connection, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
-) -> T:
-    """Run ``fn`` on aiosqlite's connection thread, through the primitive its own methods
-    use (``Connection._execute``: one queued function, one future).
+def list_calls_query(request: ListCalls) -> tuple[str, list[Any]]:
+    """The SQL of a page of calls and its parameters: newest first (or oldest first),
+    filtered, ``before``/``after`` bounding the call number. Each filter has an index in
+    that order, so a page costs what it holds, not the calls that do not match."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if request.func_name is not None:
+        clauses.append("func_name = ?")
+        params.append(request.func_name)
+    if request.status is not None:
+        clauses.append("status = ?")
+        params.append(check_status(request.status))
+    if request.before is not None:
+        clauses.append("call_num < ?")
+        params.append(request.before)
+    if request.after is not None:
+        clauses.append("call_num > ?")
+        params.append(request.after)
+    where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+    params.append(max(1, min(request.limit, MAX_LIST)))
+    order = "ASC" if request.oldest_first else "DESC"
+    return f"SELECT {_CALL_COLUMNS} FROM calls {where}ORDER BY call_num {order} LIMIT ?", params
 
-    ``fn`` runs in a copy of the caller's context: the thread has its own, and the log
-    lines ``fn`` writes would lose what is bound in this one (the service's name).
-    """
-    result: T = await conn._execute(contextvars.copy_context().run, fn, *args, **kwargs)
-    return result
+
+# Which finished calls retention deletes: beyond the newest N (``count``: numbered up to
+# a bound), or older than N days (``age``: created before a time). The ``+`` keeps SQLite
+# from reading them through the status index (every DONE call) instead of these orders.
+_OLD_CALLS = {"count": "call_num <= ?", "age": "created_at < ?"}
+RETENTION_QUERY = (
+    "SELECT call_num FROM calls WHERE {older} AND +status IN (" + _FINAL_SQL + ") LIMIT ?"
+)
+
+
+def retention_query(older: Literal["count", "age"]) -> str:
+    """The SQL that picks a batch of calls for retention to delete (bound, limit)."""
+    return RETENTION_QUERY.format(older=_OLD_CALLS[older])
 
 
 def _prepare(db: sqlite3.Connection, settings: DbSettings) -> tuple[int, int]:
     """Set the connection up, apply the start policy and the migrations (on the
     connection's thread); the schema version and the next call number."""
+    _compactable(db, settings.retention)  # first: WAL mode would make a new file's header
     db.execute("PRAGMA journal_mode = WAL")
     db.execute(f"PRAGMA synchronous = {settings.db_sync.upper()}")
     db.execute("PRAGMA busy_timeout = 5000")
@@ -611,6 +709,25 @@ def _prepare(db: sqlite3.Connection, settings: DbSettings) -> tuple[int, int]:
         _wipe(db)
     db.execute("PRAGMA foreign_keys = ON")
     return _migrate(db), _first_free_call_num(db)
+
+
+def _prepare_reader(db: sqlite3.Connection) -> None:
+    """Set the reader's connection up: it may not write, and waits out a checkpoint."""
+    db.execute("PRAGMA query_only = ON")
+    db.execute("PRAGMA busy_timeout = 5000")
+
+
+def _compactable(db: sqlite3.Connection, retention: bool) -> None:
+    """Make the file give back the pages of deleted rows on ``compact`` (SQLite's
+    incremental auto-vacuum). A new file is made so; an older one is rewritten once
+    (VACUUM, before the db serves) when retention is turned on for it."""
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+        return
+    db.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")
+    empty = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    if not empty and retention:
+        log.info("db.vacuuming", reason="retention on, the file not yet compactable")
+        db.execute("VACUUM")
 
 
 def _first_free_call_num(db: sqlite3.Connection) -> int:
@@ -638,6 +755,7 @@ def _wipe(db: sqlite3.Connection) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    db.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")  # applied by the VACUUM
     db.execute("VACUUM")
     log.info("db.wiped", tables=tables)
 

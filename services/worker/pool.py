@@ -15,7 +15,7 @@ import itertools
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,10 +170,13 @@ class Pool:
         self._schedule()
 
     def put_function(self, function: Function) -> None:
+        """Take a function registered (or changed): work for it alone, however many
+        functions the node knows (a catalogue of thousands is registered one by one)."""
         self.functions[function.name] = function
         self._broken.pop(function.name, None)
         self._retire_stale()
-        self._schedule()
+        self._schedule(preload=False)
+        self._preload((function,))
 
     def remove_runtime(self, name: str) -> None:
         self.runtimes.pop(name, None)
@@ -484,8 +487,9 @@ class Pool:
         self._stop(min(idle, key=lambda s: s.last_used))
         return True
 
-    def _preload(self) -> None:
-        """Keep the sandboxes the preload policy and the functions' min_warm ask for."""
+    def _preload(self, functions: Iterable[Function] | None = None) -> None:
+        """Keep the sandboxes the preload policy and the functions' min_warm ask for (of
+        ``functions`` alone, if given: the others have not changed)."""
         spares = sum(
             1 for s in self._slots.values() if s.runtime is SPARE and s.state != "stopping"
         )
@@ -496,11 +500,14 @@ class Pool:
                 if self._active() >= self.settings.capacity:
                     return
                 self._spawn(runtime, None, None)
-        for function in self.functions.values():
+        for function in self.functions.values() if functions is None else functions:
             of_function = self.runtimes.get(function.runtime)
             if of_function is None or self._broken.get(function.name) == function.sha256:
                 continue
-            for _ in range(self._floor(of_function, function) - self._warm(function)):
+            floor = self._floor(of_function, function)
+            if floor == 0:
+                continue  # most functions: nothing kept warm before a call
+            for _ in range(floor - self._warm(function)):
                 if self._active() >= self.settings.capacity or self._at_most(function):
                     break
                 self._spawn(of_function, function, None)

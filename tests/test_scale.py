@@ -1,0 +1,150 @@
+"""State at scale: a million calls stored, listings that stay bounded and indexed."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from fum_cli.local import LocalCluster
+from services.common.db_protocol import ListCalls
+from services.db.store import list_calls_query, retention_query
+
+from .conftest import MILLION
+
+# The api's peak resident memory while it sends the million calls of ``GET /calls``.
+MAX_API_PEAK_MB = 200
+# How long a /healthz may take while that runs.
+MAX_PROBE_MS = 100
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident set size of a process so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+@pytest.fixture(scope="module")
+def big(million_calls: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A cluster on a copy of the million-call file."""
+    folder = tmp_path_factory.mktemp("big")
+    shutil.copyfile(million_calls, folder / "fum.sqlite3")
+    cluster = LocalCluster(folder, port=0).start(timeout=90)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def probe(session: aiohttp.ClientSession, path: str = "/healthz") -> float:
+    """Milliseconds a GET of ``path`` takes to answer 200."""
+    started = time.perf_counter()
+    async with session.get(path) as response:
+        assert response.status == 200, await response.text()
+        await response.read()
+    return (time.perf_counter() - started) * 1000
+
+
+@pytest.mark.timeout(300)
+async def test_legacy_calls_streams_a_million_calls_in_bounded_memory(
+    big: LocalCluster,
+) -> None:
+    token = b'"funcName":'
+    count, tail, head, last, size = 0, b"", b"", b"", 0
+    probes: list[float] = []
+    reads: list[float] = []
+    timeout = aiohttp.ClientTimeout(total=240)
+    async with (
+        aiohttp.ClientSession(big.url, timeout=timeout) as stream,
+        aiohttp.ClientSession(big.url) as prober,
+    ):
+        await probe(prober)  # its connection is open before the stream begins
+        async with stream.get("/calls") as response:
+            assert response.status == 200
+            assert response.content_type == "application/json"
+            async for chunk in response.content.iter_chunked(1 << 16):
+                if not head:
+                    head = chunk[:64]
+                buffer = tail + chunk
+                count += buffer.count(token)
+                tail = buffer[-(len(token) - 1) :]
+                last = (last + chunk)[-200:]
+                size += len(chunk)
+                # a probe every ~10 MB, while the api is in the middle of the stream
+                if size // 10_000_000 > len(probes):
+                    probes.append(await probe(prober))
+                    # a read of one call: the db's writer thread, beside the listing's
+                    reads.append(await probe(prober, f"/v1/calls/{len(probes) * 1000}"))
+    assert head.startswith(b'{"c1":{"funcName":"rare","params":{"i":1},"callNum":1,')
+    assert last.endswith(
+        b',"c1000000":{"funcName":"f0","params":{"i":1000000},'
+        b'"callNum":1000000,"status":"ERROR","result":"boom"}}'
+    )
+    assert count == MILLION
+    assert len(probes) >= 5
+    assert max(probes) < MAX_PROBE_MS, probes
+    assert max(reads) < MAX_PROBE_MS, reads
+    assert peak_rss_mb(big.procs["api"].pid) < MAX_API_PEAK_MB
+
+
+async def test_rare_function_and_status_filter(big: LocalCluster) -> None:
+    async with aiohttp.ClientSession(big.url) as session:
+        query = {"function": "rare", "status": "DONE"}
+        async with session.get("/v1/calls", params=query) as response:
+            body = await response.json()
+    assert [c["callNum"] for c in body["items"]] == [9, 7, 5, 3, 1]
+    assert body["next"] is None
+
+
+# Each listing filter, as the api sends it; each must be answered through an index that
+# also gives the order, never a scan of the table nor a sort of what matched.
+FILTERS = {
+    "newest": ListCalls(),
+    "oldest first, paging": ListCalls(after=500_000, oldest_first=True),
+    "paging back": ListCalls(before=500_000),
+    "function": ListCalls(func_name="rare"),
+    "status": ListCalls(status="DONE"),
+    "function and status": ListCalls(func_name="rare", status="DONE"),
+    "function and status, paging": ListCalls(func_name="f7", status="DONE", before=9_000),
+}
+
+
+def query_plan(path: Path, sql: str, params: list[object]) -> str:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return " / ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("name", FILTERS)
+def test_listing_filters_use_an_index(million_calls: Path, name: str) -> None:
+    plan = query_plan(million_calls, *list_calls_query(FILTERS[name]))
+    assert "TEMP B-TREE" not in plan, plan
+    if FILTERS[name].func_name is not None:
+        expected = "calls_by_func_status" if FILTERS[name].status else "calls_by_func"
+        assert f"USING INDEX {expected} " in plan, plan
+    elif FILTERS[name].status is not None:
+        assert "USING INDEX calls_by_status " in plan, plan
+    elif FILTERS[name].before is None and FILTERS[name].after is None:
+        assert plan == "SCAN calls"  # in call-number order: LIMIT stops it at the page's end
+    else:
+        assert "USING INTEGER PRIMARY KEY" in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("older", "index"),
+    [("age", "USING INDEX calls_by_created "), ("count", "USING INTEGER PRIMARY KEY ")],
+)
+def test_retention_finds_old_calls_through_an_index(
+    million_calls: Path, older: str, index: str
+) -> None:
+    plan = query_plan(million_calls, retention_query(older), [1000.0, 500])  # type: ignore[arg-type]
+    assert index in plan and "calls_by_status" not in plan, plan
