@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -42,9 +43,13 @@ asyncio.run(main())
 
 
 def start(checkout: Path) -> tuple[subprocess.Popen[str], str]:
+    # The checkout's code first on sys.path, for the services too: they start with
+    # ``python -P``, which leaves the working folder out (services/common/proc.py).
+    path = [str(checkout), str(checkout / "libs" / "fum"), os.environ.get("PYTHONPATH", "")]
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE],
         cwd=checkout,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

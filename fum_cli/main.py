@@ -277,7 +277,8 @@ def up(
 ) -> None:
     """Run a local cluster (db, api, workers) until Ctrl-C or `fum down`.
 
-    The process driver, on loopback; --detach runs it in the background. With --docker,
+    The process driver, on loopback; --detach runs it in the background. A service that
+    dies is restarted with backoff; one that keeps dying stops it (exit 1). With --docker,
     the compose cluster instead (deploy/compose.yaml, in the background)."""
     if preload not in ("runtime", "function", "none"):
         raise typer.BadParameter(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,34 @@ T = TypeVar("T")
 
 ReturnWhen = Literal["ALL_COMPLETED", "FIRST_COMPLETED"]
 MAX_BATCH = 10_000  # calls in one POST /v1/calls, and numbers in one POST /v1/calls/wait
+# The longest a blocking invoke without a timeout is asked to wait: the api's default cap
+# (FUM_BLOCKING_TIMEOUT). Sent as the request's timeout, so that the client's own timeout
+# on the request is always longer than the api's wait (else it would give up first).
+DEFAULT_BLOCKING_WAIT = 60.0
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+EPOCH_HEADER = "Fum-Epoch"  # on every answer: the api's epoch, which keys may begin with
+_EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def idempotency_key(epoch: str | None) -> str:
+    """A new ``Idempotency-Key``: ``EPOCH.random`` once the api's epoch is known (such a key
+    costs the api no db read, services/api/idempotency.py), else ``random``."""
+    token = uuid.uuid4().hex
+    return f"{epoch}.{token}" if epoch else token
+
+
+def batch_key(key: str | None, calls: int) -> str | None:
+    """A caller's key for a creation of ``calls`` calls: one request's, so at most
+    MAX_BATCH calls."""
+    if key is not None and calls > MAX_BATCH:
+        raise ValueError(f"one idempotency_key covers one request: at most {MAX_BATCH} calls")
+    return key
+
+
+def epoch_of(value: str | None) -> str | None:
+    """The epoch of a ``Fum-Epoch`` header, if it is one (a proxy may send anything)."""
+    return value if value and _EPOCH.fullmatch(value) else None
 
 _json = msgspec.json.Encoder()
 
@@ -49,7 +78,15 @@ class Req(Generic[T]):
     body: bytes | None = None
     content_type: str | None = None
     timeout: float | None = None  # the longest the api may take to answer (long polls)
-    idempotent: bool = True  # may be sent again if the connection broke before an answer
+    idempotent: bool = True  # the request itself may be sent twice (GET, PUT, DELETE...)
+    # A request that is not idempotent by itself (an invoke) becomes so with a key: the api
+    # answers a repeat with what it did the first time.
+    idempotency_key: str | None = None
+
+    @property
+    def resendable(self) -> bool:
+        """Whether it may be sent again when the connection broke before an answer."""
+        return self.idempotent or self.idempotency_key is not None
 
     @property
     def what(self) -> str:
@@ -232,10 +269,13 @@ def get_package(sha256: str) -> Req[bytes]:
 # ---- calls
 
 
-def invoke(name: str, params: bytes, blocking: bool, timeout: float | None) -> Req[Call]:
+def invoke(
+    name: str, params: bytes, blocking: bool, timeout: float | None, key: str
+) -> Req[Call]:
     query = {"blocking": "true" if blocking else "false"}
-    if blocking and timeout is not None:
-        query["timeout"] = f"{timeout:g}"
+    wait = DEFAULT_BLOCKING_WAIT if timeout is None else timeout
+    if blocking:
+        query["timeout"] = f"{wait:g}"
     return Req(
         "POST",
         f"/v1/functions/{_name(name)}/invoke",
@@ -243,12 +283,13 @@ def invoke(name: str, params: bytes, blocking: bool, timeout: float | None) -> R
         query=query,
         body=params,
         content_type="application/json",
-        timeout=timeout if blocking else None,
+        timeout=wait if blocking else None,
         idempotent=False,
+        idempotency_key=key,
     )
 
 
-def create_calls(calls: Sequence[tuple[str, bytes]]) -> Req[list[int]]:
+def create_calls(calls: Sequence[tuple[str, bytes]], key: str) -> Req[list[int]]:
     """``calls``: (function name, params as JSON text); at most MAX_BATCH."""
     names: dict[str, bytes] = {}
     parts = []
@@ -266,6 +307,7 @@ def create_calls(calls: Sequence[tuple[str, bytes]]) -> Req[list[int]]:
         body=body,
         content_type="application/json",
         idempotent=False,
+        idempotency_key=key,
     )
 
 

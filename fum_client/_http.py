@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+from . import _api
 from ._api import Req
 from .config import Settings
 from .errors import ApiUnreachable, api_error
@@ -31,8 +32,9 @@ Progress = Callable[[int, int], None]  # (bytes sent, total bytes)
 
 USER_AGENT = "fum-client/0.1"
 # A connection idle longer than this is not reused for a request that must not be sent
-# twice: the api (aiohttp) closes idle connections after 75 s, and a request racing
-# that close would be lost in a way that cannot tell "never received" from "received".
+# twice (not idempotent, and without an Idempotency-Key): the api (aiohttp) closes idle
+# connections after 75 s, and a request racing that close would be lost in a way that
+# cannot tell "never received" from "received".
 REUSE_IDLE_S = 30.0
 UPLOAD_CHUNK = 64 * 1024
 MAX_LINE = 65536  # the longest status or header line taken
@@ -177,6 +179,11 @@ class SyncTransport:
         self._lock = threading.Lock()
         self._open: set[_Conn] = set()
         self._closed = False
+        self.epoch: str | None = None  # the api's, from its last answer (Fum-Epoch)
+
+    def new_key(self) -> str:
+        """A new Idempotency-Key, in the api's epoch once an answer has told it."""
+        return _api.idempotency_key(self.epoch)
 
     # ---- connections
 
@@ -239,15 +246,17 @@ class SyncTransport:
             head += f"Content-Length: {len(req.body or b'')}\r\n"
             if req.content_type:
                 head += f"Content-Type: {req.content_type}\r\n"
+        if req.idempotency_key is not None:
+            head += f"{_api.IDEMPOTENCY_HEADER}: {req.idempotency_key}\r\n"
         request = (head + "\r\n").encode("latin-1")
         timeout = self.timeout + (req.timeout or 0.0)
         for attempt in (1, 2):
             try:
                 conn = self._connection()
-            except OSError as exc:  # refused, an unknown host: the request was never sent
-                raise ApiUnreachable(self.url, _reason(exc), maybe_sent=False) from None
+            except OSError as exc:  # refused, an unknown host: this attempt was never sent
+                raise ApiUnreachable(self.url, _reason(exc), maybe_sent=attempt > 1) from None
             reused = conn.used_at > 0
-            if reused and not req.idempotent and time.monotonic() - conn.used_at > REUSE_IDLE_S:
+            if reused and not req.resendable and time.monotonic() - conn.used_at > REUSE_IDLE_S:
                 self._drop(conn)
                 return self.exchange(req, progress)  # on a fresh connection
             try:
@@ -257,7 +266,9 @@ class SyncTransport:
                 )
             except (Disconnected, ConnectionResetError, BrokenPipeError) as exc:
                 self._drop(conn)
-                if reused and attempt == 1 and not self._closed:
+                # The api may have taken the request before the connection broke: only a
+                # request that may be sent twice (by its method, or by its key) goes again.
+                if reused and attempt == 1 and req.resendable and not self._closed:
                     continue  # a kept-alive connection the api had closed: once more, fresh
                 raise ApiUnreachable(self.url, _reason(exc)) from None
             except TimeoutError:
@@ -270,6 +281,7 @@ class SyncTransport:
                 self._drop(conn)
             else:
                 conn.used_at = time.monotonic()
+            self.epoch = _api.epoch_of(headers.get("fum-epoch")) or self.epoch
             return status, body, headers.get("retry-after")
         raise AssertionError("unreachable")
 

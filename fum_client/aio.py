@@ -48,6 +48,7 @@ class AsyncClient:
         self._limit = limit
         self._headers = default_headers(self.settings)
         self._session: aiohttp.ClientSession | None = None
+        self.epoch: str | None = None  # the api's, from its last answer (Fum-Epoch)
 
     def __repr__(self) -> str:
         return f"AsyncClient({self.api_url!r})"
@@ -75,6 +76,8 @@ class AsyncClient:
         if req.query:
             url += "?" + urlencode(req.query)
         headers = {"Content-Type": req.content_type} if req.content_type else {}
+        if req.idempotency_key is not None:
+            headers[_api.IDEMPOTENCY_HEADER] = req.idempotency_key
         wait = self.timeout + (req.timeout or 0.0)
         session = self._open()
         for attempt in (1, 2):
@@ -92,9 +95,13 @@ class AsyncClient:
                     body = await response.read()
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
+                    epoch = _api.epoch_of(response.headers.get(_api.EPOCH_HEADER))
+                    self.epoch = epoch or self.epoch
                 break
             except aiohttp.ServerDisconnectedError:
-                if attempt == 1 and req.idempotent:
+                # The api may have taken the request: only a request that may be sent
+                # twice (by its method, or by its Idempotency-Key) goes again.
+                if attempt == 1 and req.resendable:
                     continue  # a kept-alive connection the api had closed: once more
                 raise ApiUnreachable(
                     self.api_url, "the api closed the connection without answering"
@@ -103,7 +110,7 @@ class AsyncClient:
                 reason = exc.strerror or str(exc.os_error) or "cannot connect"
                 if isinstance(exc.os_error, ConnectionRefusedError):
                     reason = "connection refused"
-                raise ApiUnreachable(self.api_url, reason, maybe_sent=False) from None
+                raise ApiUnreachable(self.api_url, reason, maybe_sent=attempt > 1) from None
             except TimeoutError:
                 raise ApiUnreachable(self.api_url, f"no answer within {wait:g}s") from None
             except aiohttp.ClientError as exc:
@@ -199,10 +206,22 @@ class AsyncClient:
 
     # ---- calls
 
+    def new_idempotency_key(self) -> str:
+        """A new ``Idempotency-Key`` (in the api's epoch once it is known: no db read)."""
+        return _api.idempotency_key(self.epoch)
+
     async def invoke(
-        self, name: str, params: Any = None, *, blocking: bool = True, timeout: float | None = None
+        self,
+        name: str,
+        params: Any = None,
+        *,
+        blocking: bool = True,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Call:
-        return await self._send(_api.invoke(name, _api.encode_params(params), blocking, timeout))
+        key = idempotency_key or self.new_idempotency_key()
+        req = _api.invoke(name, _api.encode_params(params), blocking, timeout, key)
+        return await self._send(req)
 
     async def run(self, name: str, params: Any = None, *, timeout: float = 300.0) -> Call:
         deadline = time.monotonic() + timeout
@@ -215,10 +234,13 @@ class AsyncClient:
         encoded = [(name, _api.encode_params(params)) for name, params in calls]
         return await self.create_calls_encoded(encoded)
 
-    async def create_calls_encoded(self, calls: Sequence[tuple[str, bytes]]) -> list[int]:
+    async def create_calls_encoded(
+        self, calls: Sequence[tuple[str, bytes]], *, idempotency_key: str | None = None
+    ) -> list[int]:
         nums: list[int] = []
         for start in range(0, len(calls), _api.MAX_BATCH):
-            batch = _api.create_calls(calls[start : start + _api.MAX_BATCH])
+            key = _api.batch_key(idempotency_key, len(calls)) or self.new_idempotency_key()
+            batch = _api.create_calls(calls[start : start + _api.MAX_BATCH], key)
             created: list[int] = await self._send(batch)
             nums.extend(created)
         return nums

@@ -156,18 +156,43 @@ class Client:
 
     # ---- calls
 
+    def new_idempotency_key(self) -> str:
+        """A new ``Idempotency-Key`` (in the api's epoch once it is known: no db read)."""
+        return self._http.new_key()
+
     def invoke(
-        self, name: str, params: Any = None, *, blocking: bool = True, timeout: float | None = None
+        self,
+        name: str,
+        params: Any = None,
+        *,
+        blocking: bool = True,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Call:
-        """Invoke ``name``. Blocking: wait up to ``timeout`` s (the api caps it) for the end,
-        and return the call as it is then (``call.final`` says whether it ended)."""
-        return self._http.send(_api.invoke(name, _api.encode_params(params), blocking, timeout))
+        """Invoke ``name``. Blocking: wait up to ``timeout`` s (default 60; the api caps it)
+        for the end, and return the call as it is then (``call.final`` says whether it
+        ended). The request carries ``idempotency_key`` (a new one if not given): sent
+        again with it, it is answered with the same call."""
+        return self.invoke_encoded(
+            name,
+            _api.encode_params(params),
+            blocking=blocking,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+        )
 
     def invoke_encoded(
-        self, name: str, params: bytes, *, blocking: bool = True, timeout: float | None = None
+        self,
+        name: str,
+        params: bytes,
+        *,
+        blocking: bool = True,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Call:
         """``invoke`` with the params already JSON text."""
-        return self._http.send(_api.invoke(name, params, blocking, timeout))
+        key = idempotency_key or self._http.new_key()
+        return self._http.send(_api.invoke(name, params, blocking, timeout, key))
 
     def run(self, name: str, params: Any = None, *, timeout: float = 300.0) -> Call:
         """Invoke ``name`` and wait until the call has ended (``WaitTimeout`` after ``timeout``)."""
@@ -182,11 +207,16 @@ class Client:
         encoded = [(name, _api.encode_params(params)) for name, params in calls]
         return self.create_calls_encoded(encoded)
 
-    def create_calls_encoded(self, calls: Sequence[tuple[str, bytes]]) -> list[int]:
-        """``create_calls`` with each call's params already JSON text."""
+    def create_calls_encoded(
+        self, calls: Sequence[tuple[str, bytes]], *, idempotency_key: str | None = None
+    ) -> list[int]:
+        """``create_calls`` with each call's params already JSON text. Each request has an
+        ``Idempotency-Key``; ``idempotency_key`` is that of a single request (at most
+        10,000 calls)."""
         nums: list[int] = []
         for start in range(0, len(calls), _api.MAX_BATCH):
-            batch = _api.create_calls(calls[start : start + _api.MAX_BATCH])
+            key = _api.batch_key(idempotency_key, len(calls)) or self._http.new_key()
+            batch = _api.create_calls(calls[start : start + _api.MAX_BATCH], key)
             created: list[int] = self._http.send(batch)
             nums.extend(created)
         return nums

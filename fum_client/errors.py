@@ -21,7 +21,9 @@ class ApiUnreachable(FumError):
     """No answer from the api: nothing listens there, or the connection broke.
 
     ``maybe_sent`` is False when the request cannot have reached the api (the
-    connection was refused): only then may a request that creates calls be sent again.
+    connection was refused, and no earlier attempt went out): only then may a request
+    that creates calls be sent again without its ``Idempotency-Key`` (the SDK's always
+    have one: with it, they may be sent again whatever happened).
     """
 
     def __init__(self, url: str, reason: str, maybe_sent: bool = True) -> None:

@@ -518,21 +518,29 @@ class FunctionExecutor:
                     batch.append(self._to_submit.popleft())
             self._submit(batch)
 
-    def _send(self, batch: list[CallFuture]) -> list[int] | Call:
+    def _send(self, batch: list[CallFuture], key: str) -> list[int] | Call:
         """Create the calls: one POST /v1/calls; a lone call as a short blocking invoke,
         which answers the finished call itself when it is quick (one request, not two)."""
         if len(batch) == 1 and self.lone_call_wait > 0:
             future = batch[0]
             return self._http.invoke_encoded(
-                future.function, future._params, blocking=True, timeout=self.lone_call_wait
+                future.function,
+                future._params,
+                blocking=True,
+                timeout=self.lone_call_wait,
+                idempotency_key=key,
             )
-        return self._http.create_calls_encoded([(f.function, f._params) for f in batch])
+        calls = [(f.function, f._params) for f in batch]
+        return self._http.create_calls_encoded(calls, idempotency_key=key)
 
     def _submit(self, batch: list[CallFuture]) -> None:
         deadline = time.monotonic() + self.unreachable_grace
+        # One key for every attempt at this batch: a repeat the api took already is
+        # answered with the calls it made then, so nothing runs twice.
+        key = self._http.new_idempotency_key()
         while True:
             try:
-                sent = self._send(batch)
+                sent = self._send(batch, key)
                 break
             except (NotFound, BadRequest) as exc:
                 functions = list(dict.fromkeys(f.function for f in batch))
@@ -556,12 +564,12 @@ class FunctionExecutor:
                     return
                 deadline = time.monotonic() + self.unreachable_grace
             except ApiUnreachable as exc:
-                # Sent again only if it cannot have reached the api: a create that may
-                # have been stored is never repeated (that would run the calls twice).
+                # Sent again, with the same key, until the deadline: a create the api may
+                # have stored is answered with its calls, never made twice.
                 if self._stop.is_set():  # close() cut the connection under this request
                     self._fail(batch, ExecutorClosed("the executor was closed"))
                     return
-                if exc.maybe_sent or time.monotonic() > deadline:
+                if time.monotonic() > deadline:
                     self._fail(batch, exc)
                     return
                 self._stop.wait(0.2)  # back off while the api is away, up to the deadline

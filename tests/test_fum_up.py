@@ -106,7 +106,7 @@ async def test_fum_up_restarts_a_killed_worker_and_every_call_ends_done(tmp_path
             await api.wait_nodes(lambda n: len(n) == 2)
             await api.runtime("pyh")
             name = await api.handler_function("sleepy", "pyh")
-            calls = [{"function": name, "params": {"s": 0.1}}] * 80
+            calls = [{"function": name, "params": {"s": 0.2}}] * 160
             status, body = await api.request("POST", "/v1/calls", json={"calls": calls})
             assert status == 202, body
             nums = body["callNums"]

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,9 +113,9 @@ def test_a_map_is_a_few_requests(cluster: LocalCluster, client: Client) -> None:
         sent: list[int] = []
         original = executor._http.create_calls_encoded
 
-        def counting(calls: list[tuple[str, bytes]]) -> list[int]:
+        def counting(calls: list[tuple[str, bytes]], **options: Any) -> list[int]:
             sent.append(len(calls))
-            return original(calls)
+            return original(calls, **options)
 
         executor._http.create_calls_encoded = counting  # type: ignore[method-assign]
         futures = executor.map("echo", [{"i": i} for i in range(1000)])
