@@ -6,12 +6,13 @@ Two data folders are made once: ``empty`` (a runtime and the ``noop`` function) 
 ``full`` (the same, a million finished calls, built through the db's schema as the tests'
 fixture builds them, and 2,000 more functions registered through the api one by one,
 the worker's CPU per registration measured for the first and the last 250). Then, in
-each round, a local cluster (process driver) is started on each folder, both running, and measured with every request sent to each in turn (so both see
-the same moments of the host's load): start-up to ready, warm invoke p50/p99, every
-listing (median of its requests); then, one cluster at a time, the original
-``GET /calls``: its time, size, the api's peak RSS (VmHWM), and the slowest ``/healthz``
-and ``/v1/calls/1`` sent while it streams. Printed as JSON: each figure's median over
-the rounds, per folder, and the ratio full / empty.
+each round, a local cluster (process driver) is started on each folder, both running,
+and measured with every request sent to each in turn (so both see the same moments of
+the host's load): start-up to ready, warm invoke p50/p99, every listing (median of its
+requests); then, one cluster at a time, the original ``GET /calls``: its time, size,
+the api's peak RSS (VmHWM), and the slowest ``/healthz`` and ``/v1/calls/1`` sent
+while it streams. Printed as JSON: each figure's median over the rounds, per folder,
+and the ratio full / empty.
 """
 
 from __future__ import annotations
