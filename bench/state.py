@@ -6,11 +6,13 @@ Two data folders are made once: ``empty`` (a runtime and the ``noop`` function) 
 ``full`` (the same, a million finished calls, built through the db's schema as the tests'
 fixture builds them, and 2,000 more functions registered through the api one by one,
 the worker's CPU per registration measured for the first and the last 250). Then, in
-rounds that alternate the two folders, a local cluster (process driver) is started on
-each and measured: start-up to ready, warm invoke p50/p99, every listing (median of
-its requests), ``/healthz`` while the original ``GET /calls`` streams, and that route's
-time, size and the api's peak RSS (VmHWM). Printed as JSON: each figure's median over
-the rounds, per folder, and the ratio full / empty.
+each round, a local cluster (process driver) is started on each folder, both running,
+and measured with every request sent to each in turn (so both see the same moments of
+the host's load): start-up to ready, warm invoke p50/p99, every listing (median of its
+requests); then, one cluster at a time, the original ``GET /calls``: its time, size,
+the api's peak RSS (VmHWM), and the slowest ``/healthz`` and ``/v1/calls/1`` sent
+while it streams. Printed as JSON: each figure's median over the rounds, per folder,
+and the ratio full / empty.
 """
 
 from __future__ import annotations
@@ -83,16 +85,20 @@ async def prepare(folder: Path, calls: int, functions: int) -> dict[str, float]:
     }
 
 
-async def timed(session: aiohttp.ClientSession, path: str, count: int) -> float:
-    """Median milliseconds of ``count`` GETs of ``path``."""
-    times = []
-    for _ in range(count):
-        t0 = time.perf_counter()
-        async with session.get(path) as response:
-            assert response.status == 200, await response.text()
-            await response.read()
-        times.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(times), 3)
+async def get_ms(session: aiohttp.ClientSession, path: str) -> float:
+    """Milliseconds a GET of ``path`` takes to answer 200, its body read."""
+    t0 = time.perf_counter()
+    async with session.get(path) as response:
+        assert response.status == 200, await response.text()
+        await response.read()
+    return (time.perf_counter() - t0) * 1000
+
+
+async def invoke_ms(session: aiohttp.ClientSession, _: str) -> float:
+    t0 = time.perf_counter()
+    status, _ = await Api(session).invoke("noop")
+    assert status == 200
+    return (time.perf_counter() - t0) * 1000
 
 
 async def legacy_calls(session: aiohttp.ClientSession, cluster: LocalCluster) -> dict[str, float]:
@@ -101,60 +107,80 @@ async def legacy_calls(session: aiohttp.ClientSession, cluster: LocalCluster) ->
     reads: list[float] = []
     size = 0
     async with aiohttp.ClientSession(cluster.url) as prober:
-        await timed(prober, "/healthz", 1)
+        await get_ms(prober, "/healthz")
         t0 = time.perf_counter()
         async with session.get("/calls") as response:
             async for chunk in response.content.iter_chunked(1 << 16):
                 size += len(chunk)
                 if size // 4_000_000 >= len(probes):
-                    probes.append(await timed(prober, "/healthz", 1))
-                    reads.append(await timed(prober, "/v1/calls/1", 1))
+                    probes.append(await get_ms(prober, "/healthz"))
+                    reads.append(await get_ms(prober, "/v1/calls/1"))
         elapsed = time.perf_counter() - t0
     return {
         "legacy_calls_s": round(elapsed, 3),
         "legacy_calls_mb": round(size / 1e6, 1),
         "api_peak_rss_mb": peak_rss_mb(cluster.procs["api"].pid),
-        "healthz_during_legacy_max_ms": max(probes),
-        "call_during_legacy_max_ms": max(reads),
+        "healthz_during_legacy_max_ms": round(max(probes), 3),
+        "call_during_legacy_max_ms": round(max(reads), 3),
     }
 
 
-async def measure(folder: Path) -> dict[str, float]:
-    t0 = time.perf_counter()
-    cluster = LocalCluster(folder, port=0).start(timeout=120)
-    figures: dict[str, float] = {"start_s": round(time.perf_counter() - t0, 3)}
+LISTINGS = {
+    "calls": "/v1/calls",
+    "calls_function": "/v1/calls?function=noop",
+    "calls_status": "/v1/calls?status=DONE",
+    "calls_rare_function_status": "/v1/calls?function=rare&status=DONE",
+    "call": "/v1/calls/1",
+    "legacy_call": "/call/1",
+    # pages of one size on both: the first function, and the one after noop
+    "functions_first": "/v1/functions?limit=1",
+    "functions_after": "/v1/functions?after=noop&limit=1",
+    "runtimes": "/v1/runtimes",
+    "healthz": "/healthz",
+}
+
+
+async def measure(folders: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """One round: a cluster on each folder, both running; every request goes to each
+    in turn, so both see the same moments of the host's load."""
+    figures: dict[str, dict[str, float]] = {name: {} for name in folders}
+    clusters: dict[str, LocalCluster] = {}
+    timeout = aiohttp.ClientTimeout(total=600)
     try:
-        timeout = aiohttp.ClientTimeout(total=600)
-        async with aiohttp.ClientSession(cluster.url, timeout=timeout) as session:
-            api = Api(session)
-            for _ in range(50):  # warm-up: the sandbox, the connection
-                await api.invoke("noop")
-            latencies = []
+        for name, folder in folders.items():
+            t0 = time.perf_counter()
+            clusters[name] = LocalCluster(folder, port=0).start(timeout=120)
+            figures[name]["start_s"] = round(time.perf_counter() - t0, 3)
+        sessions = {
+            name: aiohttp.ClientSession(cluster.url, timeout=timeout)
+            for name, cluster in clusters.items()
+        }
+        try:
+            for session in sessions.values():
+                for _ in range(50):  # warm-up: the sandbox, the connection
+                    await invoke_ms(session, "")
+            latencies: dict[str, list[float]] = {name: [] for name in folders}
             for _ in range(INVOKES):
-                t1 = time.perf_counter()
-                status, _ = await api.invoke("noop")
-                latencies.append((time.perf_counter() - t1) * 1000)
-                assert status == 200
-            figures["invoke_p50_ms"] = percentile(latencies, 50)
-            figures["invoke_p99_ms"] = percentile(latencies, 99)
-            listings = {
-                "calls": "/v1/calls",
-                "calls_function": "/v1/calls?function=noop",
-                "calls_status": "/v1/calls?status=DONE",
-                "calls_rare_function_status": "/v1/calls?function=rare&status=DONE",
-                "call": "/v1/calls/1",
-                "legacy_call": "/call/1",
-                # pages of one size on both: the first function, and the one after noop
-                "functions_first": "/v1/functions?limit=1",
-                "functions_after": "/v1/functions?after=noop&limit=1",
-                "runtimes": "/v1/runtimes",
-                "healthz": "/healthz",
-            }
-            for name, path in listings.items():
-                figures[f"{name}_ms"] = await timed(session, path, REQUESTS)
-            figures.update(await legacy_calls(session, cluster))
+                for name, session in sessions.items():
+                    latencies[name].append(await invoke_ms(session, ""))
+            for name, times in latencies.items():
+                figures[name]["invoke_p50_ms"] = percentile(times, 50)
+                figures[name]["invoke_p99_ms"] = percentile(times, 99)
+            for listing, path in LISTINGS.items():
+                times = {name: [] for name in folders}
+                for _ in range(REQUESTS):
+                    for name, session in sessions.items():
+                        times[name].append(await get_ms(session, path))
+                for name in folders:
+                    figures[name][f"{listing}_ms"] = round(statistics.median(times[name]), 3)
+            for name, session in sessions.items():  # one at a time: the other idle
+                figures[name].update(await legacy_calls(session, clusters[name]))
+        finally:
+            for session in sessions.values():
+                await session.close()
     finally:
-        cluster.stop()
+        for cluster in clusters.values():
+            cluster.stop()
     return figures
 
 
@@ -170,8 +196,8 @@ async def main() -> None:
         setup = await prepare(full, args.calls, args.functions)
         runs: dict[str, list[dict[str, float]]] = {"empty": [], "full": []}
         for _ in range(args.rounds):
-            for name, folder in (("empty", empty), ("full", full)):
-                runs[name].append(await measure(folder))
+            for name, figures in (await measure({"empty": empty, "full": full})).items():
+                runs[name].append(figures)
     medians = {
         name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
         for name, rounds in runs.items()

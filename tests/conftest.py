@@ -87,15 +87,17 @@ MILLION = 1_000_000
 
 
 @pytest.fixture(scope="session")
-def million_calls(pytestconfig: pytest.Config) -> Path:
+def million_calls(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A db file holding a million calls, built once per schema version and kept in the
-    pytest cache (``.pytest_cache``); tests copy it before using it."""
+    pytest cache (``.pytest_cache``; without it, for this session); tests copy it before
+    using it."""
     from services.db.store import SCHEMA_VERSION
 
     from .support import build_calls_file
 
-    assert pytestconfig.cache is not None
-    folder = pytestconfig.cache.mkdir(f"million-calls-v{SCHEMA_VERSION}")
+    name = f"million-calls-v{SCHEMA_VERSION}"
+    cache = getattr(pytestconfig, "cache", None)  # None with -p no:cacheprovider
+    folder = tmp_path_factory.mktemp(name) if cache is None else cache.mkdir(name)
     path = folder / "fum.sqlite3"
     if not path.exists():
         building = folder / "building.sqlite3"

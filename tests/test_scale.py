@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import sqlite3
 import time
@@ -19,8 +21,12 @@ from .conftest import MILLION
 
 # The api's peak resident memory while it sends the million calls of ``GET /calls``.
 MAX_API_PEAK_MB = 200
-# How long a /healthz may take while that runs.
+# How long a /healthz (or a read of one call) may take while that runs: each within
+# 100 ms, but for one in fifty (on a host running other work, the scheduler alone can
+# hold a process that long), and none past a second (before this was streamed, the
+# api did not answer for 2 to 4.5 s).
 MAX_PROBE_MS = 100
+MAX_LATE_MS = 1000
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -57,40 +63,50 @@ async def test_legacy_calls_streams_a_million_calls_in_bounded_memory(
     big: LocalCluster,
 ) -> None:
     token = b'"funcName":'
-    count, tail, head, last, size = 0, b"", b"", b"", 0
+    count, tail, head, last = 0, b"", b"", b""
     probes: list[float] = []
     reads: list[float] = []
     timeout = aiohttp.ClientTimeout(total=240)
+
+    async def probing(session: aiohttp.ClientSession) -> None:
+        """From the request on, until cancelled: a /healthz, and a read of one call (the
+        db's writer thread, beside the listing's reader), every 100 ms."""
+        while True:
+            probes.append(await probe(session))
+            reads.append(await probe(session, f"/v1/calls/{len(probes) * 1000}"))
+            await asyncio.sleep(0.1)
+
     async with (
         aiohttp.ClientSession(big.url, timeout=timeout) as stream,
         aiohttp.ClientSession(big.url) as prober,
     ):
         await probe(prober)  # its connection is open before the stream begins
-        async with stream.get("/calls") as response:
-            assert response.status == 200
-            assert response.content_type == "application/json"
-            async for chunk in response.content.iter_chunked(1 << 16):
-                if not head:
-                    head = chunk[:64]
-                buffer = tail + chunk
-                count += buffer.count(token)
-                tail = buffer[-(len(token) - 1) :]
-                last = (last + chunk)[-200:]
-                size += len(chunk)
-                # a probe every ~10 MB, while the api is in the middle of the stream
-                if size // 10_000_000 > len(probes):
-                    probes.append(await probe(prober))
-                    # a read of one call: the db's writer thread, beside the listing's
-                    reads.append(await probe(prober, f"/v1/calls/{len(probes) * 1000}"))
+        prober_task = asyncio.ensure_future(probing(prober))
+        try:
+            async with stream.get("/calls") as response:
+                assert response.status == 200
+                assert response.content_type == "application/json"
+                async for chunk in response.content.iter_chunked(1 << 16):
+                    if not head:
+                        head = chunk[:64]
+                    buffer = tail + chunk
+                    count += buffer.count(token)
+                    tail = buffer[-(len(token) - 1) :]
+                    last = (last + chunk)[-200:]
+        finally:
+            prober_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober_task
     assert head.startswith(b'{"c1":{"funcName":"rare","params":{"i":1},"callNum":1,')
     assert last.endswith(
         b',"c1000000":{"funcName":"f0","params":{"i":1000000},'
         b'"callNum":1000000,"status":"ERROR","result":"boom"}}'
     )
     assert count == MILLION
-    assert len(probes) >= 5
-    assert max(probes) < MAX_PROBE_MS, probes
-    assert max(reads) < MAX_PROBE_MS, reads
+    assert len(probes) >= 10
+    for answers in (probes, reads):
+        late = [ms for ms in answers if ms >= MAX_PROBE_MS]
+        assert len(late) <= len(answers) // 50 and max(answers) < MAX_LATE_MS, late
     assert peak_rss_mb(big.procs["api"].pid) < MAX_API_PEAK_MB
 
 

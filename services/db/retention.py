@@ -2,9 +2,10 @@
 
 Off by default (``FUM_DB_KEEP_DAYS``, ``FUM_DB_KEEP_CALLS``). A pass every
 ``FUM_DB_RETENTION_INTERVAL`` seconds deletes what is beyond the setting a small batch at
-a time, each batch its own short transaction on the writer's thread, so the batches of
-requests queued meanwhile run between two of them; then it gives the freed pages back to
-the file system the same way (SQLite's incremental vacuum, a few hundred pages a step).
+a time, each batch its own short transaction on the writer's thread followed by as long
+a pause, so the batches of requests that arrive meanwhile run between two of them; then
+it gives the freed pages back to the file system the same way (SQLite's incremental
+vacuum, a few hundred pages a step).
 Calls not finished are never deleted.
 """
 
@@ -13,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, ParamSpec, TypeVar
 
 import structlog
 
@@ -21,6 +23,9 @@ from .settings import DbSettings
 from .store import Store
 
 log = structlog.get_logger()
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 BATCH = 500  # calls deleted in one transaction: a few milliseconds of the writer
 COMPACT_PAGES = 256  # pages given back in one step (1 MiB of 4 KiB pages)
@@ -74,17 +79,24 @@ class Retention:
         gives none back: a file that is not compactable); how many stay free."""
         free = -1
         while True:
-            left = await self._store.run(self._store.compact, COMPACT_PAGES)
+            left = await self._paced(self._store.compact, COMPACT_PAGES)
             if left in (0, free):
                 return left
             free = left
-            await asyncio.sleep(0)
 
     async def _delete(self, older: Literal["count", "age"], bound: float) -> int:
         total = 0
         while True:
-            count = await self._store.run(self._store.delete_old_calls, older, bound, BATCH)
+            count = await self._paced(self._store.delete_old_calls, older, bound, BATCH)
             total += count
             if count < BATCH:
                 return total
-            await asyncio.sleep(0)  # what arrived meanwhile goes first
+
+    async def _paced(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one step on the writer's thread, then leave it idle as long as the step
+        took: retention never has more than half of the writer, and the requests that
+        arrive meanwhile are never queued behind more than one step."""
+        started = time.perf_counter()
+        result = await self._store.run(fn, *args, **kwargs)
+        await asyncio.sleep(time.perf_counter() - started)
+        return result
