@@ -143,6 +143,10 @@ class Dispatcher:
             placed += 1
         return placed
 
+    def place_stored_calls(self, calls: list[Call]) -> None:
+        """``place_stored`` with each function's timeout (the db's ``placed`` calls)."""
+        self.place_stored(calls, self.timeout_of)
+
     def limits_changed(self, function: str) -> None:
         """A function's concurrency may have grown: start the calls that may run now."""
         for placed in self.admission.runnable(function):

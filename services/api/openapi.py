@@ -8,13 +8,37 @@ from typing import Any
 
 import msgspec
 
-from services.common.models import LIMIT_NAMES, Limits
+from services.common.models import LIMIT_NAMES, STATUSES, Limits
+from services.triggers.coordinators import ExecutionIn
+from services.triggers.events import EventIn
+from services.triggers.triggers import TriggerIn
 
+from .durable_views import EventView
 from .routes import Route
 from .security import PUBLIC
 from .views import BatchIn, CallView, FunctionView, LegacyInvoke, RuntimeIn, RuntimeView, WaitIn
 
-SCHEMAS = (RuntimeIn, RuntimeView, FunctionView, CallView, Limits, LegacyInvoke, BatchIn, WaitIn)
+SCHEMAS = (
+    RuntimeIn,
+    RuntimeView,
+    FunctionView,
+    CallView,
+    Limits,
+    LegacyInvoke,
+    BatchIn,
+    WaitIn,
+    EventIn,
+    EventView,
+    TriggerIn,
+    ExecutionIn,
+)
+# POST /v1/events takes one event or a list of them.
+EVENTS_IN = {
+    "oneOf": [
+        {"$ref": "#/components/schemas/EventIn"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/EventIn"}},
+    ]
+}
 ERROR = {
     "type": "object",
     "properties": {
@@ -35,7 +59,10 @@ QUERY_TYPES = {
     "after": "integer",
     "timeout": "number",
     "blocking": "boolean",
+    "active": "boolean",
 }
+# Query parameters whose values are one of a list.
+QUERY_ENUMS: dict[str, tuple[str, ...]] = {"status": STATUSES}
 
 
 @cache
@@ -43,7 +70,7 @@ def _components() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         SCHEMAS, ref_template="#/components/schemas/{name}"
     )
-    return {**components, "Error": ERROR}
+    return {**components, "Error": ERROR, "EventsIn": EVENTS_IN}
 
 
 def _operation(route: Route) -> dict[str, Any]:
@@ -63,7 +90,8 @@ def _operation(route: Route) -> dict[str, Any]:
             "name": name,
             "in": "query",
             "required": False,
-            "schema": {"type": QUERY_TYPES.get(name, "string")},
+            "schema": {"type": QUERY_TYPES.get(name, "string")}
+            | ({"enum": list(QUERY_ENUMS[name])} if name in QUERY_ENUMS else {}),
         }
         for name in route.query
     ]

@@ -25,6 +25,7 @@ from services.common.node_protocol import (
     FunctionRemoved,
     FunctionSynced,
     HeartbeatAck,
+    PlaceCalls,
     Register,
     Registered,
     RuntimeRemoved,
@@ -70,7 +71,7 @@ class Worker:
             stack.push_async_callback(close_context, ctx)
             headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else None
             session = await stack.enter_async_context(aiohttp.ClientSession(headers=headers))
-            self.db = DbClient(ctx, s.db_url, keys, timeout=5.0)
+            self.db = DbClient(ctx, s.db_url, keys, timeout=5.0, on_placed=self._place)
             stack.push_async_callback(self.db.close)
             packages = PackageCache(Path(s.node_dir) / "packages", s.api_url, session)
             self.pool = Pool(s, ctx, packages, self._base_env, self._on_start, self._on_outcome)
@@ -260,6 +261,12 @@ class Worker:
             log.error("worker.db_read_failed", call=final.call_num, error=str(exc))
             return
         self._tell_api(stored)
+
+    def _place(self, calls: list[Call]) -> None:
+        """Hand the api the calls the db made for triggers' actions (a coordinator's
+        steps, its next run); the api's sweep places them if this is lost."""
+        with contextlib.suppress(zmq.ZMQError):
+            self.api.send_event(PlaceCalls(calls=calls))
 
     def _tell_api(self, call: Call) -> None:
         with contextlib.suppress(zmq.ZMQError):

@@ -1,0 +1,453 @@
+"""The trigger engine: every stored event goes through the triggers it activates.
+
+It runs in the db, on the store's thread, inside the transaction that stores the event
+(a call's end, or a client's publish). So an event is durable before it is acknowledged,
+and each trigger processes it exactly once: its context, its count of fired actions and
+what its action made (calls, events) commit together with the event, or not at all. A
+restart of any service finds the work done or not done, never half. An event that
+activates no trigger is stored all the same.
+
+Tables: ``events`` (the stream, ``seq`` in order), ``triggers`` (one row each; ``token``
+names one version of a trigger, so a trigger put again starts afresh),
+``trigger_activations`` (subject/type -> token, the lookup of every event) and
+``trigger_inbox`` (the events a trigger holds until it fires).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+
+from services.common.errors import BadRequest, NotFound
+from services.common.models import NewCall, check_name, now
+
+from .events import Event, EventIn
+from .triggers import (
+    MAX_ACTIVATIONS,
+    Action,
+    Activation,
+    Condition,
+    InvokeAction,
+    JoinCondition,
+    PassAction,
+    PublishAction,
+    ResumeAction,
+    TerminateAction,
+    ThresholdCondition,
+    Trigger,
+    TriggerIn,
+    TrueCondition,
+)
+
+if TYPE_CHECKING:
+    from services.db.store import Store
+
+log = structlog.get_logger()
+
+MAX_DEPTH = 16  # events published by triggers for an event, and so on: deeper ones are kept
+MAX_LIST = 1000
+
+_json = msgspec.json.Encoder()
+_condition = msgspec.json.Decoder(Condition)
+_action = msgspec.json.Decoder(Action)
+_activation = msgspec.json.Decoder(list[Activation])
+_context = msgspec.json.Decoder(dict[str, Any])
+
+_EVENT_COLUMNS = "seq, id, source, type, subject, time, data"
+_TRIGGER_COLUMNS = (
+    "id, token, activation, condition, action, context, transient, active, fired, "
+    "execution, created_at, updated_at"
+)
+
+
+class _Spec(msgspec.Struct):
+    """What never changes in one version (token) of a trigger, decoded once."""
+
+    condition: Condition
+    action: Action
+    transient: bool
+
+
+def _event(row: Any) -> Event:
+    return Event(
+        seq=row[0],
+        id=row[1],
+        source=row[2],
+        type=row[3],
+        subject=row[4],
+        time=row[5],
+        data=msgspec.json.decode(row[6]),
+    )
+
+
+class TriggerEngine:
+    """Events and triggers in the store's SQLite file; every method runs on its thread
+    inside the caller's transaction."""
+
+    def __init__(self, store: Store, resume: Callable[[str], None]) -> None:
+        self._store = store
+        self._resume = resume
+        self._specs: dict[str, _Spec] = {}
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._store.db
+
+    # ---- events
+
+    def publish(self, events: list[EventIn]) -> list[Event]:
+        """Store clients' events (an id already stored is that event) and process them."""
+        stored = []
+        for given in events:
+            event = Event(
+                id=given.id or f"e-{secrets.token_hex(12)}",
+                source=given.source,
+                type=given.type,
+                subject=given.subject,
+                time=now(),
+                data=given.data,
+            )
+            stored.append(self.store_event(event))
+        return stored
+
+    def store_event(self, event: Event, depth: int = 0) -> Event:
+        """Append an event to the stream and run it through its triggers; an id already
+        stored returns the stored event, processed already."""
+        inserted = self._insert(event)
+        if inserted is None:
+            row = self._db.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (event.id,)
+            ).fetchone()
+            return _event(row)
+        stored = inserted
+        queue: deque[tuple[Event, int]] = deque([(stored, depth)])
+        while queue:
+            current, level = queue.popleft()
+            if level > MAX_DEPTH:
+                log.warning("triggers.too_deep", event=current.id, depth=level)
+                continue
+            for published in self._process(current):
+                queue.append((published, level + 1))
+        return stored
+
+    def _insert(self, event: Event) -> Event | None:
+        """Append an event to the stream, numbered; None if its id is stored already."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO events (id, source, type, subject, time, data) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                event.source,
+                event.type,
+                event.subject,
+                event.time,
+                _json.encode(event.data),
+            ),
+        )
+        if cursor.rowcount == 0:
+            return None
+        return msgspec.structs.replace(event, seq=cursor.lastrowid or 0)
+
+    def list_events(
+        self,
+        *,
+        subject: str | None = None,
+        type: str | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[Event]:
+        clauses, params = _filters(subject=subject, type=type)
+        if before is not None:
+            clauses.append("seq < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        params.append(max(1, min(limit, MAX_LIST)))
+        rows = self._db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events {where}ORDER BY seq DESC LIMIT ?", params
+        )
+        return [_event(row) for row in rows]
+
+    # ---- triggers
+
+    def put_trigger(
+        self, trigger_id: str, given: TriggerIn, execution: str | None = None
+    ) -> tuple[Trigger, bool]:
+        """Create or replace a trigger (a new version: context as given, nothing joined)."""
+        check_name("trigger", trigger_id)
+        if not 1 <= len(given.activation) <= MAX_ACTIVATIONS:
+            raise BadRequest(f"a trigger needs 1 to {MAX_ACTIVATIONS} activation events")
+        condition, action = given.condition, given.action
+        if isinstance(condition, JoinCondition) and (condition.count is None) == (
+            condition.subjects is None
+        ):
+            raise BadRequest("a join condition takes either 'count' or 'subjects'")
+        if isinstance(action, ResumeAction) and execution is None:
+            raise BadRequest("resume actions are made by coordinators, not by clients")
+        if isinstance(action, InvokeAction):
+            self._store.get_function(action.function)  # NotFound for an unknown one
+        old = self._db.execute(
+            "SELECT token, created_at FROM triggers WHERE id = ?", (trigger_id,)
+        ).fetchone()
+        if old is not None:
+            self._drop(old[0])
+        token = secrets.token_hex(8)
+        t = now()
+        trigger = Trigger(
+            id=trigger_id,
+            activation=given.activation,
+            condition=condition,
+            action=action,
+            context=given.context,
+            transient=given.transient,
+            execution=execution,
+            created_at=old[1] if old else t,
+            updated_at=t,
+        )
+        self._db.execute(
+            f"INSERT OR REPLACE INTO triggers ({_TRIGGER_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?, ?)",
+            (
+                trigger_id,
+                token,
+                _json.encode(trigger.activation),
+                _json.encode(condition),
+                _json.encode(action),
+                _json.encode(trigger.context),
+                int(trigger.transient),
+                execution,
+                trigger.created_at,
+                trigger.updated_at,
+            ),
+        )
+        self._db.executemany(
+            "INSERT INTO trigger_activations (token, subject, type) VALUES (?, ?, ?)",
+            [(token, a.subject, a.type) for a in given.activation],
+        )
+        return trigger, old is None
+
+    def get_trigger(self, trigger_id: str) -> Trigger:
+        row = self._db.execute(
+            f"SELECT {_TRIGGER_COLUMNS} FROM triggers WHERE id = ?", (trigger_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no trigger named {trigger_id!r}")
+        return self._trigger(row)
+
+    def list_triggers(
+        self,
+        *,
+        active: bool | None = None,
+        subject: str | None = None,
+        execution: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Trigger]:
+        """Triggers by id; ``subject``: those an event of it activates."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if active is not None:
+            clauses.append("active = ?")
+            params.append(int(active))
+        if execution is not None:
+            clauses.append("execution = ?")
+            params.append(execution)
+        if subject is not None:
+            clauses.append("token IN (SELECT token FROM trigger_activations WHERE subject = ?)")
+            params.append(subject)
+        if after is not None:
+            clauses.append("id > ?")
+            params.append(after)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        params.append(max(1, min(limit, MAX_LIST)))
+        rows = self._db.execute(
+            f"SELECT {_TRIGGER_COLUMNS} FROM triggers {where}ORDER BY id LIMIT ?", params
+        )
+        return [self._trigger(row) for row in rows]
+
+    def delete_trigger(self, trigger_id: str) -> None:
+        row = self._db.execute("SELECT token FROM triggers WHERE id = ?", (trigger_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no trigger named {trigger_id!r}")
+        self._drop(row[0])
+        self._db.execute("DELETE FROM triggers WHERE id = ?", (trigger_id,))
+
+    def _trigger(self, row: Any) -> Trigger:
+        joined = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT e.id FROM trigger_inbox i JOIN events e ON e.seq = i.seq "
+                "WHERE i.token = ? ORDER BY i.seq",
+                (row[1],),
+            )
+        ]
+        return Trigger(
+            id=row[0],
+            activation=_activation.decode(row[2]),
+            condition=_condition.decode(row[3]),
+            action=_action.decode(row[4]),
+            context=_context.decode(row[5]),
+            transient=bool(row[6]),
+            active=bool(row[7]),
+            fired=row[8],
+            events=joined,
+            execution=row[9],
+            created_at=row[10],
+            updated_at=row[11],
+        )
+
+    def _drop(self, token: str) -> None:
+        """A version of a trigger takes no more events: its lookups and inbox go."""
+        self._db.execute("DELETE FROM trigger_activations WHERE token = ?", (token,))
+        self._db.execute("DELETE FROM trigger_inbox WHERE token = ?", (token,))
+        self._specs.pop(token, None)
+
+    def _spec(self, token: str, row: Any) -> _Spec:
+        spec = self._specs.get(token)
+        if spec is None:
+            spec = _Spec(_condition.decode(row[1]), _action.decode(row[2]), bool(row[3]))
+            if len(self._specs) > 10_000:
+                self._specs.clear()
+            self._specs[token] = spec
+        return spec
+
+    # ---- processing
+
+    def _process(self, event: Event) -> list[Event]:
+        """Run one stored event through every active trigger it activates; the events
+        their actions published (to be processed next)."""
+        published: list[Event] = []
+        rows = self._db.execute(
+            "SELECT t.id, t.condition, t.action, t.transient, t.token, t.context, t.fired "
+            "FROM triggers t WHERE t.active = 1 AND t.token IN ("
+            "SELECT token FROM trigger_activations WHERE subject = ? "
+            "AND (type IS NULL OR type = ?)) ORDER BY t.created_at, t.id",
+            (event.subject, event.type),
+        ).fetchall()
+        for row in rows:
+            trigger_id, token, fired = row[0], row[4], row[6]
+            spec = self._spec(token, row)
+            context = _context.decode(row[5])
+            fires = self._condition(spec.condition, token, context, event)
+            if not fires:
+                self._db.execute(
+                    "UPDATE triggers SET context = ? WHERE token = ?",
+                    (_json.encode(context), token),
+                )
+                continue
+            joined = self._take_inbox(token)
+            fired += 1
+            published.extend(self._act(spec.action, trigger_id, token, fired, context, joined))
+            done = spec.transient or isinstance(spec.action, TerminateAction)
+            self._db.execute(
+                "UPDATE triggers SET context = ?, fired = ?, active = ?, updated_at = ? "
+                "WHERE token = ?",
+                (_json.encode(context), fired, int(not done), now(), token),
+            )
+            if done:
+                self._drop(token)
+        return published
+
+    def _condition(
+        self, condition: Condition, token: str, context: dict[str, Any], event: Event
+    ) -> bool:
+        """Whether the trigger fires on ``event``; updates its context and inbox."""
+        if isinstance(condition, JoinCondition) and condition.subjects is not None:
+            seen = self._db.execute(
+                "SELECT 1 FROM trigger_inbox WHERE token = ? AND subject = ?",
+                (token, event.subject),
+            ).fetchone()
+            if seen is not None or event.subject not in set(condition.subjects):
+                return False
+        self._db.execute(
+            "INSERT INTO trigger_inbox (token, seq, subject) VALUES (?, ?, ?)",
+            (token, event.seq, event.subject),
+        )
+        if isinstance(condition, TrueCondition):
+            return True
+        if isinstance(condition, JoinCondition):
+            count = int(context.get("count", 0)) + 1
+            context["count"] = count
+            wanted = (
+                condition.count
+                if condition.count is not None
+                else len(set(condition.subjects or ()))
+            )
+            if count < wanted:
+                return False
+            context["count"] = 0
+            return True
+        assert isinstance(condition, ThresholdCondition)
+        value = context.get(condition.key, 0)
+        value = (value if isinstance(value, int) else 0) + 1
+        context[condition.key] = value
+        if value < condition.value:
+            return False
+        context[condition.key] = 0
+        return True
+
+    def _take_inbox(self, token: str) -> list[Event]:
+        rows = self._db.execute(
+            f"SELECT {', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))} "
+            "FROM trigger_inbox i JOIN events e ON e.seq = i.seq WHERE i.token = ? "
+            "ORDER BY i.seq",
+            (token,),
+        ).fetchall()
+        self._db.execute("DELETE FROM trigger_inbox WHERE token = ?", (token,))
+        return [_event(row) for row in rows]
+
+    def _act(
+        self,
+        action: Action,
+        trigger_id: str,
+        token: str,
+        fired: int,
+        context: dict[str, Any],
+        events: list[Event],
+    ) -> list[Event]:
+        """Do a trigger's action: its ids come from the trigger's version and fired count,
+        so the same firing can never make two calls or two events."""
+        if isinstance(action, InvokeAction):
+            params = _json.encode({"events": events, "context": context, "trigger": trigger_id})
+            self._store.create_and_place(
+                [
+                    NewCall(
+                        uuid=f"t.{token}.{fired}",
+                        func_name=action.function,
+                        params=params,
+                        created_at=now(),
+                    )
+                ]
+            )
+        elif isinstance(action, PublishAction):
+            event = Event(
+                id=f"t.{token}.{fired}",
+                source=f"fum/triggers/{trigger_id}",
+                type=action.event.type,
+                subject=action.event.subject,
+                time=now(),
+                data={"trigger": trigger_id, "events": [e.id for e in events]},
+            )
+            inserted = self._insert(event)
+            if inserted is not None:
+                return [inserted]
+        elif isinstance(action, ResumeAction):
+            self._resume(action.execution)
+        else:
+            assert isinstance(action, PassAction | TerminateAction)
+        return []
+
+
+def _filters(**equal: str | None) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in equal.items():
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return clauses, params
