@@ -368,6 +368,20 @@ def delete_trigger(trigger_id: str) -> Req[None]:
     return Req("DELETE", f"/v1/triggers/{_name(trigger_id)}", _nothing)
 
 
+def execution_body(
+    function: str,
+    params: Any,
+    name: str | None,
+    execution_id: str | None,
+    step_function: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"function": function, "params": params or {}}
+    for key, value in (("name", name), ("id", execution_id), ("stepFunction", step_function)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
 def start_execution(body: dict[str, Any]) -> Req[Any]:
     # the same id started twice is one execution: safe to send again
     return Req(

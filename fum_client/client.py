@@ -295,10 +295,7 @@ class Client:
     ) -> dict[str, Any]:
         """Start a durable coordinator: the deployed ``function`` (or the built-in one of
         ``TriggerflowExecutor``), run again with its history whenever what it waits for ends."""
-        body: dict[str, Any] = {"function": function, "params": params or {}}
-        for key, value in (("name", name), ("id", execution_id), ("stepFunction", step_function)):
-            if value is not None:
-                body[key] = value
+        body = _api.execution_body(function, params, name, execution_id, step_function)
         execution: dict[str, Any] = self._http.send(_api.start_execution(body))
         return execution
 

@@ -281,3 +281,19 @@ def test_cli_trigger_add_ls_show_rm(local: LocalCluster, tmp_path: Any) -> None:
     assert fum("trigger", "rm", "cli-t").exit_code == 0
     gone = fum("trigger", "show", "cli-t")
     assert gone.exit_code == 1 and "no trigger named" in gone.output
+
+
+async def test_async_client_events_and_triggers(local: LocalCluster) -> None:
+    from fum_client import AsyncClient
+
+    async with AsyncClient(local.url) as client:
+        await client.put_trigger(
+            "async-t", {"activation": [{"subject": "async-s"}], "transient": False}
+        )
+        (event,) = await client.publish_events({"subject": "async-s", "type": "t", "data": 1})
+        page = await client.list_events(subject="async-s")
+        assert page["items"] == [event]
+        assert (await client.get_trigger("async-t"))["fired"] == 1
+        listed = await client.list_triggers(subject="async-s")
+        assert [t["id"] for t in listed["items"]] == ["async-t"]
+        await client.delete_trigger("async-t")

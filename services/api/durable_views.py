@@ -8,7 +8,7 @@ import msgspec
 from aiohttp import web
 
 from services.common.errors import BadRequest
-from services.triggers.coordinators import Execution, ExecutionIn
+from services.triggers.coordinators import Execution, ExecutionIn, NewExecution
 from services.triggers.events import Event, EventIn
 from services.triggers.triggers import Trigger, TriggerIn
 
@@ -119,7 +119,7 @@ async def start_execution(request: web.Request) -> web.Response:
     if body.step_function is not None:
         catalog.function(body.step_function)
     db = request.app[DB]
-    execution = await db.start_execution(body, request.get(CALLER))
+    execution = await db.start_execution(NewExecution.of(body), request.get(CALLER))
     return json_response(await execution_view(request.app, execution), 201)
 
 

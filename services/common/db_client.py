@@ -67,7 +67,7 @@ from .protocol import Message
 from .rpc import Client
 
 if TYPE_CHECKING:
-    from services.triggers.coordinators import Execution, ExecutionIn
+    from services.triggers.coordinators import Execution, NewExecution
     from services.triggers.events import Event, EventIn
     from services.triggers.triggers import Trigger, TriggerIn
 
@@ -343,7 +343,9 @@ class DbClient:
     async def delete_trigger(self, trigger_id: str) -> None:
         await self._request(DeleteTrigger(id=trigger_id), Deleted)
 
-    async def start_execution(self, execution: ExecutionIn, caller: str | None = None) -> Execution:
+    async def start_execution(
+        self, execution: NewExecution, caller: str | None = None
+    ) -> Execution:
         reply = await self._request(
             StartExecution(execution=execution, caller=caller), ExecutionReply
         )

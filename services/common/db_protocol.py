@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.triggers.coordinators import Execution, ExecutionIn
+from services.triggers.coordinators import Execution, NewExecution
 from services.triggers.events import Event, EventIn
 from services.triggers.triggers import Trigger, TriggerIn
 
@@ -131,7 +131,7 @@ class DeleteTrigger(Message, frozen=True):
 
 
 class StartExecution(Message, frozen=True):
-    execution: ExecutionIn
+    execution: NewExecution
     caller: str | None = None
 
 

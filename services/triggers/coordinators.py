@@ -93,10 +93,30 @@ class ExecutionIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     object); ``stepFunction`` is the built-in function that runs its callables."""
 
     function: str
-    params: msgspec.Raw | None = None
+    params: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
     name: str | None = None
     id: str | None = None
     step_function: str | None = msgspec.field(default=None, name="stepFunction")
+
+
+class NewExecution(msgspec.Struct, frozen=True, kw_only=True):
+    """What the api asks the db to start (``ExecutionIn`` with its params as JSON text)."""
+
+    function: str
+    params: bytes
+    name: str | None = None
+    id: str | None = None
+    step_function: str | None = None
+
+    @classmethod
+    def of(cls, given: ExecutionIn) -> NewExecution:
+        return cls(
+            function=given.function,
+            params=bytes(given.params),
+            name=given.name,
+            id=given.id,
+            step_function=given.step_function,
+        )
 
 
 def run_uuid(execution: str, run: int) -> str:
@@ -132,13 +152,13 @@ class Coordinators:
     def _db(self) -> sqlite3.Connection:
         return self._store.db
 
-    def start(self, given: ExecutionIn, caller: str | None) -> Execution:
+    def start(self, given: NewExecution, caller: str | None) -> Execution:
         execution_id = given.id or secrets.token_hex(8)
         check_name("execution", execution_id)
         self._store.get_function(given.function)
         if given.step_function is not None:
             self._store.get_function(given.step_function)
-        raw = b"{}" if given.params is None else bytes(given.params)
+        raw = given.params
         try:
             params = msgspec.json.decode(raw)
         except msgspec.DecodeError as exc:
