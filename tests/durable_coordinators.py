@@ -88,15 +88,22 @@ def catching(args):  # type: ignore[no-untyped-def]
     return "not raised"
 
 
-def slow_chain(args):  # type: ignore[no-untyped-def]
+def nap(x: int) -> int:
+    time.sleep(2)
+    return x + 1
+
+
+def chain_then_pause(args):  # type: ignore[no-untyped-def]
+    """A chain whose last run (only it gets this far) takes ``pause`` seconds."""
     fexec = FunctionExecutor()
     x = 0
     for _ in range(args["steps"]):
-        fexec.call_async(slow_inc, x)
-        x = fexec.get_result()
+        x = fexec.get_result(fexec.call_async(inc, x))
+    time.sleep(args["pause"])
     return x
 
 
-def slow_inc(x: int) -> int:
-    time.sleep(0.3)
-    return x + 1
+def napping_map(args):  # type: ignore[no-untyped-def]
+    fexec = FunctionExecutor()
+    fexec.map(nap, range(args["n"]))
+    return fexec.get_result()
