@@ -10,7 +10,9 @@ One local cluster (process driver, one worker). Each round runs, in turn:
   step ends the coordinator's run (WAITING), the call's end event fires the join trigger,
   and the coordinator runs again and replays its history.
 
-Per step: the wall time of the whole chain over ``steps`` (medians over the rounds).
+Per step (medians over the rounds): the client's wall time over ``steps``; the
+coordinator's from its first run starting to its last run ending, over ``steps``
+(``coordinator_wall_step_ms`` adds starting it and polling for its result).
 ``resume_ms``: from a step's call ending (its ``finishedAt``) to the coordinator's next
 run starting (``startedAt``), over every step of every round. ``coordinator_parts_ms``
 splits a coordinator's step (medians): its run in the sandbox, from the run's end to
@@ -65,13 +67,16 @@ def client_chain(fexec: FunctionExecutor, steps: int) -> float:
 PARTS = ("run", "suspend_to_call", "call", "resume")
 
 
-def coordinator_chain(tf: TriggerflowExecutor, steps: int) -> tuple[float, dict[str, list[float]]]:
+def coordinator_chain(
+    tf: TriggerflowExecutor, steps: int
+) -> tuple[float, float, dict[str, list[float]]]:
     t0 = time.perf_counter()
     execution = tf.run(chain, {"steps": steps})
     assert execution.result(timeout=300, poll=0.005) == steps
     wall = time.perf_counter() - t0
     x = execution.history()
     runs = x["runCalls"]
+    span = _ts(runs[-1]["finishedAt"]) - _ts(runs[0]["startedAt"])
     parts: dict[str, list[float]] = {part: [] for part in PARTS}
     for step in x["steps"]:
         run, call, following = runs[step["seq"]], step["calls"][0], runs[step["seq"] + 1]
@@ -84,7 +89,7 @@ def coordinator_chain(tf: TriggerflowExecutor, steps: int) -> tuple[float, dict[
         ]
         for part, start, end in zip(PARTS, marks, marks[1:], strict=False):
             parts[part].append(end - start)
-    return wall, parts
+    return span, wall, parts
 
 
 def main() -> None:
@@ -100,11 +105,13 @@ def main() -> None:
                 coordinator_chain(tf, 3)
                 client: list[float] = []
                 coordinator: list[float] = []
+                walls: list[float] = []
                 parts: dict[str, list[float]] = {part: [] for part in PARTS}
                 for _ in range(options.rounds):
                     client.append(client_chain(fexec, options.steps) / options.steps)
-                    wall, measured = coordinator_chain(tf, options.steps)
-                    coordinator.append(wall / options.steps)
+                    span, wall, measured = coordinator_chain(tf, options.steps)
+                    coordinator.append(span / options.steps)
+                    walls.append(wall / options.steps)
                     for part, values in measured.items():
                         parts[part] += values
         finally:
@@ -119,6 +126,7 @@ def main() -> None:
                 "rounds": options.rounds,
                 "client_step_ms": round(client_ms, 2),
                 "coordinator_step_ms": round(coordinator_ms, 2),
+                "coordinator_wall_step_ms": round(statistics.median(walls) * 1000, 2),
                 "ratio": round(coordinator_ms / client_ms, 2),
                 "resume_ms": {
                     "p50": round(statistics.median(resumes) * 1000, 2),

@@ -133,6 +133,8 @@ def trigger_add(
 
 
 def _describe(part: dict[str, Any]) -> str:
+    if part["kind"] == "python":  # the pickled callable is no reading
+        return f"python {part['call'].get('name', '?')} (on {part['function']})"
     rest = {k: v for k, v in part.items() if k != "kind"}
     return part["kind"] + (" " + json.dumps(rest) if rest else "")
 

@@ -12,7 +12,9 @@ An exception raised by the callable fails the call with its type, message and tr
 
 With ``durable`` (put there by the db: an execution's history), the callable is a
 durable coordinator, run by ``fum.durable``: its result is then either its return value
-as above or the suspension that makes it wait (docs/DURABLE.md).
+as above or the suspension that makes it wait (docs/DURABLE.md). With ``"out": "json"``
+(a trigger's Python condition, whose verdict the db reads: a service never unpickles)
+the result is ``{"json": <the return value>}``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def handle(params: dict[str, Any]) -> dict[str, str]:
         suspended, value = coordinate(fn, args, kwargs, durable)
         if suspended:
             return value
+    if params.get("out") == "json":
+        return {"json": value}
     return {
         "pickle": base64.b64encode(cloudpickle.dumps(value)).decode("ascii"),
         "repr": _repr.repr(value),

@@ -20,8 +20,10 @@ no sandbox held) and a trigger runs it again, with its history, when they have.
 
 from __future__ import annotations
 
+import functools
 import io
 import time
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -30,7 +32,7 @@ import msgspec
 from .client import Client
 from .errors import FumError, WaitTimeout
 from .executor import FunctionExecutor
-from .serialize import callable_spec, decode_result
+from .serialize import _is_users_module, _module_of, callable_spec, decode_result
 
 
 class ExecutionFailed(FumError):
@@ -112,6 +114,44 @@ class TriggerflowExecutor:
 
     def close(self) -> None:
         self._executor.close()
+
+    def python(self, fn: Callable[..., Any], *, condition: bool = False) -> dict[str, Any]:
+        """A trigger's condition (``condition=True``: ``fn(context, event) -> bool``, may
+        change the context) or action (``fn(context, events)``) as a Python callable: the
+        body part that runs it in a sandbox, as a call of the built-in function."""
+        module = _module_of(fn)
+        users = [module] if module is not None and _is_users_module(module) else []
+        if condition:
+            from fum.durable import evaluate
+
+            fn = functools.partial(evaluate, fn)
+        spec = callable_spec(fn, include_modules=users)
+        call = msgspec.json.decode(spec.head + b'"}')
+        del call["args"]  # the db adds each event's
+        return {"kind": "python", "function": self._executor.builtin_function, "call": call}
+
+    def put_trigger(
+        self,
+        trigger_id: str,
+        activation: list[dict[str, Any]],
+        condition: dict[str, Any] | Callable[..., Any] | None = None,
+        action: dict[str, Any] | Callable[..., Any] | None = None,
+        *,
+        context: dict[str, Any] | None = None,
+        transient: bool = True,
+    ) -> dict[str, Any]:
+        """``PUT /v1/triggers/{id}`` where the condition and the action may be Python
+        callables (cloudpickled; run in a sandbox, never in a service)."""
+        body: dict[str, Any] = {"activation": activation, "transient": transient}
+        if condition is not None:
+            body["condition"] = (
+                self.python(condition, condition=True) if callable(condition) else condition
+            )
+        if action is not None:
+            body["action"] = self.python(action) if callable(action) else action
+        if context is not None:
+            body["context"] = context
+        return self.client.put_trigger(trigger_id, body)
 
     def run(
         self,

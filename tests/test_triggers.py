@@ -67,14 +67,19 @@ async def test_every_call_end_is_an_event(api: Api) -> None:
     _, failed = await api.invoke(fail, {"why": "no"})
     for call, kind in ((done, "fum.call.done"), (failed, "fum.call.failed")):
         subject = f"calls/{call['callNum']}"
-        status, body = await api.request("GET", "/v1/events", params={"subject": subject})
-        assert status == 200, body
-        (event,) = body["items"]
+
+        async def ended(subject: str = subject) -> Any:
+            # a blocking invoke may answer before the db stored the result (and its event)
+            status, body = await api.request("GET", "/v1/events", params={"subject": subject})
+            assert status == 200, body
+            return body["items"]
+
+        (event,) = await until(ended)
         assert event["type"] == kind and event["specversion"] == "1.0"
         assert event["data"]["callNum"] == call["callNum"]
         assert event["data"]["status"] == call["status"]
     assert event["data"]["error"] and "boom: no" in event["data"]["error"]
-    status, body = await api.request("GET", "/v1/events", params={"type": "fum.call.done"})
+    _, body = await api.request("GET", "/v1/events", params={"type": "fum.call.done"})
     assert any(e["data"]["result"] == {"x": 1} for e in body["items"])
 
 
@@ -297,3 +302,48 @@ async def test_async_client_events_and_triggers(local: LocalCluster) -> None:
         listed = await client.list_triggers(subject="async-s")
         assert [t["id"] for t in listed["items"]] == ["async-t"]
         await client.delete_trigger("async-t")
+
+
+def count_to_three(context: dict[str, Any], event: dict[str, Any]) -> bool:
+    """A Python condition: counts the events' amounts in the context."""
+    context["total"] = context.get("total", 0) + event["data"]["amount"]
+    return bool(context["total"] >= 3)
+
+
+def test_python_condition_and_action(local: LocalCluster) -> None:
+    from fum_client import TriggerflowExecutor
+
+    with TriggerflowExecutor(local.url) as tf:
+        builtin = tf._executor.builtin_function
+        trigger = tf.put_trigger(
+            "py-t",
+            [{"subject": "py-s"}],
+            condition=count_to_three,
+            action=lambda context, events: [context["total"], len(events)],
+            context={"total": 0},
+        )
+        assert trigger["condition"]["kind"] == "python"
+        client = tf.client
+        client.publish_events(
+            *({"subject": "py-s", "type": "t", "data": {"amount": 1}} for _ in range(5))
+        )
+
+        def fired() -> Any:
+            t = client.get_trigger("py-t")
+            return t if t["fired"] else None
+
+        deadline = time.monotonic() + 60
+        while (t := fired()) is None:
+            assert time.monotonic() < deadline, client.get_trigger("py-t")
+            time.sleep(0.05)
+        assert t["context"] == {"total": 3} and not t["active"]  # transient: it stopped
+        actions = [
+            c
+            for c in client.iter_calls(function=builtin)
+            if isinstance(c.params, dict) and str(c.params.get("name")).endswith("<lambda>")
+        ]
+        (action,) = actions
+        done = client.wait_call(action.call_num, timeout=60)
+        from fum_client.serialize import decode_result
+
+        assert decode_result(done.result) == [3, 3]  # the three events that made it fire

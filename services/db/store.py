@@ -168,6 +168,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             transient INTEGER NOT NULL,
             active INTEGER NOT NULL,
             fired INTEGER NOT NULL,
+            evaluating INTEGER,
             execution TEXT,
             created_at REAL NOT NULL,
             updated_at REAL NOT NULL
@@ -186,6 +187,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
         "CREATE INDEX trigger_inbox_by_subject ON trigger_inbox (token, subject)",
+        # events waiting for a Python condition's evaluation of the one before
+        """
+        CREATE TABLE trigger_queue (
+            token TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (token, seq)
+        )
+        """,
         """
         CREATE TABLE executions (
             id TEXT PRIMARY KEY,
@@ -688,7 +697,9 @@ class Store:
         return msgspec.structs.replace(update, status="WAITING")
 
     def _ended(self, update: CallUpdate, uuid: str, func_name: str) -> None:
-        """What a call's end sets going: its execution's next move, then its event."""
+        """What a call's end sets going: its execution's next move, or its trigger's (a
+        Python condition's), then its event."""
+        self.triggers.evaluated(uuid, update.status, update.result)
         run = run_of(uuid)
         if run is not None and self.coordinators.current(*run):
             execution = run[0]

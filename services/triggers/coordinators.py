@@ -260,6 +260,9 @@ class Coordinators:
                 "SELECT seq, identity FROM execution_steps WHERE execution = ?", (execution_id,)
             )
         }
+        (caller,) = self._db.execute(
+            "SELECT caller FROM executions WHERE id = ?", (execution_id,)
+        ).fetchone()
         total = sum(len(step.params) for step in suspension.steps)
         if total > MAX_STEP_CALLS:
             return f"a coordinator may issue at most {MAX_STEP_CALLS} calls at once"
@@ -282,6 +285,7 @@ class Coordinators:
                         func_name=step.function,
                         params=bytes(params),
                         created_at=now(),
+                        caller=caller,  # the steps are the execution's starter's calls
                     )
                     for index, params in enumerate(step.params)
                 ]

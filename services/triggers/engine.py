@@ -15,6 +15,8 @@ names one version of a trigger, so a trigger put again starts afresh),
 
 from __future__ import annotations
 
+import base64
+import pickle
 import secrets
 import sqlite3
 from collections import deque
@@ -37,6 +39,8 @@ from .triggers import (
     JoinCondition,
     PassAction,
     PublishAction,
+    PythonAction,
+    PythonCondition,
     ResumeAction,
     TerminateAction,
     ThresholdCondition,
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
+EVALUATION = "t.e."  # the uuid prefix of a Python condition's calls: t.e.<token>.<seq>
 MAX_DEPTH = 16  # events published by triggers for an event, and so on: deeper ones are kept
 MAX_LIST = 1000
 
@@ -64,6 +69,27 @@ _TRIGGER_COLUMNS = (
     "id, token, activation, condition, action, context, transient, active, fired, "
     "execution, created_at, updated_at"
 )
+
+
+class _Verdict(msgspec.Struct):
+    fired: bool
+    context: dict[str, Any]
+
+
+class _Evaluated(msgspec.Struct):
+    """The result of a Python condition's call (the built-in function's ``json`` form)."""
+
+    json: _Verdict
+
+
+_verdict = msgspec.json.Decoder(_Evaluated)
+
+
+def _callable_params(call: dict[str, Any], args: tuple[Any, ...], json_out: bool = False) -> bytes:
+    """The built-in function's params: the SDK's pickled callable, and these arguments
+    (plain data, pickled by the standard library: a service never unpickles anything)."""
+    pickled = base64.b64encode(pickle.dumps((args, {}), protocol=4)).decode("ascii")
+    return _json.encode({**call, "args": pickled, **({"out": "json"} if json_out else {})})
 
 
 class _Spec(msgspec.Struct):
@@ -125,8 +151,12 @@ class TriggerEngine:
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (event.id,)
             ).fetchone()
             return _event(row)
-        stored = inserted
-        queue: deque[tuple[Event, int]] = deque([(stored, depth)])
+        self._drain([inserted], depth)
+        return inserted
+
+    def _drain(self, events: list[Event], depth: int) -> None:
+        """Process stored events, and the events their triggers publish, and so on."""
+        queue: deque[tuple[Event, int]] = deque((event, depth) for event in events)
         while queue:
             current, level = queue.popleft()
             if level > MAX_DEPTH:
@@ -134,7 +164,6 @@ class TriggerEngine:
                 continue
             for published in self._process(current):
                 queue.append((published, level + 1))
-        return stored
 
     def _insert(self, event: Event) -> Event | None:
         """Append an event to the stream, numbered; None if its id is stored already."""
@@ -189,8 +218,9 @@ class TriggerEngine:
             raise BadRequest("a join condition takes either 'count' or 'subjects'")
         if isinstance(action, ResumeAction) and execution is None:
             raise BadRequest("resume actions are made by coordinators, not by clients")
-        if isinstance(action, InvokeAction):
-            self._store.get_function(action.function)  # NotFound for an unknown one
+        for part in (action, condition):
+            if isinstance(part, InvokeAction | PythonAction | PythonCondition):
+                self._store.get_function(part.function)  # NotFound for an unknown one
         old = self._db.execute(
             "SELECT token, created_at FROM triggers WHERE id = ?", (trigger_id,)
         ).fetchone()
@@ -305,6 +335,7 @@ class TriggerEngine:
         """A version of a trigger takes no more events: its lookups and inbox go."""
         self._db.execute("DELETE FROM trigger_activations WHERE token = ?", (token,))
         self._db.execute("DELETE FROM trigger_inbox WHERE token = ?", (token,))
+        self._db.execute("DELETE FROM trigger_queue WHERE token = ?", (token,))
         self._specs.pop(token, None)
 
     def _spec(self, token: str, row: Any) -> _Spec:
@@ -323,8 +354,8 @@ class TriggerEngine:
         their actions published (to be processed next)."""
         published: list[Event] = []
         rows = self._db.execute(
-            "SELECT t.id, t.condition, t.action, t.transient, t.token, t.context, t.fired "
-            "FROM triggers t WHERE t.active = 1 AND t.token IN ("
+            "SELECT t.id, t.condition, t.action, t.transient, t.token, t.context, t.fired, "
+            "t.evaluating FROM triggers t WHERE t.active = 1 AND t.token IN ("
             "SELECT token FROM trigger_activations WHERE subject = ? "
             "AND (type IS NULL OR type = ?)) ORDER BY t.created_at, t.id",
             (event.subject, event.type),
@@ -333,25 +364,114 @@ class TriggerEngine:
             trigger_id, token, fired = row[0], row[4], row[6]
             spec = self._spec(token, row)
             context = _context.decode(row[5])
-            fires = self._condition(spec.condition, token, context, event)
-            if not fires:
-                self._db.execute(
-                    "UPDATE triggers SET context = ? WHERE token = ?",
-                    (_json.encode(context), token),
-                )
+            if isinstance(spec.condition, PythonCondition):
+                if row[7] is None:
+                    self._evaluate(spec.condition, token, context, event)
+                else:  # one evaluation at a time: each sees the context the last left
+                    self._db.execute(
+                        "INSERT INTO trigger_queue (token, seq) VALUES (?, ?)", (token, event.seq)
+                    )
                 continue
-            joined = self._take_inbox(token)
-            fired += 1
-            published.extend(self._act(spec.action, trigger_id, token, fired, context, joined))
-            done = spec.transient or isinstance(spec.action, TerminateAction)
-            self._db.execute(
-                "UPDATE triggers SET context = ?, fired = ?, active = ?, updated_at = ? "
-                "WHERE token = ?",
-                (_json.encode(context), fired, int(not done), now(), token),
-            )
-            if done:
-                self._drop(token)
+            fires = self._condition(spec.condition, token, context, event)
+            published.extend(self._settle(spec, trigger_id, token, fired, context, fires))
         return published
+
+    def _settle(
+        self,
+        spec: _Spec,
+        trigger_id: str,
+        token: str,
+        fired: int,
+        context: dict[str, Any],
+        fires: bool,
+    ) -> list[Event]:
+        """Keep a trigger's context after an event, and fire it if ``fires``."""
+        if not fires:
+            self._db.execute(
+                "UPDATE triggers SET context = ? WHERE token = ?", (_json.encode(context), token)
+            )
+            return []
+        joined = self._take_inbox(token)
+        fired += 1
+        published = self._act(spec.action, trigger_id, token, fired, context, joined)
+        done = spec.transient or isinstance(spec.action, TerminateAction)
+        self._db.execute(
+            "UPDATE triggers SET context = ?, fired = ?, active = ?, updated_at = ? "
+            "WHERE token = ?",
+            (_json.encode(context), fired, int(not done), now(), token),
+        )
+        if done:
+            self._drop(token)
+        return published
+
+    # ---- Python conditions: a call per event, one at a time
+
+    def _evaluate(
+        self, condition: PythonCondition, token: str, context: dict[str, Any], event: Event
+    ) -> None:
+        """Make the call that evaluates ``condition`` on ``event`` (which joins the inbox:
+        what the action gets when it fires); the trigger waits for it."""
+        self._db.execute(
+            "INSERT INTO trigger_inbox (token, seq, subject) VALUES (?, ?, ?)",
+            (token, event.seq, event.subject),
+        )
+        self._store.create_and_place(
+            [
+                NewCall(
+                    uuid=f"{EVALUATION}{token}.{event.seq}",
+                    func_name=condition.function,
+                    params=_callable_params(
+                        condition.call, (context, msgspec.to_builtins(event)), json_out=True
+                    ),
+                    created_at=now(),
+                )
+            ]
+        )
+        self._db.execute("UPDATE triggers SET evaluating = ? WHERE token = ?", (event.seq, token))
+
+    def evaluated(self, uuid: str, status: str, result: bytes | None) -> None:
+        """A call has ended: if it evaluated a Python condition, fire or not (a call that
+        failed does not fire and changes nothing), then evaluate the next event."""
+        if not uuid.startswith(EVALUATION):
+            return
+        token, _, seq = uuid[len(EVALUATION) :].rpartition(".")
+        row = self._db.execute(
+            "SELECT id, condition, action, transient, token, context, fired FROM triggers "
+            "WHERE token = ? AND active = 1 AND evaluating = ?",
+            (token, int(seq) if seq.isdigit() else -1),
+        ).fetchone()
+        if row is None:
+            return  # the trigger was replaced or deleted meanwhile
+        spec = self._spec(token, row)
+        context = _context.decode(row[5])
+        fires = False
+        if status == "DONE" and result is not None:
+            try:
+                verdict = _verdict.decode(result).json
+                context, fires = verdict.context, verdict.fired
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.warning("triggers.bad_verdict", trigger=row[0], error=str(exc))
+        else:
+            log.warning("triggers.condition_failed", trigger=row[0], status=status)
+        self._db.execute("UPDATE triggers SET evaluating = NULL WHERE token = ?", (token,))
+        published = self._settle(spec, row[0], token, row[6], context, fires)
+        following = self._db.execute(
+            f"SELECT {', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))} "
+            "FROM trigger_queue q JOIN events e ON e.seq = q.seq WHERE q.token = ? "
+            "ORDER BY q.seq LIMIT 1",
+            (token,),
+        ).fetchone()
+        active = self._db.execute(
+            "SELECT 1 FROM triggers WHERE token = ? AND active = 1", (token,)
+        ).fetchone()
+        if following is not None and active is not None:
+            nxt = _event(following)
+            self._db.execute(
+                "DELETE FROM trigger_queue WHERE token = ? AND seq = ?", (token, nxt.seq)
+            )
+            assert isinstance(spec.condition, PythonCondition)
+            self._evaluate(spec.condition, token, context, nxt)
+        self._drain(published, 1)
 
     def _condition(
         self, condition: Condition, token: str, context: dict[str, Any], event: Event
@@ -436,6 +556,18 @@ class TriggerEngine:
             inserted = self._insert(event)
             if inserted is not None:
                 return [inserted]
+        elif isinstance(action, PythonAction):
+            events_data = [msgspec.to_builtins(e) for e in events]
+            self._store.create_and_place(
+                [
+                    NewCall(
+                        uuid=f"t.{token}.{fired}",
+                        func_name=action.function,
+                        params=_callable_params(action.call, (context, events_data)),
+                        created_at=now(),
+                    )
+                ]
+            )
         elif isinstance(action, ResumeAction):
             self._resume(action.execution)
         else:

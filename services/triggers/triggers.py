@@ -1,7 +1,9 @@
 """A trigger: the events that activate it, its condition, its action, its context.
 
 Conditions and actions are data the db evaluates (tagged by ``kind``), so a trigger
-runs in the transaction that stores its event: processed once, whatever restarts.
+runs in the transaction that stores its event: processed once, whatever restarts. A
+Python condition or action is a call of the SDK's built-in function, made by the db:
+never run in a service.
 """
 
 from __future__ import annotations
@@ -40,7 +42,16 @@ class ThresholdCondition(msgspec.Struct, frozen=True, tag="threshold", tag_field
     value: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
 
 
-Condition = TrueCondition | JoinCondition | ThresholdCondition
+class PythonCondition(msgspec.Struct, frozen=True, tag="python", tag_field="kind"):
+    """A Python callable ``condition(context, event) -> bool``, cloudpickled by the SDK
+    into ``call`` (the params of its built-in ``function``, less the arguments). It runs
+    in a sandbox, one event at a time; the context it changes is kept."""
+
+    function: str
+    call: dict[str, Any]
+
+
+Condition = TrueCondition | JoinCondition | ThresholdCondition | PythonCondition
 
 
 class EventTemplate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -68,13 +79,21 @@ class TerminateAction(msgspec.Struct, frozen=True, tag="terminate", tag_field="k
     """Stop the trigger: it takes no more events."""
 
 
+class PythonAction(msgspec.Struct, frozen=True, tag="python", tag_field="kind"):
+    """A Python callable ``action(context, events)``, cloudpickled by the SDK: a call of
+    its built-in ``function`` (what it changes in the context is its own)."""
+
+    function: str
+    call: dict[str, Any]
+
+
 class ResumeAction(msgspec.Struct, frozen=True, tag="resume", tag_field="kind"):
     """Run a waiting coordinator again (made by the db for a coordinator, not by clients)."""
 
     execution: str
 
 
-Action = InvokeAction | PublishAction | PassAction | TerminateAction | ResumeAction
+Action = InvokeAction | PublishAction | PassAction | TerminateAction | PythonAction | ResumeAction
 
 
 class TriggerIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -371,6 +371,16 @@ def executor_class() -> type[FunctionExecutor]:
     return FunctionExecutor
 
 
+def evaluate(
+    condition: Callable[[dict[str, Any], dict[str, Any]], Any],
+    context: dict[str, Any],
+    event: dict[str, Any],
+) -> dict[str, Any]:
+    """A trigger's Python condition on one event: whether it fires, and the context as
+    the condition left it (the db keeps it)."""
+    return {"fired": bool(condition(context, event)), "context": context}
+
+
 def coordinate(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], durable: dict[str, Any]
 ) -> tuple[bool, Any]:
@@ -408,5 +418,6 @@ __all__ = [
     "NonDeterminismError",
     "coordinate",
     "coordinator",
+    "evaluate",
     "executor_class",
 ]
