@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from fum_cli.local import LocalCluster
-from fum_client import Client, ExecutionFailed, TriggerflowExecutor
+from fum_client import BadRequest, Client, ExecutionFailed, NotFound, TriggerflowExecutor
 
 from . import durable_coordinators as co
 from .conftest import start_cluster
+from .support import FUNCTIONS, targz
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,35 @@ def test_cli_execution_show(local: LocalCluster, tf: TriggerflowExecutor, tmp_pa
     assert json.loads(as_json.stdout)["runs"] == 3
     missing = CliRunner().invoke(app, ["execution", "show", "nope"], env=env)
     assert missing.exit_code == 1
+
+
+COORDINATOR = """
+from fum.durable import FunctionExecutor, coordinator
+
+@coordinator
+def handle(params):
+    fexec = FunctionExecutor()
+    fexec.map(params["fn"], [{"n": i} for i in range(params["n"])])
+    echoed = fexec.get_result()
+    fexec.call_async(params["fn"], {"n": sum(e["n"] for e in echoed)})
+    return fexec.get_result()
+"""
+
+
+def test_a_deployed_function_as_coordinator(tf: TriggerflowExecutor) -> None:
+    client = tf.client
+    client.put_runtime("pyh", "pythonruntime", "python3 -m fum main:handle")
+    client.deploy_function("d-echo", targz({"main.py": FUNCTIONS["echo"]}), runtime="pyh")
+    client.deploy_function("d-coord", targz({"main.py": COORDINATOR}), runtime="pyh")
+    execution = tf.run("d-coord", {"fn": "d-echo", "n": 4})
+    assert execution.result(timeout=60) == {"n": 6}
+    x = execution.history()
+    assert x["function"] == "d-coord" and x["runs"] == 3
+    assert [s["identity"] for s in x["steps"]] == ["function:d-echo"] * 2
+    # started by name through the plain client too; a bad start is refused
+    started = client.start_execution("d-coord", {"fn": "d-echo", "n": 1})
+    assert started["status"] in ("RUNNING", "WAITING", "DONE")
+    with pytest.raises(NotFound):
+        client.start_execution("no-such-function")
+    with pytest.raises(BadRequest):
+        client.start_execution("d-coord", [1, 2])  # params must be an object
