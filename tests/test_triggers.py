@@ -347,3 +347,20 @@ def test_python_condition_and_action(local: LocalCluster) -> None:
         from fum_client.serialize import decode_result
 
         assert decode_result(done.result) == [3, 3]  # the three events that made it fire
+
+
+async def test_an_event_sent_twice_is_processed_once(api: Api) -> None:
+    trigger = {
+        "activation": [{"subject": "dups"}],
+        "condition": {"kind": "threshold", "key": "n", "value": 2},
+        "action": {"kind": "publish", "event": {"subject": "dups-out", "type": "two"}},
+    }
+    status, _ = await api.request("PUT", "/v1/triggers/dups", json=trigger)
+    assert status == 201
+    for _ in range(3):
+        await publish(api, {"id": "the-same", "subject": "dups", "type": "t"})
+    _, body = await api.request("GET", "/v1/triggers/dups")
+    assert body["context"] == {"n": 1} and body["fired"] == 0
+    await publish(api, {"id": "another", "subject": "dups", "type": "t"})
+    _, body = await api.request("GET", "/v1/events", params={"subject": "dups-out"})
+    assert len(body["items"]) == 1

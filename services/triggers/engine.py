@@ -98,6 +98,7 @@ class _Spec(msgspec.Struct):
     condition: Condition
     action: Action
     transient: bool
+    subjects: frozenset[str] = frozenset()  # a join's subjects, for the lookup of each event
 
 
 def _event(row: Any) -> Event:
@@ -341,7 +342,13 @@ class TriggerEngine:
     def _spec(self, token: str, row: Any) -> _Spec:
         spec = self._specs.get(token)
         if spec is None:
-            spec = _Spec(_condition.decode(row[1]), _action.decode(row[2]), bool(row[3]))
+            condition = _condition.decode(row[1])
+            subjects = frozenset(
+                condition.subjects
+                if isinstance(condition, JoinCondition) and condition.subjects
+                else ()
+            )
+            spec = _Spec(condition, _action.decode(row[2]), bool(row[3]), subjects)
             if len(self._specs) > 10_000:
                 self._specs.clear()
             self._specs[token] = spec
@@ -372,7 +379,7 @@ class TriggerEngine:
                         "INSERT INTO trigger_queue (token, seq) VALUES (?, ?)", (token, event.seq)
                     )
                 continue
-            fires = self._condition(spec.condition, token, context, event)
+            fires = self._condition(spec, token, context, event)
             published.extend(self._settle(spec, trigger_id, token, fired, context, fires))
         return published
 
@@ -473,16 +480,17 @@ class TriggerEngine:
             self._evaluate(spec.condition, token, context, nxt)
         self._drain(published, 1)
 
-    def _condition(
-        self, condition: Condition, token: str, context: dict[str, Any], event: Event
-    ) -> bool:
+    def _condition(self, spec: _Spec, token: str, context: dict[str, Any], event: Event) -> bool:
         """Whether the trigger fires on ``event``; updates its context and inbox."""
+        condition = spec.condition
         if isinstance(condition, JoinCondition) and condition.subjects is not None:
+            if event.subject not in spec.subjects:
+                return False
             seen = self._db.execute(
                 "SELECT 1 FROM trigger_inbox WHERE token = ? AND subject = ?",
                 (token, event.subject),
             ).fetchone()
-            if seen is not None or event.subject not in set(condition.subjects):
+            if seen is not None:
                 return False
         self._db.execute(
             "INSERT INTO trigger_inbox (token, seq, subject) VALUES (?, ?, ?)",
@@ -493,11 +501,7 @@ class TriggerEngine:
         if isinstance(condition, JoinCondition):
             count = int(context.get("count", 0)) + 1
             context["count"] = count
-            wanted = (
-                condition.count
-                if condition.count is not None
-                else len(set(condition.subjects or ()))
-            )
+            wanted = condition.count if condition.count is not None else len(spec.subjects)
             if count < wanted:
                 return False
             context["count"] = 0
