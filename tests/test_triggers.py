@@ -148,6 +148,15 @@ async def test_unmatched_event_is_kept(api: Api) -> None:
     # the same id again is the same event, stored once
     again = await publish(api, {"id": event["id"], "subject": "nobody", "type": "listens"})
     assert again == [event]
+    # one event alone (not a list) is answered alone; pages go back by seq
+    status, one = await api.request(
+        "POST", "/v1/events", json={"subject": "nobody", "type": "later"}
+    )
+    assert status == 201 and one["type"] == "later" and one["seq"] > event["seq"]
+    _, page = await api.request("GET", "/v1/events", params={"subject": "nobody", "limit": "1"})
+    assert [e["id"] for e in page["items"]] == [one["id"]] and page["next"]
+    _, rest = await api.request("GET", page["next"])
+    assert [e["id"] for e in rest["items"]] == [event["id"]]
 
 
 async def test_bad_triggers_and_events_are_refused(api: Api) -> None:
@@ -283,6 +292,12 @@ def test_cli_trigger_add_ls_show_rm(local: LocalCluster, tmp_path: Any) -> None:
     assert json.loads(fum("trigger", "show", "cli-t", "--json").stdout)["fired"] == 1
     bad = fum("trigger", "add", "cli-u", "--on", "s", "--threshold", "nonsense")
     assert bad.exit_code != 0
+    body_file = tmp_path / "t.json"
+    body_file.write_text(json.dumps({"activation": [{"subject": "f"}], "transient": False}))
+    from_file = fum("trigger", "add", "cli-f", "-f", str(body_file), "--json")
+    assert from_file.exit_code == 0 and json.loads(from_file.stdout)["transient"] is False
+    refused = fum("trigger", "add", "cli-g", "--on", "s", "--invoke", "no-such-function")
+    assert refused.exit_code == 1 and "no function named" in refused.output
     assert fum("trigger", "rm", "cli-t").exit_code == 0
     gone = fum("trigger", "show", "cli-t")
     assert gone.exit_code == 1 and "no trigger named" in gone.output
