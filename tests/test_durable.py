@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,12 +108,24 @@ def test_non_determinism_is_named(tf: TriggerflowExecutor) -> None:
     assert execution.status == "ERROR"
 
 
-def test_the_same_execution_id_is_one_execution(tf: TriggerflowExecutor) -> None:
+def test_the_same_execution_id_is_one_execution(
+    local: LocalCluster, tf: TriggerflowExecutor
+) -> None:
     first = tf.run(co.chain, {"steps": 2}, execution_id="once-only")
     second = tf.run(co.chain, {"steps": 2}, execution_id="once-only")
     assert first.id == second.id == "once-only"
     assert first.result(timeout=60) == 2
-    assert first.history()["runs"] == 3
+    x = first.history()
+    assert x["runs"] == 3
+    again = urllib.request.Request(
+        local.url + "/v1/executions",
+        data=json.dumps({"function": x["function"], "id": "once-only"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(again, timeout=10) as answer:
+        assert answer.status == 200  # not 201: nothing was started
+        assert json.loads(answer.read())["runs"] == 3
 
 
 def test_cli_execution_show(local: LocalCluster, tf: TriggerflowExecutor, tmp_path: Any) -> None:

@@ -119,8 +119,8 @@ async def start_execution(request: web.Request) -> web.Response:
     if body.step_function is not None:
         catalog.function(body.step_function)
     db = request.app[DB]
-    execution = await db.start_execution(NewExecution.of(body), request.get(CALLER))
-    return json_response(await execution_view(request.app, execution), 201)
+    execution, created = await db.start_execution(NewExecution.of(body), request.get(CALLER))
+    return json_response(await execution_view(request.app, execution), 201 if created else 200)
 
 
 async def get_execution(request: web.Request) -> web.Response:

@@ -229,9 +229,9 @@ ROUTES: tuple[Route, ...] = (
         "/v1/executions",
         durable_views.start_execution,
         "Start a durable coordinator: a function run again, with its history, each time "
-        "the calls it waits for end",
+        "the calls it waits for end (an id started already: 200 and that execution)",
         "json:ExecutionIn",
-        (201, 400, 404),
+        (200, 201, 400, 404),
     ),
     Route(
         "GET",

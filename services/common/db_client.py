@@ -345,12 +345,12 @@ class DbClient:
 
     async def start_execution(
         self, execution: NewExecution, caller: str | None = None
-    ) -> Execution:
+    ) -> tuple[Execution, bool]:
         reply = await self._request(
             StartExecution(execution=execution, caller=caller), ExecutionReply
         )
         self._placed(reply.placed)
-        return reply.execution
+        return reply.execution, reply.created
 
     async def get_execution(self, execution_id: str) -> Execution:
         return (await self._request(GetExecution(id=execution_id), ExecutionReply)).execution

@@ -206,6 +206,7 @@ class TriggerList(Message, frozen=True):
 
 class ExecutionReply(Message, frozen=True):
     execution: Execution
+    created: bool = False
     placed: list[Call] = []
 
 

@@ -457,8 +457,10 @@ class DbServer:
 
     def _start_execution(self, request: StartExecution) -> ExecutionReply:
         self._store.take_placed()
-        execution = self._store.coordinators.start(request.execution, request.caller)
-        return ExecutionReply(execution=execution, placed=self._store.take_placed())
+        execution, created = self._store.coordinators.start(request.execution, request.caller)
+        return ExecutionReply(
+            execution=execution, created=created, placed=self._store.take_placed()
+        )
 
     def _get_execution(self, request: GetExecution) -> ExecutionReply:
         return ExecutionReply(execution=self._store.coordinators.get(request.id))

@@ -152,7 +152,9 @@ class Coordinators:
     def _db(self) -> sqlite3.Connection:
         return self._store.db
 
-    def start(self, given: NewExecution, caller: str | None) -> Execution:
+    def start(self, given: NewExecution, caller: str | None) -> tuple[Execution, bool]:
+        """Start an execution (its first run's call); one of that id started already is
+        given back as it is. Whether it is new."""
         execution_id = given.id or secrets.token_hex(8)
         check_name("execution", execution_id)
         self._store.get_function(given.function)
@@ -166,7 +168,7 @@ class Coordinators:
         if not isinstance(params, dict):
             raise BadRequest("the coordinator's params must be a JSON object")
         if self._db.execute("SELECT 1 FROM executions WHERE id = ?", (execution_id,)).fetchone():
-            return self.get(execution_id)  # started already: the same execution
+            return self.get(execution_id), False  # started already: the same execution
         t = now()
         self._db.execute(
             "INSERT INTO executions (id, name, function, params, step_function, status, runs, "
@@ -183,7 +185,7 @@ class Coordinators:
             ),
         )
         self.resume(execution_id)
-        return self.get(execution_id)
+        return self.get(execution_id), True
 
     def resume(self, execution_id: str) -> None:
         """Run the coordinator (again): a new call whose params hold the history."""
