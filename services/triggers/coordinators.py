@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from services.common.errors import BadRequest, NotFound
-from services.common.models import FINAL_STATUSES, Call, NewCall, check_name, now
+from services.common.models import FINAL_STATUSES, NewCall, check_name, now
 
 from .events import call_subject
 from .triggers import Activation, JoinCondition, ResumeAction, TriggerIn
@@ -228,24 +228,38 @@ class Coordinators:
         )
 
     def _history(self, execution_id: str) -> list[dict[str, Any]]:
-        steps = []
-        for seq, kind, identity, call_nums in self._db.execute(
-            "SELECT seq, kind, identity, call_nums FROM execution_steps WHERE execution = ? "
-            "ORDER BY seq",
-            (execution_id,),
-        ).fetchall():
-            calls = {c.call_num: c for c in self._store.get_calls(msgspec.json.decode(call_nums))}
-            steps.append(
-                {
-                    "seq": seq,
-                    "kind": kind,
-                    "identity": identity,
-                    "calls": [
-                        _call_record(calls.get(num), num) for num in msgspec.json.decode(call_nums)
-                    ],
-                }
+        """Every step with its calls' ends, as the coordinator reads them: one query for
+        the steps, one for all their calls."""
+        rows = [
+            (seq, kind, identity, msgspec.json.decode(call_nums))
+            for seq, kind, identity, call_nums in self._db.execute(
+                "SELECT seq, kind, identity, call_nums FROM execution_steps WHERE execution = ? "
+                "ORDER BY seq",
+                (execution_id,),
             )
-        return steps
+        ]
+        ends = {
+            num: {
+                "callNum": num,
+                "status": status,
+                "result": None if result is None else msgspec.Raw(result),
+                "error": error,
+            }
+            for num, status, result, error in self._db.execute(
+                "SELECT call_num, status, result, error FROM calls "
+                "WHERE call_num IN (SELECT value FROM json_each(?))",
+                (_json.encode([n for *_, nums in rows for n in nums]).decode(),),
+            )
+        }
+        return [
+            {
+                "seq": seq,
+                "kind": kind,
+                "identity": identity,
+                "calls": [ends.get(num, {"callNum": num, "status": "PENDING"}) for num in nums],
+            }
+            for seq, kind, identity, nums in rows
+        ]
 
     def current(self, execution_id: str, run: int) -> bool:
         row = self._db.execute(
@@ -397,14 +411,3 @@ class Coordinators:
             updated_at=row[10],
             finished_at=row[11],
         )
-
-
-def _call_record(call: Call | None, num: int) -> dict[str, Any]:
-    if call is None:
-        return {"callNum": num, "status": "PENDING"}
-    return {
-        "callNum": num,
-        "status": call.status,
-        "result": None if call.result is None else msgspec.Raw(call.result),
-        "error": call.error,
-    }
