@@ -46,6 +46,7 @@ from .output import (
     table,
 )
 from .supervisor import CrashLoop, Supervisor
+from .triggers import execution_app, trigger_app
 
 GLOBAL_OPTIONS = ("--api-url", "--api-key", "--profile")
 
@@ -88,6 +89,8 @@ app.add_typer(fn_app, name="fn", no_args_is_help=True)
 app.add_typer(config_app, name="config", no_args_is_help=True)
 app.add_typer(key_app, name="key", no_args_is_help=True)
 app.add_typer(keeper_app, name="keeper")
+app.add_typer(trigger_app, name="trigger", no_args_is_help=True)
+app.add_typer(execution_app, name="execution", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts)")]
 DataOpt = Annotated[

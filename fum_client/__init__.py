@@ -2,6 +2,7 @@
 
 - ``Client`` / ``AsyncClient``: the whole v1 API, sync and asyncio;
 - ``FunctionExecutor``: Lithops-style futures over deployed functions and Python callables;
+- ``TriggerflowExecutor``: durable coordinators, run again from their history (Triggerflow);
 - errors under ``FumError``; the api's objects in ``fum_client.models``.
 
 The api's address and key resolve as for the ``fum`` CLI: the argument (``api_url=``),
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .client import Client
 from .config import Settings, resolve
+from .durable import Execution, ExecutionFailed, TriggerflowExecutor
 from .errors import (
     ApiError,
     ApiUnreachable,
@@ -70,6 +72,8 @@ __all__ = [
     "Client",
     "ConfigError",
     "Conflict",
+    "Execution",
+    "ExecutionFailed",
     "ExecutorClosed",
     "FumError",
     "Function",
@@ -85,6 +89,7 @@ __all__ = [
     "ServerError",
     "Settings",
     "TooManyRequests",
+    "TriggerflowExecutor",
     "Unauthorized",
     "WaitResult",
     "WaitTimeout",

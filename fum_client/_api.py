@@ -360,3 +360,93 @@ def get_call_logs(call_num: int) -> Req[str]:
 
 def list_nodes() -> Req[list[Node]]:
     return Req("GET", "/v1/nodes", _items(Node))
+
+
+# ---- events, triggers, executions (plain JSON objects, as the api documents them)
+
+
+def _query(**values: Any) -> dict[str, str]:
+    return {
+        key: (str(value).lower() if isinstance(value, bool) else str(value))
+        for key, value in values.items()
+        if value is not None
+    }
+
+
+def publish_events(events: list[dict[str, Any]]) -> Req[list[dict[str, Any]]]:
+    return Req(
+        "POST",
+        "/v1/events",
+        lambda _s, b: list(msgspec.json.decode(b)["items"]),
+        body=_json_body(events),
+        content_type="application/json",
+    )
+
+
+def list_events(
+    subject: str | None = None,
+    type: str | None = None,
+    limit: int | None = None,
+    before: int | None = None,
+) -> Req[Any]:
+    query = _query(subject=subject, type=type, limit=limit, before=before)
+    return Req("GET", "/v1/events", _any, query=query)
+
+
+def put_trigger(trigger_id: str, trigger: dict[str, Any]) -> Req[Any]:
+    return Req(
+        "PUT",
+        f"/v1/triggers/{_name(trigger_id)}",
+        _any,
+        body=_json_body(trigger),
+        content_type="application/json",
+    )
+
+
+def get_trigger(trigger_id: str) -> Req[Any]:
+    return Req("GET", f"/v1/triggers/{_name(trigger_id)}", _any)
+
+
+def list_triggers(
+    active: bool | None = None,
+    subject: str | None = None,
+    execution: str | None = None,
+    limit: int | None = None,
+    after: str | None = None,
+) -> Req[Any]:
+    query = _query(active=active, subject=subject, execution=execution, limit=limit, after=after)
+    return Req("GET", "/v1/triggers", _any, query=query)
+
+
+def delete_trigger(trigger_id: str) -> Req[None]:
+    return Req("DELETE", f"/v1/triggers/{_name(trigger_id)}", _nothing)
+
+
+def execution_body(
+    function: str,
+    params: Any,
+    name: str | None,
+    execution_id: str | None,
+    step_function: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"function": function, "params": params or {}}
+    for key, value in (("name", name), ("id", execution_id), ("stepFunction", step_function)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def start_execution(body: dict[str, Any]) -> Req[Any]:
+    # the same id started twice is one execution: safe to send again
+    return Req(
+        "POST",
+        "/v1/executions",
+        _any,
+        body=_json_body(body),
+        content_type="application/json",
+        idempotent="id" in body,
+    )
+
+
+def get_execution(execution_id: str) -> Req[Any]:
+    return Req("GET", f"/v1/executions/{_name(execution_id)}", _any)

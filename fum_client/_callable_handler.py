@@ -9,6 +9,12 @@ Params (JSON): ``v`` (this protocol), ``py`` (the sender's Python, ``"3.11"``), 
 callable, base64) and ``args`` (the cloudpickled ``(args, kwargs)``, base64). Result:
 ``{"pickle": <cloudpickled return value, base64>, "repr": <a short repr, for people>}``.
 An exception raised by the callable fails the call with its type, message and traceback.
+
+With ``durable`` (put there by the db: an execution's history), the callable is a
+durable coordinator, run by ``fum.durable``: its result is then either its return value
+as above or the suspension that makes it wait (docs/DURABLE.md). With ``"out": "json"``
+(a trigger's Python condition, whose verdict the db reads: a service never unpickles)
+the result is ``{"json": <the return value>}``.
 """
 
 from __future__ import annotations
@@ -54,7 +60,17 @@ def handle(params: dict[str, Any]) -> dict[str, str]:
         )
     fn = _callable(params["fnKey"], params["fn"])
     args, kwargs = cloudpickle.loads(base64.b64decode(params["args"]))
-    value = fn(*args, **kwargs)
+    durable = params.get("durable")
+    if durable is None:
+        value = fn(*args, **kwargs)
+    else:
+        from fum.durable import coordinate
+
+        suspended, value = coordinate(fn, args, kwargs, durable)
+        if suspended:
+            return value
+    if params.get("out") == "json":
+        return {"json": value}
     return {
         "pickle": base64.b64encode(cloudpickle.dumps(value)).decode("ascii"),
         "repr": _repr.repr(value),

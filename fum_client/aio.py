@@ -300,6 +300,64 @@ class AsyncClient:
     async def get_call_logs(self, call_num: int) -> str:
         return await self._send(_api.get_call_logs(call_num))
 
+    # ---- events, triggers, executions (docs/DURABLE.md)
+
+    async def publish_events(self, *events: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self._send(_api.publish_events(list(events)))
+
+    async def list_events(
+        self,
+        subject: str | None = None,
+        type: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> dict[str, Any]:
+        page: dict[str, Any] = await self._send(_api.list_events(subject, type, limit, before))
+        return page
+
+    async def put_trigger(self, trigger_id: str, trigger: dict[str, Any]) -> dict[str, Any]:
+        stored: dict[str, Any] = await self._send(_api.put_trigger(trigger_id, trigger))
+        return stored
+
+    async def get_trigger(self, trigger_id: str) -> dict[str, Any]:
+        trigger: dict[str, Any] = await self._send(_api.get_trigger(trigger_id))
+        return trigger
+
+    async def list_triggers(
+        self,
+        active: bool | None = None,
+        subject: str | None = None,
+        execution: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        page: dict[str, Any] = await self._send(
+            _api.list_triggers(active, subject, execution, limit, after)
+        )
+        return page
+
+    async def delete_trigger(self, trigger_id: str) -> None:
+        await self._send(_api.delete_trigger(trigger_id))
+
+    async def start_execution(
+        self,
+        function: str,
+        params: Any = None,
+        *,
+        name: str | None = None,
+        execution_id: str | None = None,
+        step_function: str | None = None,
+    ) -> dict[str, Any]:
+        req = _api.start_execution(
+            _api.execution_body(function, params, name, execution_id, step_function)
+        )
+        execution: dict[str, Any] = await self._send(req)
+        return execution
+
+    async def get_execution(self, execution_id: str) -> dict[str, Any]:
+        execution: dict[str, Any] = await self._send(_api.get_execution(execution_id))
+        return execution
+
 
 async def _chunks(body: bytes, progress: Progress) -> AsyncIterator[bytes]:
     total = len(body)

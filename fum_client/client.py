@@ -280,3 +280,67 @@ class Client:
     def get_call_logs(self, call_num: int) -> str:
         """What the function printed during the call."""
         return self._http.send(_api.get_call_logs(call_num))
+
+    # ---- events and triggers (docs/DURABLE.md)
+
+    def publish_events(self, *events: dict[str, Any]) -> list[dict[str, Any]]:
+        """Publish CloudEvents (``{"subject", "type", "data", ...}``); stored when this
+        returns, and run through the triggers they activate."""
+        return self._http.send(_api.publish_events(list(events)))
+
+    def list_events(
+        self,
+        subject: str | None = None,
+        type: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> dict[str, Any]:
+        """A page of stored events, newest first: ``{"items": [...], "next": ...}``."""
+        page: dict[str, Any] = self._http.send(_api.list_events(subject, type, limit, before))
+        return page
+
+    def put_trigger(self, trigger_id: str, trigger: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace a trigger (the body of ``PUT /v1/triggers/{id}``)."""
+        stored: dict[str, Any] = self._http.send(_api.put_trigger(trigger_id, trigger))
+        return stored
+
+    def get_trigger(self, trigger_id: str) -> dict[str, Any]:
+        trigger: dict[str, Any] = self._http.send(_api.get_trigger(trigger_id))
+        return trigger
+
+    def list_triggers(
+        self,
+        active: bool | None = None,
+        subject: str | None = None,
+        execution: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        page: dict[str, Any] = self._http.send(
+            _api.list_triggers(active, subject, execution, limit, after)
+        )
+        return page
+
+    def delete_trigger(self, trigger_id: str) -> None:
+        self._http.send(_api.delete_trigger(trigger_id))
+
+    # ---- durable executions
+
+    def start_execution(
+        self,
+        function: str,
+        params: Any = None,
+        *,
+        name: str | None = None,
+        execution_id: str | None = None,
+        step_function: str | None = None,
+    ) -> dict[str, Any]:
+        """Start a durable coordinator: the deployed ``function`` (or the built-in one of
+        ``TriggerflowExecutor``), run again with its history whenever what it waits for ends."""
+        body = _api.execution_body(function, params, name, execution_id, step_function)
+        execution: dict[str, Any] = self._http.send(_api.start_execution(body))
+        return execution
+
+    def get_execution(self, execution_id: str) -> dict[str, Any]:
+        execution: dict[str, Any] = self._http.send(_api.get_execution(execution_id))
+        return execution

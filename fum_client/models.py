@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
-FINAL_STATUSES = frozenset({"DONE", "ERROR", "TIMEOUT"})
-STATUSES = ("PENDING", "RUNNING", "DONE", "ERROR", "TIMEOUT")
+FINAL_STATUSES = frozenset({"DONE", "ERROR", "TIMEOUT", "WAITING"})
+STATUSES = ("PENDING", "RUNNING", "DONE", "ERROR", "TIMEOUT", "WAITING")
 
 
 class Model(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

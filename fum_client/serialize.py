@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import inspect
 import os
 import site
 import sys
@@ -24,12 +23,11 @@ from typing import Any
 
 import cloudpickle
 import msgspec
+from fum.durable import NO_DATA, parameter_names, split_arguments
 
 from . import _callable_handler
 from .errors import FumError
 from .packaging import pack_files
-
-NO_DATA: Any = object()  # call_async(fn) with no data: fn() for a callable, {} for a function
 
 _json = msgspec.json.Encoder()
 _by_value_lock = threading.Lock()
@@ -95,34 +93,17 @@ class CallableSpec:
         return self.head + base64.b64encode(pickled) + b'"}'
 
     def split(self, data: Any, extra_args: Any = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Lithops' rule: a tuple is the positional arguments, a dict whose keys are all
-        parameter names the keyword arguments, anything else the single argument."""
-        if data is NO_DATA:
-            args: tuple[Any, ...] = ()
-            kwargs: dict[str, Any] = {}
-        elif isinstance(data, tuple):
-            args, kwargs = data, {}
-        elif isinstance(data, dict) and self._keywords(data):
-            args, kwargs = (), dict(data)
-        else:
-            args, kwargs = (data,), {}
-        if extra_args is not None:
-            if isinstance(extra_args, dict):
-                kwargs = {**kwargs, **extra_args}
-            else:
-                args = (*args, *extra_args)
-        return args, kwargs
-
-    def _keywords(self, data: dict[Any, Any]) -> bool:
-        if not data or not all(isinstance(k, str) for k in data):
-            return False
-        return self.takes is None or set(data) <= self.takes
+        """Lithops' rule (``fum.durable.split_arguments``)."""
+        return split_arguments(data, extra_args, self.takes)
 
 
 def callable_spec(
-    fn: Callable[..., Any], include_modules: Iterable[ModuleType] = ()
+    fn: Callable[..., Any],
+    include_modules: Iterable[ModuleType] = (),
+    dumps: Callable[[Any], bytes] = cloudpickle.dumps,
 ) -> CallableSpec:
-    """Pickle ``fn`` (by value where it is the user's code) for the built-in function."""
+    """Pickle ``fn`` (by value where it is the user's code) for the built-in function;
+    ``dumps``: the pickler (a coordinator's swaps the executor class)."""
     module = _module_of(fn)
     wanted = list(include_modules)
     if module is not None and _is_users_module(module):
@@ -130,7 +111,7 @@ def callable_spec(
     _pickle_by_value(wanted)
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)[:80]
     try:
-        pickled = cloudpickle.dumps(fn)
+        pickled = dumps(fn)
     except Exception as exc:
         raise SerializationError(f"cannot pickle {name}: {exc}") from exc
     key = hashlib.sha256(pickled).hexdigest()[:24]
@@ -145,21 +126,7 @@ def callable_spec(
         + base64.b64encode(pickled)
         + b'","args":"'
     )
-    return CallableSpec(name, head, _parameters(fn))
-
-
-def _parameters(fn: Callable[..., Any]) -> frozenset[str] | None:
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
-    names = set()
-    for p in signature.parameters.values():
-        if p.kind is inspect.Parameter.VAR_KEYWORD:
-            return None
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
-            names.add(p.name)
-    return frozenset(names)
+    return CallableSpec(name, head, parameter_names(fn))
 
 
 def decode_result(result: Any) -> Any:

@@ -45,6 +45,8 @@ def sample(info: msgspec.inspect.Type) -> Any:
             return "sample-text"
         case msgspec.inspect.BytesType():
             return b'{"answer": 42}'
+        case msgspec.inspect.AnyType():  # an event's data, a trigger's context values
+            return {"any": [1, "two", None]}
     raise TypeError(f"no sample for {info!r}: teach sample() this type")
 
 

@@ -137,10 +137,16 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     ctx: zmq.Context = zmq.Context()
     keys = ClusterKeys.open(settings.keys_dir, serve=True)
     auth = authenticator(ctx, keys)  # before the node channel binds
-    db = DbClient(ctx, settings.db_url, keys, timeout=5.0)
     # The dispatcher sends each registering worker the catalogue, which pushes through it.
     dispatcher = Dispatcher(
         settings, ctx, keys, lambda: catalog.snapshot(), lambda name: catalog.functions.get(name)
+    )
+    db = DbClient(
+        ctx,
+        settings.db_url,
+        keys,
+        timeout=5.0,
+        on_placed=lambda calls: dispatcher.place_stored_calls(calls),
     )
     packages = PackageStore(Path(settings.data_dir) / "packages", settings)
     catalog = Catalog(db, packages, dispatcher)

@@ -24,6 +24,7 @@ from services.common.node_protocol import (
     Dispatch,
     Heartbeat,
     HeartbeatAck,
+    HoldCalls,
     PlaceCalls,
     Register,
     Registered,
@@ -89,6 +90,7 @@ class Dispatcher:
             Heartbeat: self._on_heartbeat,  # type: ignore[dict-item]
             CallFinished: self._on_call_finished,  # type: ignore[dict-item]
             PlaceCalls: self._on_place_calls,  # type: ignore[dict-item]
+            HoldCalls: self._on_hold_calls,  # type: ignore[dict-item]
         }
 
     def open(self) -> None:
@@ -156,6 +158,10 @@ class Dispatcher:
             self.dispatch(call, timeouts(call.func_name), reserved=False, again=True)
             placed += 1
         return placed
+
+    def place_stored_calls(self, calls: list[Call]) -> None:
+        """``place_stored`` with each function's timeout (the db's ``placed`` calls)."""
+        self.place_stored(calls, self.timeout_of)
 
     def limits_changed(self, function: str) -> None:
         """A function's concurrency may have grown: start the calls that may run now."""
@@ -275,6 +281,22 @@ class Dispatcher:
             raise UnknownNode("only a registered node may hand calls to place")
         placed = self.place_stored(message.calls, self.timeout_of)
         log.debug("dispatch.placed_stored", calls=len(message.calls), placed=placed)
+
+    def _on_hold_calls(self, identity: bytes, message: HoldCalls) -> None:
+        """A worker runs these calls itself: they are placed on it (as calls that may
+        run twice, like those of ``PlaceCalls``), unless the api placed them already."""
+        node = next((n for n in self.nodes.values() if n.identity == identity), None)
+        if node is None:
+            raise UnknownNode("only a registered node may hold calls")
+        for call in message.calls:
+            num = call.call_num
+            if call.status != "PENDING" or num in self._placed or num in self.recent:
+                continue
+            held = msgspec.structs.replace(call, attempts=call.attempts + 1)
+            placed = Placed(held, self.timeout_of(call.func_name), node.node_id, again=True)
+            self._placed[num] = placed
+            node.calls.add(num)
+            self.admission.admit(call.func_name, placed, reserved=False)
 
     def timeout_of(self, function: str) -> float:
         """The call timeout of a function (the default for one no longer known)."""

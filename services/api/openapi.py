@@ -8,13 +8,37 @@ from typing import Any
 
 import msgspec
 
-from services.common.models import LIMIT_NAMES, Limits
+from services.common.models import LIMIT_NAMES, STATUSES, Limits
+from services.triggers.coordinators import ExecutionIn
+from services.triggers.events import EventIn
+from services.triggers.triggers import TriggerIn
 
+from .durable_views import EventView
 from .routes import Route
 from .security import PUBLIC
 from .views import BatchIn, CallView, FunctionView, LegacyInvoke, RuntimeIn, RuntimeView, WaitIn
 
-SCHEMAS = (RuntimeIn, RuntimeView, FunctionView, CallView, Limits, LegacyInvoke, BatchIn, WaitIn)
+SCHEMAS = (
+    RuntimeIn,
+    RuntimeView,
+    FunctionView,
+    CallView,
+    Limits,
+    LegacyInvoke,
+    BatchIn,
+    WaitIn,
+    EventIn,
+    EventView,
+    TriggerIn,
+    ExecutionIn,
+)
+# POST /v1/events takes one event or a list of them.
+EVENTS_IN = {
+    "oneOf": [
+        {"$ref": "#/components/schemas/EventIn"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/EventIn"}},
+    ]
+}
 ERROR = {
     "type": "object",
     "properties": {
@@ -35,9 +59,12 @@ QUERY_TYPES = {
     "after": "integer",
     "timeout": "number",
     "blocking": "boolean",
+    "active": "boolean",
 }
 # Listings in name order page ``after`` a name, not a call number.
 NAMED_LISTINGS = {"/v1/runtimes", "/v1/functions"}
+# Query parameters whose values are one of a list.
+QUERY_ENUMS: dict[str, tuple[str, ...]] = {"status": STATUSES}
 
 
 @cache
@@ -45,7 +72,7 @@ def _components() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         SCHEMAS, ref_template="#/components/schemas/{name}"
     )
-    return {**components, "Error": ERROR}
+    return {**components, "Error": ERROR, "EventsIn": EVENTS_IN}
 
 
 def _operation(route: Route) -> dict[str, Any]:
@@ -69,7 +96,8 @@ def _operation(route: Route) -> dict[str, Any]:
                 "type": "string"
                 if route.path in NAMED_LISTINGS
                 else QUERY_TYPES.get(name, "string")
-            },
+            }
+            | ({"enum": list(QUERY_ENUMS[name])} if name in QUERY_ENUMS else {}),
         }
         for name in route.query
     ]

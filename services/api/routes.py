@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import views
+from . import durable_views, views
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -205,6 +205,69 @@ ROUTES: tuple[Route, ...] = (
         "/v1/calls/{callNum}/logs",
         views.get_call_logs,
         "The output the function printed during the call",
+        responses=(200, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/events",
+        durable_views.publish_events,
+        "Publish one CloudEvent or a list: stored, and run through the triggers they "
+        "activate, before the answer",
+        "json:EventsIn",
+        (201, 400),
+    ),
+    Route(
+        "GET",
+        "/v1/events",
+        durable_views.list_events,
+        "List stored events (call ends and published ones), newest first, paginated",
+        responses=(200, 400),
+        query=("subject", "type", "limit", "before"),
+    ),
+    Route(
+        "GET",
+        "/v1/triggers",
+        durable_views.list_triggers,
+        "List triggers by id, paginated; 'subject': those its events activate",
+        responses=(200, 400),
+        query=("active", "subject", "execution", "limit", "after"),
+    ),
+    Route(
+        "PUT",
+        "/v1/triggers/{id}",
+        durable_views.put_trigger,
+        "Create or replace a trigger: activation events, condition, action, context",
+        "json:TriggerIn",
+        (200, 201, 400, 404),
+    ),
+    Route(
+        "GET",
+        "/v1/triggers/{id}",
+        durable_views.get_trigger,
+        "Get a trigger: its context and how many times it fired",
+        responses=(200, 404),
+    ),
+    Route(
+        "DELETE",
+        "/v1/triggers/{id}",
+        durable_views.delete_trigger,
+        "Delete a trigger",
+        responses=(204, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/executions",
+        durable_views.start_execution,
+        "Start a durable coordinator: a function run again, with its history, each time "
+        "the calls it waits for end (an id started already: 200 and that execution)",
+        "json:ExecutionIn",
+        (200, 201, 400, 404),
+    ),
+    Route(
+        "GET",
+        "/v1/executions/{id}",
+        durable_views.get_execution,
+        "An execution: status, result, runs, and each step with its calls",
         responses=(200, 404),
     ),
     Route("GET", "/v1/nodes", views.list_nodes, "Live workers, their load and warm sandboxes"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import structlog
 import zmq
@@ -28,30 +28,48 @@ from .db_protocol import (
     Deleted,
     DeleteFunction,
     DeleteRuntime,
+    DeleteTrigger,
+    EventList,
+    EventsPublished,
+    ExecutionReply,
     FindCalls,
     FunctionList,
     FunctionReply,
     GetCall,
     GetCallLogs,
     GetCalls,
+    GetExecution,
     GetFunction,
     GetRuntime,
+    GetTrigger,
     ListCalls,
+    ListEvents,
     ListFunctions,
     ListRuntimes,
+    ListTriggers,
     Ping,
     Pong,
+    PublishEvents,
     PutFunction,
     PutRuntime,
+    PutTrigger,
     ReserveCallNums,
     RuntimeList,
     RuntimeReply,
+    StartExecution,
+    TriggerList,
+    TriggerReply,
     UpdateCalls,
 )
 from .errors import FumError, Unavailable
 from .models import Call, CallUpdate, Function, NewCall, Runtime
 from .protocol import Message
 from .rpc import Client
+
+if TYPE_CHECKING:
+    from services.triggers.coordinators import Execution, NewExecution
+    from services.triggers.events import Event, EventIn
+    from services.triggers.triggers import Trigger, TriggerIn
 
 log = structlog.get_logger()
 
@@ -152,9 +170,16 @@ class DbClient:
     """Typed, awaitable access to the db over one DEALER; many requests in flight."""
 
     def __init__(
-        self, ctx: zmq.Context, endpoint: str, keys: ClusterKeys, timeout: float = 10.0
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        keys: ClusterKeys,
+        timeout: float = 10.0,
+        on_placed: Callable[[list[Call]], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # Gets the calls the db made PENDING for triggers' actions, to be placed.
+        self._on_placed = on_placed
         self._rpc = Client(ctx, endpoint, DB_PROTOCOL, keys=keys, timeout=timeout)
         self._creates = _Coalescer[NewCall, Call]("create calls", self.create_calls)
         # Results are written after their client was answered (docs/SCHEDULING.md): their
@@ -239,7 +264,13 @@ class DbClient:
         return (await self._request(ReserveCallNums(count=count), CallNumsReserved)).first
 
     async def update_calls(self, updates: list[CallUpdate]) -> list[bool]:
-        return (await self._request(UpdateCalls(updates=updates), CallsUpdated)).applied
+        reply = await self._request(UpdateCalls(updates=updates), CallsUpdated)
+        self._placed(reply.placed)
+        return reply.applied
+
+    def _placed(self, calls: list[Call]) -> None:
+        if calls and self._on_placed is not None:
+            self._on_placed(calls)
 
     async def get_call(self, call_num: int) -> Call:
         return (await self._request(GetCall(call_num=call_num), CallReply)).call
@@ -275,3 +306,58 @@ class DbClient:
             oldest_first=oldest_first,
         )
         return (await self._request(request, CallList)).calls
+
+    # ---- events, triggers, executions
+
+    async def publish_events(self, events: list[EventIn]) -> list[Event]:
+        """Store events (durable when this returns) and run them through their triggers."""
+        reply = await self._request(PublishEvents(events=events), EventsPublished)
+        self._placed(reply.placed)
+        return reply.events
+
+    async def list_events(
+        self,
+        *,
+        subject: str | None = None,
+        type: str | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[Event]:
+        request = ListEvents(subject=subject, type=type, before=before, limit=limit)
+        return (await self._request(request, EventList)).events
+
+    async def put_trigger(self, trigger_id: str, trigger: TriggerIn) -> tuple[Trigger, bool]:
+        reply = await self._request(PutTrigger(id=trigger_id, trigger=trigger), TriggerReply)
+        return reply.trigger, reply.created
+
+    async def get_trigger(self, trigger_id: str) -> Trigger:
+        return (await self._request(GetTrigger(id=trigger_id), TriggerReply)).trigger
+
+    async def list_triggers(
+        self,
+        *,
+        active: bool | None = None,
+        subject: str | None = None,
+        execution: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Trigger]:
+        request = ListTriggers(
+            active=active, subject=subject, execution=execution, after=after, limit=limit
+        )
+        return (await self._request(request, TriggerList)).triggers
+
+    async def delete_trigger(self, trigger_id: str) -> None:
+        await self._request(DeleteTrigger(id=trigger_id), Deleted)
+
+    async def start_execution(
+        self, execution: NewExecution, caller: str | None = None
+    ) -> tuple[Execution, bool]:
+        reply = await self._request(
+            StartExecution(execution=execution, caller=caller), ExecutionReply
+        )
+        self._placed(reply.placed)
+        return reply.execution, reply.created
+
+    async def get_execution(self, execution_id: str) -> Execution:
+        return (await self._request(GetExecution(id=execution_id), ExecutionReply)).execution

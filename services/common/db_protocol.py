@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from services.triggers.coordinators import Execution, NewExecution
+from services.triggers.events import Event, EventIn
+from services.triggers.triggers import Trigger, TriggerIn
+
 from .models import Call, CallUpdate, Function, NewCall, Runtime
 from .protocol import Message, Protocol
 
@@ -90,6 +94,53 @@ class ListCalls(Message, frozen=True):
     oldest_first: bool = False
 
 
+class PublishEvents(Message, frozen=True):
+    """Store events (and run them through their triggers) before answering."""
+
+    events: list[EventIn]
+
+
+class ListEvents(Message, frozen=True):
+    """Events newest first; ``before`` pages back by ``seq``."""
+
+    subject: str | None = None
+    type: str | None = None
+    before: int | None = None
+    limit: int = 100
+
+
+class PutTrigger(Message, frozen=True):
+    id: str
+    trigger: TriggerIn
+
+
+class GetTrigger(Message, frozen=True):
+    id: str
+
+
+class ListTriggers(Message, frozen=True):
+    """Triggers by id; ``after`` pages on."""
+
+    active: bool | None = None
+    subject: str | None = None
+    execution: str | None = None
+    after: str | None = None
+    limit: int = 100
+
+
+class DeleteTrigger(Message, frozen=True):
+    id: str
+
+
+class StartExecution(Message, frozen=True):
+    execution: NewExecution
+    caller: str | None = None
+
+
+class GetExecution(Message, frozen=True):
+    id: str
+
+
 # ---- replies
 
 
@@ -130,9 +181,35 @@ class CallNumsReserved(Message, frozen=True):
 
 
 class CallsUpdated(Message, frozen=True):
-    """For each update, in order: whether it changed the stored call."""
+    """For each update, in order: whether it changed the stored call. ``placed``: calls
+    the ends of these calls made (triggers' actions), for the api to place."""
 
     applied: list[bool]
+    placed: list[Call] = []
+
+
+class EventsPublished(Message, frozen=True):
+    events: list[Event]
+    placed: list[Call] = []
+
+
+class EventList(Message, frozen=True):
+    events: list[Event]
+
+
+class TriggerReply(Message, frozen=True):
+    trigger: Trigger
+    created: bool = False
+
+
+class TriggerList(Message, frozen=True):
+    triggers: list[Trigger]
+
+
+class ExecutionReply(Message, frozen=True):
+    execution: Execution
+    created: bool = False
+    placed: list[Call] = []
 
 
 class CallReply(Message, frozen=True):
@@ -167,6 +244,14 @@ DB_PROTOCOL = Protocol(
     FindCalls,
     GetCallLogs,
     ListCalls,
+    PublishEvents,
+    ListEvents,
+    PutTrigger,
+    GetTrigger,
+    ListTriggers,
+    DeleteTrigger,
+    StartExecution,
+    GetExecution,
     Pong,
     RuntimeReply,
     RuntimeList,
@@ -179,4 +264,9 @@ DB_PROTOCOL = Protocol(
     CallReply,
     CallLogs,
     CallList,
+    EventsPublished,
+    EventList,
+    TriggerReply,
+    TriggerList,
+    ExecutionReply,
 )

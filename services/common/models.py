@@ -12,8 +12,10 @@ from .errors import BadRequest
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
-STATUSES: tuple[str, ...] = ("PENDING", "RUNNING", "DONE", "ERROR", "TIMEOUT")
-FINAL_STATUSES: frozenset[str] = frozenset({"DONE", "ERROR", "TIMEOUT"})
+# WAITING: a durable coordinator's run that ended to wait for its calls (it holds no
+# sandbox; a trigger runs the coordinator again as a new call, services/triggers/).
+STATUSES: tuple[str, ...] = ("PENDING", "RUNNING", "DONE", "ERROR", "TIMEOUT", "WAITING")
+FINAL_STATUSES: frozenset[str] = frozenset({"DONE", "ERROR", "TIMEOUT", "WAITING"})
 
 
 class Model(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

@@ -94,6 +94,14 @@ class PlaceCalls(Message, frozen=True):
     calls: list[Call]
 
 
+class HoldCalls(Message, frozen=True):
+    """Calls the db created PENDING on a worker's request that it runs itself (a durable
+    coordinator's next run or lone step, for which it has an idle sandbox): the api
+    records them as placed on it, to place them again if the worker dies."""
+
+    calls: list[Call]
+
+
 NODE_PROTOCOL = Protocol(
     "node",
     Register,
@@ -108,4 +116,5 @@ NODE_PROTOCOL = Protocol(
     FunctionRemoved,
     CallFinished,
     PlaceCalls,
+    HoldCalls,
 )

@@ -44,24 +44,37 @@ from services.common.db_protocol import (
     Deleted,
     DeleteFunction,
     DeleteRuntime,
+    DeleteTrigger,
+    EventList,
+    EventsPublished,
+    ExecutionReply,
     FindCalls,
     FunctionList,
     FunctionReply,
     GetCall,
     GetCallLogs,
     GetCalls,
+    GetExecution,
     GetFunction,
     GetRuntime,
+    GetTrigger,
     ListCalls,
+    ListEvents,
     ListFunctions,
     ListRuntimes,
+    ListTriggers,
     Ping,
     Pong,
+    PublishEvents,
     PutFunction,
     PutRuntime,
+    PutTrigger,
     ReserveCallNums,
     RuntimeList,
     RuntimeReply,
+    StartExecution,
+    TriggerList,
+    TriggerReply,
     UpdateCalls,
 )
 from services.common.errors import FumError, Unavailable, UnknownMessage
@@ -156,6 +169,14 @@ class DbServer:
             FindCalls: Handler(_one(self._find_calls), writes=False),
             GetCallLogs: Handler(_one(self._get_call_logs), writes=False),
             ListCalls: Handler(_one(self._list_calls), writes=False, apart=True),
+            PublishEvents: Handler(_one(self._publish_events), writes=True),
+            ListEvents: Handler(_one(self._list_events), writes=False),
+            PutTrigger: Handler(_one(self._put_trigger), writes=True),
+            GetTrigger: Handler(_one(self._get_trigger), writes=False),
+            ListTriggers: Handler(_one(self._list_triggers), writes=False),
+            DeleteTrigger: Handler(_one(self._delete_trigger), writes=True),
+            StartExecution: Handler(_one(self._start_execution), writes=True),
+            GetExecution: Handler(_one(self._get_execution), writes=False),
         }
 
     # ---- main loop
@@ -393,6 +414,7 @@ class DbServer:
         errors = _check_each(
             requests, lambda request: [check_status(update.status) for update in request.updates]
         )
+        self._store.take_placed()
         applied = iter(
             self._store.update_calls(
                 [
@@ -403,8 +425,10 @@ class DbServer:
                 ]
             )
         )
+        # Every writer of the group may hand them to the api: it places each call once.
+        placed = self._store.take_placed()
         return [
-            CallsUpdated(applied=[next(applied) for _ in request.updates])
+            CallsUpdated(applied=[next(applied) for _ in request.updates], placed=placed)
             if error is None
             else error
             for request, error in zip(requests, errors, strict=True)
@@ -425,3 +449,52 @@ class DbServer:
 
     def _list_calls(self, request: ListCalls) -> CallList:
         return CallList(calls=self._store.list_calls(request))
+
+    # ---- events, triggers, executions (services/triggers)
+
+    def _publish_events(self, request: PublishEvents) -> EventsPublished:
+        self._store.take_placed()
+        events = self._store.triggers.publish(request.events)
+        return EventsPublished(events=events, placed=self._store.take_placed())
+
+    def _list_events(self, request: ListEvents) -> EventList:
+        return EventList(
+            events=self._store.triggers.list_events(
+                subject=request.subject,
+                type=request.type,
+                before=request.before,
+                limit=request.limit,
+            )
+        )
+
+    def _put_trigger(self, request: PutTrigger) -> TriggerReply:
+        trigger, created = self._store.triggers.put_trigger(request.id, request.trigger)
+        return TriggerReply(trigger=trigger, created=created)
+
+    def _get_trigger(self, request: GetTrigger) -> TriggerReply:
+        return TriggerReply(trigger=self._store.triggers.get_trigger(request.id))
+
+    def _list_triggers(self, request: ListTriggers) -> TriggerList:
+        return TriggerList(
+            triggers=self._store.triggers.list_triggers(
+                active=request.active,
+                subject=request.subject,
+                execution=request.execution,
+                after=request.after,
+                limit=request.limit,
+            )
+        )
+
+    def _delete_trigger(self, request: DeleteTrigger) -> Deleted:
+        self._store.triggers.delete_trigger(request.id)
+        return Deleted(name=request.id)
+
+    def _start_execution(self, request: StartExecution) -> ExecutionReply:
+        self._store.take_placed()
+        execution, created = self._store.coordinators.start(request.execution, request.caller)
+        return ExecutionReply(
+            execution=execution, created=created, placed=self._store.take_placed()
+        )
+
+    def _get_execution(self, request: GetExecution) -> ExecutionReply:
+        return ExecutionReply(execution=self._store.coordinators.get(request.id))

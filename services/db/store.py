@@ -51,6 +51,9 @@ from services.common.models import (
     check_name,
     now,
 )
+from services.triggers.coordinators import Coordinators, run_of, suspension_of
+from services.triggers.engine import TriggerEngine
+from services.triggers.events import call_event
 
 from .settings import DbSettings
 
@@ -117,7 +120,131 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE TABLE call_numbers (next INTEGER NOT NULL)",),
     # 3: the name of the API key that created a call
     ("ALTER TABLE calls ADD COLUMN caller TEXT",),
-    # 4: every listing filter has an index that also gives its order (a rare function's
+    # 4: events, triggers and durable coordinators (services/triggers/); a call may end
+    # WAITING (a coordinator's run), so the calls table is rebuilt for its CHECK.
+    (
+        """
+        CREATE TABLE calls_v4 (
+            call_num INTEGER PRIMARY KEY,
+            uuid TEXT NOT NULL UNIQUE,
+            func_name TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('PENDING', 'RUNNING', 'DONE', 'ERROR', 'TIMEOUT', 'WAITING')),
+            node_id INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            start TEXT,
+            init_ms REAL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            error TEXT,
+            params BLOB NOT NULL,
+            result BLOB,
+            logs TEXT,
+            caller TEXT
+        )
+        """,
+        """
+        INSERT INTO calls_v4 SELECT call_num, uuid, func_name, status, node_id, attempts,
+            start, init_ms, created_at, started_at, finished_at, error, params, result, logs,
+            caller FROM calls
+        """,
+        "DROP TABLE calls",
+        "ALTER TABLE calls_v4 RENAME TO calls",
+        "CREATE INDEX calls_by_func ON calls (func_name, call_num DESC)",
+        "CREATE INDEX calls_by_status ON calls (status, call_num DESC)",
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            source TEXT NOT NULL,
+            type TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            time REAL NOT NULL,
+            data TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX events_by_subject ON events (subject, seq DESC)",
+        "CREATE INDEX events_by_type ON events (type, seq DESC)",
+        """
+        CREATE TABLE triggers (
+            id TEXT PRIMARY KEY,
+            token TEXT NOT NULL UNIQUE,
+            activation TEXT NOT NULL,
+            condition TEXT NOT NULL,
+            action TEXT NOT NULL,
+            context TEXT NOT NULL,
+            transient INTEGER NOT NULL,
+            active INTEGER NOT NULL,
+            fired INTEGER NOT NULL,
+            evaluating INTEGER,
+            execution TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX triggers_by_execution ON triggers (execution)",
+        "CREATE TABLE trigger_activations (token TEXT NOT NULL, subject TEXT NOT NULL, type TEXT)",
+        "CREATE INDEX trigger_activations_by_subject ON trigger_activations (subject)",
+        "CREATE INDEX trigger_activations_by_token ON trigger_activations (token)",
+        """
+        CREATE TABLE trigger_inbox (
+            token TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            subject TEXT NOT NULL,
+            PRIMARY KEY (token, seq)
+        )
+        """,
+        "CREATE INDEX trigger_inbox_by_subject ON trigger_inbox (token, subject)",
+        # events waiting for a Python condition's evaluation of the one before
+        """
+        CREATE TABLE trigger_queue (
+            token TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (token, seq)
+        )
+        """,
+        """
+        CREATE TABLE executions (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            function TEXT NOT NULL,
+            params BLOB NOT NULL,
+            step_function TEXT,
+            status TEXT NOT NULL,
+            runs INTEGER NOT NULL,
+            call_num INTEGER,
+            result BLOB,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL,
+            caller TEXT
+        )
+        """,
+        """
+        CREATE TABLE execution_steps (
+            execution TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            identity TEXT NOT NULL,
+            function TEXT NOT NULL,
+            call_nums TEXT NOT NULL,
+            run INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (execution, seq)
+        )
+        """,
+        """
+        CREATE TABLE execution_runs (
+            execution TEXT NOT NULL,
+            run INTEGER NOT NULL,
+            call_num INTEGER NOT NULL,
+            PRIMARY KEY (execution, run)
+        )
+        """,
+    ),
+    # 5: every listing filter has an index that also gives its order (a rare function's
     # DONE calls were found by scanning every DONE call), and retention by age finds the
     # oldest calls without a scan.
     (
@@ -280,6 +407,28 @@ class Store:
         self._db = writer.db
         self._rdb = reader.db
         self._next_call_num = next_call_num
+        # Calls made PENDING by triggers' actions in the running request, for the api to
+        # place (the server hands them back in the reply: CallsUpdated.placed, ...).
+        self.placed: list[Call] = []
+        self.coordinators = Coordinators(self)
+        self.triggers = TriggerEngine(self, self.coordinators.resume)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The sqlite3 connection, for the systems kept in this file (services/triggers)."""
+        return self._db
+
+    def take_placed(self) -> list[Call]:
+        placed, self.placed = self.placed, []
+        return placed
+
+    def create_and_place(self, new_calls: Sequence[NewCall]) -> list[Call]:
+        """Create calls (as ``create_calls``) that the api must place: new PENDING ones
+        go to ``placed``."""
+        calls = self.create_calls(new_calls)
+        known = {c.call_num for c in self.placed}
+        self.placed.extend(c for c in calls if c.status == "PENDING" and c.call_num not in known)
+        return calls
 
     @classmethod
     async def open(cls, settings: DbSettings) -> Store:
@@ -338,6 +487,7 @@ class Store:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
         self._next_call_num = _first_free_call_num(self._db)
+        self.placed.clear()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -357,12 +507,13 @@ class Store:
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Run a block so that, if it raises, none of its writes stay in the transaction."""
-        next_call_num = self._next_call_num
+        next_call_num, placed = self._next_call_num, len(self.placed)
         self._db.execute("SAVEPOINT request")
         try:
             yield
         except BaseException:
             self._next_call_num = next_call_num
+            del self.placed[placed:]
             self._db.execute("ROLLBACK TO request")
             self._db.execute("RELEASE request")
             raise
@@ -539,13 +690,17 @@ class Store:
         batch is replayed on them here, so one executemany writes every applied update.
         An update that carries ``new`` creates its call first if it is not stored (and
         applies nowhere if its number was never set aside: its siblings still apply).
+
+        Each call that ends here ends as an event (``fum.call.done``/``failed``), stored
+        and run through its triggers in this same transaction; a coordinator's run that
+        ends with a suspension is stored WAITING (services/triggers/coordinators.py).
         """
         if not updates:
             return []
-        statuses: dict[int, str] = {
-            row[0]: row[1]
+        known: dict[int, tuple[str, str, str]] = {
+            row[0]: (row[1], row[2], row[3])
             for row in self._db.execute(
-                "SELECT call_num, status FROM calls "
+                "SELECT call_num, status, uuid, func_name FROM calls "
                 "WHERE call_num IN (SELECT value FROM json_each(?))",
                 (_json.encode([update.call_num for update in updates]).decode(),),
             )
@@ -554,20 +709,25 @@ class Store:
             u.call_num: u.new
             for u in updates
             if u.new is not None
-            and u.call_num not in statuses
+            and u.call_num not in known
             and u.new.call_num == u.call_num
             and self.reserved(u.call_num)
         }
         for call in self.create_calls(list(missing.values())):
-            statuses[call.call_num] = call.status
+            known[call.call_num] = (call.status, call.uuid, call.func_name)
         applied: list[bool] = []
         rows: list[tuple[Any, ...]] = []
+        ended: list[tuple[CallUpdate, str, str]] = []
         for update in updates:
-            status = statuses.get(update.call_num)
-            if status is None or status in FINAL_STATUSES:
+            found = known.get(update.call_num)
+            if found is None or found[0] in FINAL_STATUSES:
                 applied.append(False)
                 continue
-            statuses[update.call_num] = update.status
+            _, uuid, func_name = found
+            if update.status in FINAL_STATUSES:
+                update = self._coordinator_end(update, uuid)
+                ended.append((update, uuid, func_name))
+            known[update.call_num] = (update.status, uuid, func_name)
             applied.append(True)
             rows.append(
                 (
@@ -586,7 +746,59 @@ class Store:
             )
         if rows:
             self._db.executemany(_UPDATE_CALL, rows)
+        for update, uuid, func_name in ended:
+            self._ended(update, uuid, func_name)
         return applied
+
+    def _coordinator_end(self, update: CallUpdate, uuid: str) -> CallUpdate:
+        """A coordinator's run that ends suspended is WAITING, not DONE."""
+        if update.status != "DONE" or run_of(uuid) is None:
+            return update
+        suspension = suspension_of(update.result)
+        if suspension is None:
+            return update
+        if isinstance(suspension, str):
+            return msgspec.structs.replace(update, status="ERROR", error=suspension)
+        return msgspec.structs.replace(update, status="WAITING")
+
+    def _ended(self, update: CallUpdate, uuid: str, func_name: str) -> None:
+        """What a call's end sets going: its execution's next move, or its trigger's (a
+        Python condition's), then its event."""
+        self.triggers.evaluated(uuid, update.status, update.result)
+        run = run_of(uuid)
+        if run is not None and self.coordinators.current(*run):
+            execution = run[0]
+            if update.status == "WAITING":
+                suspension = suspension_of(update.result)
+                assert suspension is not None and not isinstance(suspension, str)
+                error = self.coordinators.suspend(execution, run[1], suspension)
+                if error is not None:
+                    self.coordinators.finish(execution, "ERROR", None, error)
+                    self._db.execute(
+                        "UPDATE calls SET status = 'ERROR', error = ? WHERE call_num = ?",
+                        (error, update.call_num),
+                    )
+                    update = msgspec.structs.replace(update, status="ERROR", error=error)
+            elif update.status == "DONE":
+                self.coordinators.finish(execution, "DONE", update.result, None)
+            else:
+                self.coordinators.finish(execution, "ERROR", None, update.error or update.status)
+        result: Any = None
+        if update.result is not None and update.status != "WAITING":
+            try:
+                result = msgspec.json.decode(update.result)
+            except msgspec.DecodeError:
+                result = update.result.decode(errors="replace")
+        self.triggers.store_event(
+            call_event(
+                update.call_num,
+                func_name,
+                update.status,
+                result,
+                update.error,
+                update.finished_at or now(),
+            )
+        )
 
     def get_call(self, call_num: int) -> Call:
         row = self._db.execute(

@@ -26,6 +26,8 @@ from services.common.node_protocol import (
     FunctionRemoved,
     FunctionSynced,
     HeartbeatAck,
+    HoldCalls,
+    PlaceCalls,
     Register,
     Registered,
     RuntimeRemoved,
@@ -71,7 +73,7 @@ class Worker:
             stack.push_async_callback(close_context, ctx)
             headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else None
             session = await stack.enter_async_context(aiohttp.ClientSession(headers=headers))
-            self.db = DbClient(ctx, s.db_url, keys, timeout=5.0)
+            self.db = DbClient(ctx, s.db_url, keys, timeout=5.0, on_placed=self._place)
             stack.push_async_callback(self.db.close)
             packages = PackageCache(Path(s.node_dir) / "packages", s.api_url, session)
             self.pool = Pool(s, ctx, packages, self._base_env, self._on_start, self._on_outcome)
@@ -281,6 +283,31 @@ class Worker:
             log.error("worker.db_read_failed", call=final.call_num, error=str(exc))
             return
         self._tell_api(stored)
+
+    def _place(self, calls: list[Call]) -> None:
+        """Hand the api the calls the db made for triggers' actions (a coordinator's
+        steps, its next run); the api's sweep places them if this is lost. A lone one
+        that an idle sandbox here is set up for runs here at once (the api is told it
+        holds it): a coordinator's chain of steps saves the trip through the api."""
+        here = self._function_here(calls[0]) if len(calls) == 1 else None
+        with contextlib.suppress(zmq.ZMQError):
+            self.api.send_event(HoldCalls(calls=calls) if here else PlaceCalls(calls=calls))
+        if here is not None:
+            call = msgspec.structs.replace(calls[0], attempts=calls[0].attempts + 1)
+            self._on_dispatch(Dispatch(call=call, timeout=here.limits.timeout))
+
+    def _function_here(self, call: Call) -> Function | None:
+        """The call's function, if this node may run the call at once: registered, an
+        idle sandbox set up for it, and no cluster-wide concurrency limit (the api's)."""
+        function = self.pool.functions.get(call.func_name)
+        if (
+            function is None
+            or function.limits.concurrency is not None
+            or not self._registered.is_set()
+            or self.pool.load().idle.get(function.name, 0) == 0
+        ):
+            return None
+        return function
 
     def _tell_api(self, call: Call) -> None:
         with contextlib.suppress(zmq.ZMQError):

@@ -1,0 +1,177 @@
+"""Durable coordinators on a real cluster: replay, joins, non-determinism, WAITING."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fum_cli.local import LocalCluster
+from fum_client import BadRequest, Client, ExecutionFailed, NotFound, TriggerflowExecutor
+
+from . import durable_coordinators as co
+from .conftest import start_cluster
+from .support import FUNCTIONS, targz
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = start_cluster(tmp_path_factory)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def tf(local: LocalCluster) -> Iterator[TriggerflowExecutor]:
+    with TriggerflowExecutor(local.url) as executor:
+        yield executor
+
+
+def calls_named(client: Client, function: str, name: str) -> list[Any]:
+    """The calls of the built-in function that ran the callable ``name``."""
+    return [
+        c
+        for c in client.iter_calls(function=function)
+        if isinstance(c.params, dict) and c.params.get("name") == name
+    ]
+
+
+def test_the_original_example(tf: TriggerflowExecutor) -> None:
+    execution = tf.run(co.main, name="callasync")
+    assert execution.result(timeout=120) == [1, list(range(1, 11))]
+    x = execution.history()
+    assert x["status"] == "DONE" and x["name"] == "callasync"
+    assert x["runs"] >= 3
+    builtin = x["function"]
+    assert len(calls_named(tf.client, builtin, "my_function")) == 11
+    runs = {c["callNum"]: c for c in x["runCalls"]}
+    assert [c["status"] for c in x["runCalls"]] == ["WAITING"] * (x["runs"] - 1) + ["DONE"]
+    # No sandbox held while waiting: each run that waited ended before the calls it
+    # waited for did (they each sleep a second); the last run started after them.
+    for step in x["steps"]:
+        waiting_run = x["runCalls"][step["run"] - 1]
+        assert all(waiting_run["finishedAt"] < c["finishedAt"] for c in step["calls"])
+    assert [s["identity"] for s in x["steps"]] == [
+        "callable:tests.durable_coordinators.my_function"
+    ] * 2
+    assert [len(s["calls"]) for s in x["steps"]] == [1, 10]
+    assert len(runs) == x["runs"]
+
+
+def test_a_twenty_step_chain(tf: TriggerflowExecutor) -> None:
+    execution = tf.run(co.chain, {"steps": 20})
+    assert execution.result(timeout=180) == 20
+    x = execution.history()
+    assert x["runs"] == 21 and len(x["steps"]) == 20
+    assert len(calls_named(tf.client, x["function"], "inc")) >= 20
+    inc_calls = [s["calls"][0]["callNum"] for s in x["steps"]]
+    assert len(set(inc_calls)) == 20  # each step's call made once
+
+
+def test_a_map_of_a_thousand_joined_by_one_trigger(tf: TriggerflowExecutor) -> None:
+    execution = tf.run(co.big_map, {"n": 1000})
+    assert execution.result(timeout=300) == sum(i * i for i in range(1000))
+    x = execution.history()
+    assert x["runs"] == 2 and len(x["steps"][0]["calls"]) == 1000
+    page = tf.client.list_triggers(execution=execution.id, active=False)
+    (join,) = page["items"]
+    assert join["fired"] == 1 and join["condition"]["kind"] == "join"
+
+
+def test_map_reduce(tf: TriggerflowExecutor) -> None:
+    execution = tf.run(co.reducing, {"n": 8})
+    assert execution.result(timeout=120) == sum(i * i for i in range(8)) + 1
+    kinds = [s["kind"] for s in execution.history()["steps"]]
+    assert kinds == ["map", "reduce", "call"]
+
+
+def test_a_failed_call_raises_in_the_coordinator(tf: TriggerflowExecutor) -> None:
+    execution = tf.run(co.catching)
+    answer = execution.result(timeout=60)
+    assert answer.startswith("caught: call ") and "ValueError: no 7" in answer
+
+
+def test_non_determinism_is_named(tf: TriggerflowExecutor) -> None:
+    execution = tf.run(co.branching)
+    with pytest.raises(ExecutionFailed) as failed:
+        execution.result(timeout=180)
+    error = failed.value.error or ""
+    assert "NonDeterminismError" in error and "non-determinism" in error
+    left = "callable:tests.durable_coordinators.left"
+    right = "callable:tests.durable_coordinators.right"
+    assert left in error and right in error
+    assert execution.status == "ERROR"
+
+
+def test_the_same_execution_id_is_one_execution(
+    local: LocalCluster, tf: TriggerflowExecutor
+) -> None:
+    first = tf.run(co.chain, {"steps": 2}, execution_id="once-only")
+    second = tf.run(co.chain, {"steps": 2}, execution_id="once-only")
+    assert first.id == second.id == "once-only"
+    assert first.result(timeout=60) == 2
+    x = first.history()
+    assert x["runs"] == 3
+    again = urllib.request.Request(
+        local.url + "/v1/executions",
+        data=json.dumps({"function": x["function"], "id": "once-only"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(again, timeout=10) as answer:
+        assert answer.status == 200  # not 201: nothing was started
+        assert json.loads(answer.read())["runs"] == 3
+
+
+def test_cli_execution_show(local: LocalCluster, tf: TriggerflowExecutor, tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from fum_cli.main import app
+
+    execution = tf.run(co.chain, {"steps": 2})
+    execution.result(timeout=60)
+    env = {"FUM_API_URL": local.url, "FUM_CONFIG": str(tmp_path / "c.toml"), "FUM_API_KEY": ""}
+    shown = CliRunner().invoke(app, ["execution", "show", execution.id], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "DONE" in shown.stdout and "ran 3 times" in shown.stdout
+    as_json = CliRunner().invoke(app, ["execution", "show", execution.id, "--json"], env=env)
+    assert json.loads(as_json.stdout)["runs"] == 3
+    missing = CliRunner().invoke(app, ["execution", "show", "nope"], env=env)
+    assert missing.exit_code == 1
+
+
+COORDINATOR = """
+from fum.durable import FunctionExecutor, coordinator
+
+@coordinator
+def handle(params):
+    fexec = FunctionExecutor()
+    fexec.map(params["fn"], [{"n": i} for i in range(params["n"])])
+    echoed = fexec.get_result()
+    fexec.call_async(params["fn"], {"n": sum(e["n"] for e in echoed)})
+    return fexec.get_result()
+"""
+
+
+def test_a_deployed_function_as_coordinator(tf: TriggerflowExecutor) -> None:
+    client = tf.client
+    client.put_runtime("pyh", "pythonruntime", "python3 -m fum main:handle")
+    client.deploy_function("d-echo", targz({"main.py": FUNCTIONS["echo"]}), runtime="pyh")
+    client.deploy_function("d-coord", targz({"main.py": COORDINATOR}), runtime="pyh")
+    execution = tf.run("d-coord", {"fn": "d-echo", "n": 4})
+    assert execution.result(timeout=60) == {"n": 6}
+    x = execution.history()
+    assert x["function"] == "d-coord" and x["runs"] == 3
+    assert [s["identity"] for s in x["steps"]] == ["function:d-echo"] * 2
+    # started by name through the plain client too; a bad start is refused
+    started = client.start_execution("d-coord", {"fn": "d-echo", "n": 1})
+    assert started["status"] in ("RUNNING", "WAITING", "DONE")
+    with pytest.raises(NotFound):
+        client.start_execution("no-such-function")
+    with pytest.raises(BadRequest):
+        client.start_execution("d-coord", [1, 2])  # params must be an object
