@@ -87,6 +87,32 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
 LIMIT_NAMES: tuple[str, ...] = tuple(f.encode_name for f in msgspec.structs.fields(Limits))
 
 
+class NextStep(Model, frozen=True):
+    """One continuation of a workflow step (unum's ``Next`` entry), as checked at deploy."""
+
+    name: str  # the function's name in its app
+    input_type: str = "Scalar"  # "Scalar", "Map" or "Fan-in"
+    values: list[str] = []  # a fan-in's instance names, in the order its input lists them
+    conditional: str | None = None
+
+
+class Step(Model, frozen=True):
+    """What a function of a workflow app does after it returns (its ``unum_config.json``):
+    the worker that ran it carries this out (services/workflows/continuation.py)."""
+
+    app: str
+    name: str  # the function's name in its app; the fum function is ``<app>.<name>``
+    start: bool = False
+    checkpoint: bool = True
+    next: list[NextStep] = []
+    parallel: bool = False  # ``Next`` was a list: its Scalar entries are a parallel fan-out
+    modifiers: list[str] = []  # Next Payload Modifiers
+
+    @property
+    def function(self) -> str:
+        return f"{self.app}.{self.name}"
+
+
 class Function(Model, frozen=True):
     """A package of code bound to a runtime, stored by the sha256 of its bytes."""
 
@@ -96,6 +122,7 @@ class Function(Model, frozen=True):
     filename: str
     size: int
     limits: Limits = Limits()
+    workflow: Step | None = None  # set for a function of a workflow app (PUT /v1/apps)
     created_at: float = 0.0
     updated_at: float = 0.0
 
