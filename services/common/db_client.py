@@ -24,11 +24,13 @@ from .db_protocol import (
     CallReply,
     CallsCreated,
     CallsUpdated,
+    CancelSession,
     CreateCalls,
     Deleted,
     DeleteFunction,
     DeleteRuntime,
     FindCalls,
+    FinishInstance,
     FunctionList,
     FunctionReply,
     GetCall,
@@ -36,9 +38,14 @@ from .db_protocol import (
     GetCalls,
     GetFunction,
     GetRuntime,
+    GetSession,
+    InstanceFinished,
+    InstanceState,
     ListCalls,
     ListFunctions,
     ListRuntimes,
+    ListSessions,
+    LookUpInstance,
     Ping,
     Pong,
     PutFunction,
@@ -46,10 +53,14 @@ from .db_protocol import (
     ReserveCallNums,
     RuntimeList,
     RuntimeReply,
+    SessionList,
+    SessionReply,
+    SessionStarted,
+    StartSession,
     UpdateCalls,
 )
 from .errors import FumError, Unavailable
-from .models import Call, CallUpdate, Function, NewCall, Runtime
+from .models import Call, CallUpdate, Function, NewCall, Runtime, Session
 from .protocol import Message
 from .rpc import Client
 
@@ -159,9 +170,7 @@ class DbClient:
         self._creates = _Coalescer[NewCall, Call]("create calls", self.create_calls)
         # Results are written after their client was answered (docs/SCHEDULING.md): their
         # batches may wait for the one in flight, and grow under load.
-        self._updates = _Coalescer[CallUpdate, bool](
-            "update calls", self.update_calls, in_flight=1
-        )
+        self._updates = _Coalescer[CallUpdate, bool]("update calls", self.update_calls, in_flight=1)
         self.requests_sent = 0
         self._closed = False
 
@@ -270,3 +279,29 @@ class DbClient:
             func_name=func_name, status=status, before=before, after=after, limit=limit
         )
         return (await self._request(request, CallList)).calls
+
+    # ---- workflow sessions
+
+    async def start_session(self, session: Session, instance: str, call: NewCall) -> Call:
+        """Store a session and its Start instance's call; the call."""
+        request = StartSession(session=session, instance=instance, call=call)
+        return (await self._request(request, SessionStarted)).call
+
+    async def look_up_instance(self, session: str, instance: str) -> InstanceState:
+        request = LookUpInstance(session=session, instance=instance)
+        return await self._request(request, InstanceState)
+
+    async def finish_instance(self, request: FinishInstance) -> InstanceFinished:
+        return await self._request(request, InstanceFinished)
+
+    async def get_session(self, session: str) -> SessionReply:
+        return await self._request(GetSession(session=session), SessionReply)
+
+    async def list_sessions(
+        self, app: str, before: float | None = None, limit: int = 100
+    ) -> list[Session]:
+        request = ListSessions(app=app, before=before, limit=limit)
+        return (await self._request(request, SessionList)).sessions
+
+    async def cancel_session(self, session: str) -> SessionReply:
+        return await self._request(CancelSession(session=session), SessionReply)

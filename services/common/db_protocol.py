@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from .models import Call, CallUpdate, Function, NewCall, Runtime
+from .models import (
+    Call,
+    CallUpdate,
+    FanInSlot,
+    Function,
+    NewCall,
+    NextInstance,
+    Runtime,
+    Session,
+    SessionInstance,
+)
 from .protocol import Message, Protocol
 
 # ---- requests
@@ -88,6 +98,53 @@ class ListCalls(Message, frozen=True):
     limit: int = 100
 
 
+# ---- workflow sessions (services/workflows/checkpoint.py)
+
+
+class StartSession(Message, frozen=True):
+    """Store a new session and the call of its Start instance."""
+
+    session: Session
+    instance: str
+    call: NewCall
+
+
+class LookUpInstance(Message, frozen=True):
+    """Before an instance runs: its session's status, and its checkpoint if it has one."""
+
+    session: str
+    instance: str
+
+
+class FinishInstance(Message, frozen=True):
+    """A step returned: in one transaction, its call's final state, its checkpoint (a
+    conditional insert) and, if it won the checkpoint, what it sends on."""
+
+    session: str
+    instance: str
+    update: CallUpdate
+    calls: list[NextInstance] = []
+    fan_ins: list[FanInSlot] = []
+
+
+class GetSession(Message, frozen=True):
+    session: str
+
+
+class ListSessions(Message, frozen=True):
+    """An app's sessions, newest first; ``before`` (a creation time) pages back."""
+
+    app: str
+    before: float | None = None
+    limit: int = 100
+
+
+class CancelSession(Message, frozen=True):
+    """End a running session CANCELLED: its instances not started yet do not run."""
+
+    session: str
+
+
 # ---- replies
 
 
@@ -146,6 +203,32 @@ class CallList(Message, frozen=True):
     calls: list[Call]
 
 
+class SessionStarted(Message, frozen=True):
+    call: Call
+
+
+class InstanceState(Message, frozen=True):
+    status: str  # the session's
+    checkpoint: bytes | None = None  # the instance's one result, if it has one
+    sent: list[Call] = []  # what the checkpoint sent on that is still PENDING
+
+
+class InstanceFinished(Message, frozen=True):
+    won: bool  # this run's output is the instance's result (False: another run's is)
+    call: Call  # the call as stored
+    sent: list[Call]  # the calls it sent on that are PENDING: for the api to place
+    session: Session
+
+
+class SessionReply(Message, frozen=True):
+    session: Session
+    instances: list[SessionInstance]
+
+
+class SessionList(Message, frozen=True):
+    sessions: list[Session]
+
+
 DB_PROTOCOL = Protocol(
     "db",
     Ping,
@@ -165,6 +248,12 @@ DB_PROTOCOL = Protocol(
     FindCalls,
     GetCallLogs,
     ListCalls,
+    StartSession,
+    LookUpInstance,
+    FinishInstance,
+    GetSession,
+    ListSessions,
+    CancelSession,
     Pong,
     RuntimeReply,
     RuntimeList,
@@ -177,4 +266,9 @@ DB_PROTOCOL = Protocol(
     CallReply,
     CallLogs,
     CallList,
+    SessionStarted,
+    InstanceState,
+    InstanceFinished,
+    SessionReply,
+    SessionList,
 )

@@ -94,6 +94,14 @@ class PlaceCalls(Message, frozen=True):
     calls: list[Call]
 
 
+class SessionEnded(Message, frozen=True):
+    """A workflow session ended on this worker's db request (services/workflows): the api
+    answers who waits for it."""
+
+    session: str
+    status: str
+
+
 NODE_PROTOCOL = Protocol(
     "node",
     Register,
@@ -108,4 +116,5 @@ NODE_PROTOCOL = Protocol(
     FunctionRemoved,
     CallFinished,
     PlaceCalls,
+    SessionEnded,
 )

@@ -35,11 +35,13 @@ from services.common.db_protocol import (
     CallReply,
     CallsCreated,
     CallsUpdated,
+    CancelSession,
     CreateCalls,
     Deleted,
     DeleteFunction,
     DeleteRuntime,
     FindCalls,
+    FinishInstance,
     FunctionList,
     FunctionReply,
     GetCall,
@@ -47,9 +49,14 @@ from services.common.db_protocol import (
     GetCalls,
     GetFunction,
     GetRuntime,
+    GetSession,
+    InstanceFinished,
+    InstanceState,
     ListCalls,
     ListFunctions,
     ListRuntimes,
+    ListSessions,
+    LookUpInstance,
     Ping,
     Pong,
     PutFunction,
@@ -57,12 +64,17 @@ from services.common.db_protocol import (
     ReserveCallNums,
     RuntimeList,
     RuntimeReply,
+    SessionList,
+    SessionReply,
+    SessionStarted,
+    StartSession,
     UpdateCalls,
 )
 from services.common.errors import FumError, Unavailable, UnknownMessage
 from services.common.models import check_name, now
 from services.common.protocol import Error, Message, Protocol
 from services.common.rpc import Channel
+from services.workflows import checkpoint
 
 from .store import RollbackFailed, Store, check_status
 
@@ -120,7 +132,10 @@ class _Request:
 class DbServer:
     """Reads requests from a bound ROUTER in batches and answers each exactly once."""
 
-    def __init__(self, sock: zmq.Socket[bytes], store: Store) -> None:
+    def __init__(
+        self, sock: zmq.Socket[bytes], store: Store, keep_checkpoints: bool = False
+    ) -> None:
+        self._keep_checkpoints = keep_checkpoints
         # Requests are read as they come (a Channel drains the socket on each wake-up)
         # and wait here until the batch in hand is done: those are the next batch.
         self._waiting: deque[list[bytes]] = deque()
@@ -147,6 +162,12 @@ class DbServer:
             FindCalls: Handler(_one(self._find_calls), writes=False),
             GetCallLogs: Handler(_one(self._get_call_logs), writes=False),
             ListCalls: Handler(_one(self._list_calls), writes=False),
+            StartSession: Handler(_one(self._start_session), writes=True),
+            LookUpInstance: Handler(_one(self._look_up_instance), writes=False),
+            FinishInstance: Handler(_one(self._finish_instance), writes=True),
+            GetSession: Handler(_one(self._get_session), writes=False),
+            ListSessions: Handler(_one(self._list_sessions), writes=False),
+            CancelSession: Handler(_one(self._cancel_session), writes=True),
         }
 
     # ---- main loop
@@ -321,6 +342,7 @@ class DbServer:
 
     def _create_calls(self, requests: list[CreateCalls]) -> list[Outcome]:
         """All the creates of a group in one store call; a malformed one fails alone."""
+
         def check(request: CreateCalls) -> None:
             for new in request.calls:
                 check_name("function", new.func_name)
@@ -390,3 +412,28 @@ class DbServer:
                 limit=request.limit,
             )
         )
+
+    # ---- workflow sessions (services/workflows/checkpoint.py)
+
+    def _start_session(self, request: StartSession) -> SessionStarted:
+        call = checkpoint.start_session(
+            self._store, request.session, request.instance, request.call
+        )
+        return SessionStarted(call=call)
+
+    def _look_up_instance(self, request: LookUpInstance) -> InstanceState:
+        return checkpoint.look_up(self._store, request.session, request.instance)
+
+    def _finish_instance(self, request: FinishInstance) -> InstanceFinished:
+        check_status(request.update.status)
+        return checkpoint.finish_instance(self._store, request, self._keep_checkpoints)
+
+    def _get_session(self, request: GetSession) -> SessionReply:
+        return checkpoint.get_session(self._store, request.session)
+
+    def _list_sessions(self, request: ListSessions) -> SessionList:
+        sessions = checkpoint.list_sessions(self._store, request.app, request.before, request.limit)
+        return SessionList(sessions=sessions)
+
+    def _cancel_session(self, request: CancelSession) -> SessionReply:
+        return checkpoint.cancel_session(self._store, request.session, self._keep_checkpoints)

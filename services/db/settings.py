@@ -20,5 +20,8 @@ class DbSettings(msgspec.Struct, frozen=True, kw_only=True):
     # process (the WAL is written before the reply); full: it also survives power loss
     # (the WAL is fsynced at every commit, which group commit amortises over a batch).
     db_sync: Literal["normal", "full"] = "normal"
+    # Keep a workflow session's checkpoints and fan-in sets after it ends (for debugging);
+    # by default they are removed when it ends, as unum's GC does.
+    keep_checkpoints: bool = False
     keys_dir: str = DEFAULT_DIR  # the control plane's CURVE keys (services/common/curve.py)
     log_level: str = "info"

@@ -39,6 +39,7 @@ from services.common.models import (
     Limits,
     NewCall,
     Runtime,
+    Step,
     check_name,
     now,
 )
@@ -108,6 +109,53 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE TABLE call_numbers (next INTEGER NOT NULL)",),
     # 3: the name of the API key that created a call
     ("ALTER TABLE calls ADD COLUMN caller TEXT",),
+    # 4: workflow apps (services/workflows/): a function's step, sessions, their instances,
+    # checkpoints (one result per instance) and the sets of the fan-ins
+    (
+        "ALTER TABLE functions ADD COLUMN workflow TEXT",
+        """
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            app TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('RUNNING', 'DONE', 'ERROR', 'CANCELLED')),
+            open INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            finished_at REAL,
+            error TEXT,
+            result BLOB
+        )
+        """,
+        "CREATE INDEX sessions_by_app ON sessions (app, created_at DESC)",
+        """
+        CREATE TABLE instances (
+            session TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            call_num INTEGER NOT NULL,
+            finished INTEGER NOT NULL DEFAULT 0,
+            ends INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (session, name)
+        )
+        """,
+        """
+        CREATE TABLE checkpoints (
+            session TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            result BLOB NOT NULL,
+            sent TEXT NOT NULL,
+            PRIMARY KEY (session, instance)
+        )
+        """,
+        """
+        CREATE TABLE fan_in_slots (
+            session TEXT NOT NULL,
+            target TEXT NOT NULL,
+            slot INTEGER NOT NULL,
+            instance TEXT NOT NULL,
+            PRIMARY KEY (session, target, slot)
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -115,7 +163,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _FINAL_SQL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
 
 _RUNTIME_COLUMNS = "name, image, run, path, dependencies, created_at, updated_at"
-_FUNCTION_COLUMNS = "name, runtime, sha256, filename, size, limits, created_at, updated_at"
+_FUNCTION_COLUMNS = (
+    "name, runtime, sha256, filename, size, limits, created_at, updated_at, workflow"
+)
 _CALL_COLUMNS = (
     "call_num, uuid, func_name, params, status, result, error, node_id, attempts, start, "
     "init_ms, created_at, started_at, finished_at, caller"
@@ -128,10 +178,11 @@ _PUT_RUNTIME = f"""
         dependencies = excluded.dependencies, updated_at = excluded.updated_at
 """
 _PUT_FUNCTION = f"""
-    INSERT INTO functions ({_FUNCTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO functions ({_FUNCTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET
         runtime = excluded.runtime, sha256 = excluded.sha256, filename = excluded.filename,
-        size = excluded.size, limits = excluded.limits, updated_at = excluded.updated_at
+        size = excluded.size, limits = excluded.limits, updated_at = excluded.updated_at,
+        workflow = excluded.workflow
 """
 _INSERT_CALL = """
     INSERT INTO calls (call_num, uuid, func_name, params, status, attempts, created_at, caller)
@@ -158,6 +209,7 @@ MAX_LIST = 1000
 
 _json = msgspec.json.Encoder()
 _limits = msgspec.json.Decoder(Limits)
+_step = msgspec.json.Decoder(Step)
 
 
 def _runtime(row: Sequence[Any]) -> Runtime:
@@ -182,6 +234,7 @@ def _function(row: Sequence[Any]) -> Function:
         limits=_limits.decode(row[5]),
         created_at=row[6],
         updated_at=row[7],
+        workflow=None if row[8] is None else _step.decode(row[8]),
     )
 
 
@@ -258,6 +311,12 @@ class Store:
         """Run ``fn`` on the connection's thread and give its result: one trip there,
         however many statements ``fn`` runs through this store's methods."""
         return await _on_thread(self._conn, fn, *args, **kwargs)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the store's extensions that run on its thread within its
+        transactions (services/workflows/checkpoint.py)."""
+        return self._db
 
     # ---- transactions
 
@@ -385,6 +444,7 @@ class Store:
                 _json.encode(stored.limits).decode(),
                 stored.created_at,
                 stored.updated_at,
+                None if stored.workflow is None else _json.encode(stored.workflow).decode(),
             ),
         )
         return stored, row is None

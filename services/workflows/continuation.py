@@ -12,11 +12,25 @@ name, so whatever sends it twice makes one call.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import structlog
 
-from services.common.models import NextStep, Step
+from services.common.db_client import DbClient
+from services.common.db_protocol import FinishInstance
+from services.common.errors import NotFound
+from services.common.models import (
+    Call,
+    CallUpdate,
+    FanInSlot,
+    NextInstance,
+    NextStep,
+    Session,
+    Step,
+)
+from services.common.tasks import retrying
 
 from .expressions import Expression, ExpressionError, Modifier, variables_of
 from .payload import (
@@ -29,6 +43,8 @@ from .payload import (
     make,
     size,
 )
+
+log = structlog.get_logger()
 
 _NAMESPACE = uuid.UUID("6f1d2a9e-2b9c-4c57-9a39-0c6f0a0e5e11")
 
@@ -46,26 +62,8 @@ class Instance(msgspec.Struct, frozen=True):
     fan_out: FanOut | None
 
 
-class NextCall(msgspec.Struct, frozen=True, rename="camel"):
-    """A next instance to create: its call's uuid, function and params (the payload)."""
-
-    instance: str
-    uuid: str
-    func_name: str
-    params: bytes
-
-
-class FanInSlot(msgspec.Struct, frozen=True, rename="camel"):
-    """This instance's slot in a fan-in's set; the one that fills the set creates the
-    fan-in's call, whose params are ``meta`` with the sources' outputs as its Data."""
-
-    target: NextCall  # params: the payload without its Data
-    slot: int  # this instance's place among the fan-in's Values, as they expand
-    size: int
-
-
 class Plan(msgspec.Struct, frozen=True):
-    calls: list[NextCall] = []
+    calls: list[NextInstance] = []
     fan_ins: list[FanInSlot] = []
 
     @property
@@ -99,9 +97,9 @@ def instance_of(step: Step, params: bytes) -> Instance | None:
 _encode = msgspec.json.Encoder().encode
 
 
-def _next_call(step: Step, nxt: NextStep, session: str, payload: dict[str, Any]) -> NextCall:
+def _next_call(step: Step, nxt: NextStep, session: str, payload: dict[str, Any]) -> NextInstance:
     name = instance_name(nxt.name, payload.get("Fan-out"))
-    return NextCall(
+    return NextInstance(
         instance=name,
         uuid=call_uuid(session, name),
         func_name=f"{step.app}.{nxt.name}",
@@ -123,7 +121,7 @@ def _plan(step: Step, instance: Instance, output: Any) -> Plan:
     post = apply_modifiers(own, [Modifier(m) for m in step.modifiers])
     scalars = sum(1 for n in step.next if n.input_type == "Scalar") if step.parallel else 0
     session = instance.session
-    calls: list[NextCall] = []
+    calls: list[NextInstance] = []
     fan_ins: list[FanInSlot] = []
     branch = 0
     for nxt in step.next:
@@ -161,5 +159,101 @@ def _plan(step: Step, instance: Instance, output: Any) -> Plan:
             if post:
                 meta["Fan-out"] = post
             target = _next_call(step, nxt, session, meta)
-            fan_ins.append(FanInSlot(target, sources.index(me), len(sources)))
+            fan_ins.append(FanInSlot(target=target, slot=sources.index(me), size=len(sources)))
     return Plan(calls, fan_ins)
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    """What the worker does with a step's call before it runs: run it, or report this
+    outcome without running (its checkpoint exists, or its session is over)."""
+
+    run: bool
+    status: str = "DONE"
+    result: bytes | None = None
+    error: str | None = None
+
+
+RUN = Verdict(run=True)
+DEADLINE = 120.0  # seconds a step's db request is tried again (a db restart)
+
+
+class Continuations:
+    """The worker's share of the workflows: it looks before a step runs, and right after
+    the step returns it writes the checkpoint and sends on (one db request), then hands
+    the calls it made to the api to place. Nothing else takes part in a session."""
+
+    def __init__(
+        self,
+        db: DbClient,
+        place: Callable[[list[Call]], None],
+        ended: Callable[[Session], None],
+    ) -> None:
+        self._db = db
+        self._place = place
+        self._ended = ended
+
+    async def before(self, step: Step, call: Call) -> Verdict:
+        """Before a step's call runs: found checkpointed, it re-sends what its checkpoint
+        sent (still PENDING) and does not run; a session that ended runs nothing more."""
+        try:
+            instance = instance_of(step, call.params)
+        except ContinuationError as exc:
+            return Verdict(run=False, status="ERROR", error=str(exc))
+        if instance is None:
+            return RUN  # invoked on its own, outside a session: a plain call
+        try:
+            state = await retrying(
+                lambda: self._db.look_up_instance(instance.session, instance.name),
+                DEADLINE,
+                "look up instance",
+            )
+        except NotFound as exc:
+            return Verdict(run=False, status="ERROR", error=exc.message)
+        if state.status != "RUNNING":
+            return Verdict(
+                run=False,
+                status="ERROR",
+                error=f"not run: session {instance.session} is {state.status}",
+            )
+        if state.checkpoint is None:
+            return RUN
+        log.info("workflow.checkpointed", session=instance.session, instance=instance.name)
+        if state.sent:
+            self._place(state.sent)
+        return Verdict(run=False, result=state.checkpoint)
+
+    async def after(self, step: Step, final: Call, update: CallUpdate) -> Call | None:
+        """Right after the step returned: checkpoint and continuations in one db request;
+        the call as stored, or None if the call is not a session's (a plain call)."""
+        try:
+            instance = instance_of(step, final.params)
+        except ContinuationError:
+            instance = None  # ``before`` failed it: nothing to send on
+        if instance is None:
+            return None
+        sent = Plan()
+        if update.status == "DONE":
+            try:
+                output = msgspec.json.decode(update.result) if update.result else None
+                sent = plan(step, instance, output)
+            except (ContinuationError, msgspec.DecodeError) as exc:
+                update = msgspec.structs.replace(
+                    update, status="ERROR", result=None, error=f"after {step.name}: {exc}"
+                )
+        request = FinishInstance(
+            session=instance.session,
+            instance=instance.name,
+            update=update,
+            calls=sent.calls,
+            fan_ins=sent.fan_ins,
+        )
+        reply = await retrying(
+            lambda: self._db.finish_instance(request), DEADLINE, "finish instance"
+        )
+        if reply.sent:
+            self._place(reply.sent)
+        if reply.session.status != "RUNNING":
+            self._ended(reply.session)
+        if not reply.won:
+            log.info("workflow.duplicate", session=instance.session, instance=instance.name)
+        return reply.call

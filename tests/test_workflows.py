@@ -1,0 +1,213 @@
+"""Workflow apps in the unum style on a real cluster: deploy, sessions, semantics, and
+exactly one result per instance (services/workflows, docs/WORKFLOWS.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from fum_cli.local import LocalCluster
+
+from .conftest import start_cluster
+from .support import Api
+from .workflows import DATA, IDENTITY, Apps, app_archive, pack
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = start_cluster(tmp_path_factory, env={"FUM_SWEEP_INTERVAL": "1"})
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+async def apps(cluster: LocalCluster) -> AsyncIterator[Apps]:
+    async with aiohttp.ClientSession(cluster.url) as session:
+        yield Apps(Api(session))
+
+
+async def test_the_appstore_hello_bye_branches(apps: Apps) -> None:
+    created = await apps.deployed("hellobye", pack(DATA / "hello-bye"))
+    assert created["start"] == "Start"
+    assert created["functions"] == [f"hellobye.{n}" for n in ("Bye", "Hello", "Start", "World")]
+    for word, expected in (("hello", "Hello world!"), ("bye", "Bye world!")):
+        done = await apps.finished("hellobye", {"Data": {"Source": "http", "Value": word}})
+        assert (done["status"], done["result"]) == ("DONE", expected), done
+        names = [i["name"] for i in done["instances"]]
+        branch = "Hello-unumIndex-0" if word == "hello" else "Bye-unumIndex-1"
+        assert names == ["Start", branch, f"World-unumIndex-{branch[-1]}"]
+        assert all(i["status"] == "DONE" for i in done["instances"])
+
+
+BRANCH = {
+    "Start": (
+        {
+            "Start": True,
+            "Next": [
+                {"Name": "Left1", "Conditional": "$ret == 'left'"},
+                {"Name": "Right1", "Conditional": "$ret == 'right'"},
+            ],
+            "NextInput": "Scalar",
+        },
+        "def lambda_handler(event, context):\n    return event['go']\n",
+    ),
+    "Left1": ({"Next": {"Name": "Left2"}}, "def lambda_handler(e, c):\n    return e + '>L1'\n"),
+    "Left2": ({}, "def lambda_handler(e, c):\n    return e + '>L2'\n"),
+    "Right1": ({"Next": {"Name": "Right2"}}, "def lambda_handler(e, c):\n    return e + '>R1'\n"),
+    "Right2": ({}, "def lambda_handler(e, c):\n    return [e + '>R2', c.function_name]\n"),
+}
+
+
+async def test_a_branch_picks_one_of_two_chains(apps: Apps) -> None:
+    await apps.deployed("branch", app_archive(BRANCH))
+    left = await apps.finished("branch", {"go": "left"})  # a bare value is the Value
+    assert (left["status"], left["result"]) == ("DONE", "left>L1>L2")
+    assert [i["name"] for i in left["instances"]] == [
+        "Start",
+        "Left1-unumIndex-0",
+        "Left2-unumIndex-0",
+    ]
+    right = await apps.finished("branch", {"Data": {"Source": "http", "Value": {"go": "right"}}})
+    assert right["result"] == ["right>R1>R2", "branch.Right2"]  # context.function_name
+    nowhere = await apps.finished("branch", {"go": "up"})  # no Conditional holds: Start ends it
+    assert (nowhere["status"], nowhere["result"]) == ("DONE", "up")
+
+
+LOOP = {
+    "Step": (
+        {
+            "Start": True,
+            "Next": {"Name": "Step", "InputType": "Scalar", "Conditional": "$0 < $size-1"},
+            "Next Payload Modifiers": ["$0=$0+1"],
+        },
+        "def lambda_handler(event, context):\n    return event + [len(event)]\n",
+    )
+}
+
+
+async def test_a_self_loop_of_ten_steps(apps: Apps) -> None:
+    await apps.deployed("loop", app_archive(LOOP))
+    event = {
+        "Data": {"Source": "http", "Value": []},
+        "Fan-out": {"Type": "Map", "Index": 0, "Size": 10},
+    }
+    done = await apps.finished("loop", event)
+    assert (done["status"], done["result"]) == ("DONE", list(range(10)))
+    assert [i["name"] for i in done["instances"]] == [f"Step-unumIndex-{i}" for i in range(10)]
+    assert [i["ends"] for i in done["instances"]] == [False] * 9 + [True]
+
+
+FAILING = {
+    "First": ({"Start": True, "Next": {"Name": "Boom"}}, IDENTITY),
+    "Boom": (
+        {"Next": {"Name": "Never"}},
+        "def lambda_handler(event, context):\n    raise ValueError('no ' + str(event))\n",
+    ),
+    "Never": ({}, IDENTITY),
+}
+
+
+async def test_a_step_that_raises_ends_the_session_error_naming_it(apps: Apps) -> None:
+    await apps.deployed("failing", app_archive(FAILING))
+    done = await apps.finished("failing", "luck")
+    assert done["status"] == "ERROR"
+    assert done["error"].startswith("Boom (call ") and "ValueError: no luck" in done["error"]
+    assert [(i["name"], i["status"]) for i in done["instances"]] == [
+        ("First", "DONE"),
+        ("Boom", "ERROR"),
+    ]
+
+
+async def test_non_blocking_start_listing_and_cancel(apps: Apps) -> None:
+    slow = {
+        "Wait": (
+            {
+                "Start": True,
+                "Next": {"Name": "Wait", "Conditional": "$0 < $size-1"},
+                "Next Payload Modifiers": ["$0=$0+1"],
+            },
+            "import time\n\ndef lambda_handler(event, context):\n"
+            "    time.sleep(0.3)\n    return event\n",
+        )
+    }
+    await apps.deployed("slow", app_archive(slow))
+    event = {"Data": {"Value": 1}, "Fan-out": {"Type": "Map", "Index": 0, "Size": 1000}}
+    status, started = await apps.run("slow", event, blocking=False)
+    assert (status, started["status"]) == (202, "RUNNING"), started
+    status, listed = await apps.api.request("GET", "/v1/apps/slow/sessions")
+    assert status == 200 and started["id"] in [s["id"] for s in listed["items"]]
+    status, cancelled = await apps.api.request("DELETE", f"/v1/apps/slow/sessions/{started['id']}")
+    assert (status, cancelled["status"]) == (200, "CANCELLED"), cancelled
+    # the step running when it was cancelled ends, and sends nothing on
+    deadline = time.monotonic() + 30
+    while True:
+        final = await apps.session("slow", started["id"])
+        if all(i["status"] in ("DONE", "ERROR") for i in final["instances"]):
+            break
+        assert time.monotonic() < deadline, final
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # nothing more comes: the count stays
+    again = await apps.session("slow", started["id"])
+    assert len(again["instances"]) == len(final["instances"]) < 10
+    assert again["status"] == "CANCELLED"
+    status, _ = await apps.api.request("GET", f"/v1/apps/branch/sessions/{started['id']}")
+    assert status == 404  # a session of another app
+
+
+@pytest.mark.parametrize(
+    ("functions", "field"),
+    [
+        ({"A": ({"Start": True}, IDENTITY), "B": ({"Start": True}, IDENTITY)}, "Start"),
+        (
+            {"A": ({"Start": True, "Next": {"Name": "Ghost"}}, IDENTITY)},
+            "a/unum_config.json: Next.Name",
+        ),
+        (
+            {"A": ({"Start": True, "Next": {"Name": "A", "Conditional": "$ret = 'x'"}}, IDENTITY)},
+            "a/unum_config.json: Next.Conditional",
+        ),
+    ],
+)
+async def test_bad_apps_are_refused_and_nothing_is_stored(
+    apps: Apps, functions: dict[str, tuple[dict[str, object], str]], field: str
+) -> None:
+    _, before = await apps.api.request("GET", "/v1/functions")
+    status, body = await apps.deploy("bad", app_archive(functions))
+    assert status == 400 and field in body["error"]["message"], body
+    _, after = await apps.api.request("GET", "/v1/functions")
+    assert after == before
+    status, _ = await apps.run("bad", 1)
+    assert status == 404
+
+
+async def test_an_app_without_app_py_is_refused(apps: Apps) -> None:
+    archive = app_archive({"A": ({"Start": True}, IDENTITY)})
+    buf = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(archive)) as src,
+        tarfile.open(fileobj=buf, mode="w:gz") as dst,
+    ):
+        for member in src.getmembers():
+            if member.name != "a/app.py":
+                dst.addfile(member, src.extractfile(member))
+    status, body = await apps.deploy("noapp", buf.getvalue())
+    assert status == 400 and "a/app.py: missing" in body["error"]["message"], body
+    status, body = await apps.api.request(
+        "PUT",
+        "/v1/apps/noapp",
+        data=b"not an archive",
+        headers={"Content-Type": "application/gzip"},
+    )
+    assert status == 400, body
+    status, body = await apps.api.request(
+        "PUT", "/v1/apps/noapp", data=archive, headers={"Content-Type": "text/plain"}
+    )
+    assert status == 415, body
