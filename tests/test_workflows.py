@@ -211,3 +211,135 @@ async def test_an_app_without_app_py_is_refused(apps: Apps) -> None:
         "PUT", "/v1/apps/noapp", data=archive, headers={"Content-Type": "text/plain"}
     )
     assert status == 415, body
+
+
+MAP_SUM = {
+    "Split": (
+        {"Start": True, "Next": {"Name": "Square", "InputType": "Map"}},
+        "def lambda_handler(event, context):\n    return list(range(event))\n",
+    ),
+    "Square": (
+        {
+            "Next": {"Name": "Sum", "InputType": {"Fan-in": {"Values": ["Square-unumIndex-*"]}}},
+            "Next Payload Modifiers": ["Pop"],
+        },
+        "def lambda_handler(event, context):\n    return event * event\n",
+    ),
+    "Sum": ({}, "def lambda_handler(event, context):\n    return [sum(event), event[:3]]\n"),
+}
+
+
+async def test_a_map_of_100_with_a_fan_in_that_sums(apps: Apps) -> None:
+    await apps.deployed("mapsum", app_archive(MAP_SUM))
+    done = await apps.finished("mapsum", 100)
+    assert done["status"] == "DONE", done
+    assert done["result"] == [sum(i * i for i in range(100)), [0, 1, 4]]  # in Values order
+    names = [i["name"] for i in done["instances"]]
+    assert names[0] == "Split" and names[-1] == "Sum"
+    assert sorted(names[1:-1]) == sorted(f"Square-unumIndex-{i}" for i in range(100))
+    assert [i["ends"] for i in done["instances"]] == [False] * 101 + [True]
+
+
+PARALLEL = {
+    "Fork": (
+        {
+            "Start": True,
+            "Next": [{"Name": "Double"}, {"Name": "Negate"}, {"Name": "Describe"}],
+            "NextInput": "Scalar",
+        },
+        IDENTITY,
+    ),
+    **{
+        name: (
+            {
+                "Next": {
+                    "Name": "Join",
+                    "InputType": {
+                        "Fan-in": {
+                            "Values": [
+                                "Double-unumIndex-0",
+                                "Negate-unumIndex-1",
+                                "Describe-unumIndex-2",
+                            ]
+                        }
+                    },
+                },
+                "Next Payload Modifiers": ["Pop"],
+            },
+            f"def lambda_handler(event, context):\n    return {expr}\n",
+        )
+        for name, expr in (
+            ("Double", "event * 2"),
+            ("Negate", "-event"),
+            ("Describe", "f'{event} is ' + ('odd' if event % 2 else 'even')"),
+        )
+    },
+    "Join": ({}, IDENTITY),
+}
+
+
+async def test_a_parallel_fan_out_of_three_with_an_explicit_fan_in(apps: Apps) -> None:
+    await apps.deployed("parallel", app_archive(PARALLEL))
+    done = await apps.finished("parallel", 7)
+    assert (done["status"], done["result"]) == ("DONE", [14, -7, "7 is odd"]), done
+    names = sorted(i["name"] for i in done["instances"])
+    assert names == [
+        "Describe-unumIndex-2",
+        "Double-unumIndex-0",
+        "Fork",
+        "Join",
+        "Negate-unumIndex-1",
+    ]
+
+
+NESTED = {
+    "Rows": (
+        {"Start": True, "Next": {"Name": "Row", "InputType": "Map"}},
+        IDENTITY,  # a list of lists
+    ),
+    "Row": ({"Next": {"Name": "Cell", "InputType": "Map"}}, IDENTITY),
+    "Cell": (
+        {
+            "Next": {
+                "Name": "RowSum",
+                "InputType": {"Fan-in": {"Values": ["Cell-unumIndex-*.$1"]}},
+            },
+            "Next Payload Modifiers": ["Pop"],
+        },
+        "def lambda_handler(event, context):\n    return event * 10\n",
+    ),
+    "RowSum": (
+        {
+            "Next": {"Name": "Total", "InputType": {"Fan-in": {"Values": ["RowSum-unumIndex-*"]}}},
+            "Next Payload Modifiers": ["Pop"],
+        },
+        "def lambda_handler(event, context):\n    return sum(event)\n",
+    ),
+    "Total": ({}, IDENTITY),
+}
+
+
+async def test_a_nested_map_with_fan_ins(apps: Apps) -> None:
+    await apps.deployed("nested", app_archive(NESTED))
+    rows = [[1, 2, 3], [4], [5, 6]]
+    done = await apps.finished("nested", rows)
+    assert (done["status"], done["result"]) == ("DONE", [60, 40, 110]), done
+    names = {i["name"] for i in done["instances"]}
+    assert {"Cell-unumIndex-2.0", "Cell-unumIndex-0.1", "RowSum-unumIndex-2", "Total"} <= names
+    assert len(names) == 1 + 3 + 6 + 3 + 1
+
+
+async def test_the_appstore_map(apps: Apps) -> None:
+    await apps.deployed("map", pack(DATA / "map"))
+    event = {"Data": {"Source": "http", "Value": [1, 2, 3, 4, 5]}}  # its events/event.json
+    done = await apps.finished("map", event)
+    # Summary gets the F1 outputs in the order of the input array, and returns them
+    assert (done["status"], done["result"]) == ("DONE", [1, 2, 3, 4, 5]), done
+    assert len(done["instances"]) == 7
+
+
+async def test_a_map_over_a_value_that_is_no_list_ends_error(apps: Apps) -> None:
+    await apps.deployed("mapsum", app_archive(MAP_SUM))
+    status, done = await apps.run("mapsum", "three")
+    assert (status, done["status"]) == (200, "ERROR"), done
+    assert done["error"].startswith("Split (call "), done

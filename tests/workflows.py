@@ -86,9 +86,12 @@ class Apps:
         """Run a session to its end: its view."""
         status, body = await self.run(name, event, timeout=timeout)
         assert status in (200, 202), body
+        return body if body["status"] != "RUNNING" else await self.ended(name, body["id"])
+
+    async def ended(self, name: str, session: str, timeout: float = 60.0) -> Any:
+        """Wait for a session to end: its view."""
         deadline = time.monotonic() + timeout
-        while body["status"] == "RUNNING":
+        while (body := await self.session(name, session))["status"] == "RUNNING":
             assert time.monotonic() < deadline, f"session still running: {body}"
             await asyncio.sleep(0.05)
-            body = await self.session(name, body["id"])
         return body
