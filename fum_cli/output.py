@@ -22,6 +22,7 @@ STATUS_STYLE = {
     "DONE": "green",
     "ERROR": "red",
     "TIMEOUT": "magenta",
+    "CANCELLED": "magenta",
 }
 
 

@@ -16,12 +16,14 @@ from urllib.parse import quote
 import msgspec
 
 from .models import (
+    App,
     Call,
     CallPage,
     Function,
     Health,
     Node,
     Runtime,
+    Session,
     WaitResult,
     _CallNums,
     _Items,
@@ -306,3 +308,47 @@ def get_call_logs(call_num: int) -> Req[str]:
 
 def list_nodes() -> Req[list[Node]]:
     return Req("GET", "/v1/nodes", _items(Node))
+
+
+# ---- workflow apps and sessions
+
+
+def put_app(name: str, archive: bytes) -> Req[App]:
+    return Req(
+        "PUT",
+        f"/v1/apps/{_name(name)}",
+        _typed(App),
+        body=archive,
+        content_type="application/gzip" if archive[:2] == b"\x1f\x8b" else "application/zip",
+    )
+
+
+def start_session(name: str, event: bytes, blocking: bool, timeout: float | None) -> Req[Session]:
+    query = {"blocking": "true" if blocking else "false"}
+    if blocking and timeout is not None:
+        query["timeout"] = f"{timeout:g}"
+    return Req(
+        "POST",
+        f"/v1/apps/{_name(name)}/sessions",
+        _typed(Session),
+        query=query,
+        body=event,
+        content_type="application/json",
+        timeout=timeout if blocking else None,
+        idempotent=False,
+    )
+
+
+def get_session(name: str | None, session: str) -> Req[Session]:
+    if name is None:
+        return Req("GET", f"/v1/sessions/{_name(session)}", _typed(Session))
+    return Req("GET", f"/v1/apps/{_name(name)}/sessions/{_name(session)}", _typed(Session))
+
+
+def list_sessions(name: str, limit: int) -> Req[list[Session]]:
+    query = {"limit": str(limit)}
+    return Req("GET", f"/v1/apps/{_name(name)}/sessions", _items(Session), query=query)
+
+
+def cancel_session(name: str, session: str) -> Req[Session]:
+    return Req("DELETE", f"/v1/apps/{_name(name)}/sessions/{_name(session)}", _typed(Session))

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import tarfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+from typer.testing import CliRunner, Result
 
 from fum_cli.local import LocalCluster
+from fum_cli.main import app as cli
 
 from .conftest import start_cluster
 from .support import Api
@@ -343,3 +347,35 @@ async def test_a_map_over_a_value_that_is_no_list_ends_error(apps: Apps) -> None
     status, done = await apps.run("mapsum", "three")
     assert (status, done["status"]) == (200, "ERROR"), done
     assert done["error"].startswith("Split (call "), done
+
+
+def fum(cluster: LocalCluster, tmp_path: Path, *args: str) -> Result:
+    """``fum ARGS`` in-process (typer's runner), against the module's cluster."""
+    env = {"FUM_API_URL": cluster.url, "FUM_CONFIG": str(tmp_path / "c.toml"), "FUM_API_KEY": ""}
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+async def test_the_cli_deploys_runs_lists_and_shows(cluster: LocalCluster, tmp_path: Path) -> None:
+    def ok(*args: str) -> Result:
+        result = fum(cluster, tmp_path, *args)
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        return result
+
+    # the CLI is synchronous: in a thread, so this loop's cluster clients stay served
+    deployed = await asyncio.to_thread(ok, "app", "deploy", str(DATA / "hello-bye"), "--json")
+    assert json.loads(deployed.stdout)["name"] == "hello-bye"
+    run = await asyncio.to_thread(ok, "app", "run", "hello-bye", '{"Data": {"Value": "hello"}}')
+    assert json.loads(run.stdout) == "Hello world!"
+    started = await asyncio.to_thread(ok, "app", "run", "hello-bye", '"bye"', "--async")
+    session = started.stdout.strip()
+    shown = await asyncio.to_thread(ok, "app", "session", session, "--watch")
+    assert "World: 1 instances" in shown.stdout and "Bye world!" in shown.stdout
+    listed = await asyncio.to_thread(ok, "app", "sessions", "hello-bye", "--json")
+    assert session in [s["id"] for s in json.loads(listed.stdout)]
+    (tmp_path / "empty" / "f").mkdir(parents=True)
+    (tmp_path / "empty" / "f" / "app.py").write_text(IDENTITY)
+    bad = await asyncio.to_thread(fum, cluster, tmp_path, "app", "deploy", str(tmp_path / "empty"))
+    assert bad.exit_code == 1 and "unum-template.yaml" in bad.stderr
+    await asyncio.to_thread(ok, "app", "deploy", str(DATA / "map"), "--name", "m")
+    failing = await asyncio.to_thread(fum, cluster, tmp_path, "app", "run", "m", '"not a list"')
+    assert failing.exit_code == 1 and "ended ERROR: UnumMap0" in failing.stderr

@@ -216,6 +216,13 @@ ROUTES: tuple[Route, ...] = (
         responses=(200, 404),
     ),
     Route(
+        "GET",
+        "/v1/sessions/{id}",
+        workflows.get_any_session,
+        "A session by its id, whatever its app",
+        responses=(200, 404),
+    ),
+    Route(
         "DELETE",
         "/v1/apps/{name}/sessions/{id}",
         workflows.cancel_session,
