@@ -222,20 +222,27 @@ def get_package(sha256: str) -> Req[bytes]:
 # ---- calls
 
 
-def invoke(name: str, params: bytes, blocking: bool, timeout: float | None) -> Req[Call]:
+def _blocking(
+    path: str, read: Callable[[int, bytes], T], body: bytes, blocking: bool, timeout: float | None
+) -> Req[T]:
+    """A POST that may wait for its end (``?blocking``, ``?timeout``): not sent twice."""
     query = {"blocking": "true" if blocking else "false"}
     if blocking and timeout is not None:
         query["timeout"] = f"{timeout:g}"
     return Req(
         "POST",
-        f"/v1/functions/{_name(name)}/invoke",
-        _typed(Call),
+        path,
+        read,
         query=query,
-        body=params,
+        body=body,
         content_type="application/json",
         timeout=timeout if blocking else None,
         idempotent=False,
     )
+
+
+def invoke(name: str, params: bytes, blocking: bool, timeout: float | None) -> Req[Call]:
+    return _blocking(f"/v1/functions/{_name(name)}/invoke", _typed(Call), params, blocking, timeout)
 
 
 def create_calls(calls: Sequence[tuple[str, bytes]]) -> Req[list[int]]:
@@ -324,19 +331,8 @@ def put_app(name: str, archive: bytes) -> Req[App]:
 
 
 def start_session(name: str, event: bytes, blocking: bool, timeout: float | None) -> Req[Session]:
-    query = {"blocking": "true" if blocking else "false"}
-    if blocking and timeout is not None:
-        query["timeout"] = f"{timeout:g}"
-    return Req(
-        "POST",
-        f"/v1/apps/{_name(name)}/sessions",
-        _typed(Session),
-        query=query,
-        body=event,
-        content_type="application/json",
-        timeout=timeout if blocking else None,
-        idempotent=False,
-    )
+    path = f"/v1/apps/{_name(name)}/sessions"
+    return _blocking(path, _typed(Session), event, blocking, timeout)
 
 
 def get_session(name: str | None, session: str) -> Req[Session]:

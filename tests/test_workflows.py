@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -19,8 +18,7 @@ from fum_cli.local import LocalCluster
 from fum_cli.main import app as cli
 
 from .conftest import start_cluster
-from .support import Api
-from .workflows import DATA, IDENTITY, Apps, app_archive, pack
+from .workflows import DATA, IDENTITY, Apps, app_archive, apps_of, pack
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +32,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 async def apps(cluster: LocalCluster) -> AsyncIterator[Apps]:
-    async with aiohttp.ClientSession(cluster.url) as session:
-        yield Apps(Api(session))
+    async with apps_of(cluster) as client:
+        yield client
 
 
 async def test_the_appstore_hello_bye_branches(apps: Apps) -> None:

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import aiohttp
 import pytest
 import zmq.asyncio
 
@@ -20,8 +19,7 @@ from services.common.db_client import DbClient
 from services.common.models import NewCall
 
 from .conftest import start_cluster
-from .support import Api
-from .workflows import Apps, app_archive
+from .workflows import Apps, app_archive, apps_of
 
 # Every step prints a line: a step's call logs say whether the step ran in it.
 MAP = {
@@ -63,8 +61,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 async def apps(cluster: LocalCluster) -> AsyncIterator[Apps]:
-    async with aiohttp.ClientSession(cluster.url) as session:
-        yield Apps(Api(session))
+    async with apps_of(cluster) as client:
+        yield client
 
 
 def checkpoints(cluster: LocalCluster, session: str) -> list[str]:

@@ -4,13 +4,19 @@ of the apps routes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import tarfile
 import textwrap
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+
+from fum_cli.local import LocalCluster
 
 from .support import Api
 
@@ -52,6 +58,13 @@ def app_archive(functions: dict[str, tuple[dict[str, Any], str]], **globals_: An
 
 
 IDENTITY = "def lambda_handler(event, context):\n    return event\n"
+
+
+@contextlib.asynccontextmanager
+async def apps_of(cluster: LocalCluster) -> AsyncIterator[Apps]:
+    """An ``Apps`` client of the cluster, closed on leaving."""
+    async with aiohttp.ClientSession(cluster.url) as session:
+        yield Apps(Api(session))
 
 
 class Apps:
