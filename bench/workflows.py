@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/workflows.py [--steps 10] [--items 1000] [--rounds 3]
 
-Starts a local cluster (process driver, ``function`` preload), deploys two unum apps and
+Starts a local cluster (process driver, ``function`` preload, room for every function's
+sandboxes: Work on up to ``--work-sandboxes``), deploys two unum apps and
 measures, in rounds that take turns so that both sides see the same machine:
 
 - a chain: a self-loop of ``steps`` steps (``$0 < $size-1``, ``$0=$0+1``) as one
@@ -127,10 +128,13 @@ def client_map(api: Client, fexec: FunctionExecutor, items: int) -> float:
     return elapsed
 
 
-def measure(url: str, steps: int, items: int, rounds: int) -> dict[str, Any]:
+def measure(url: str, steps: int, items: int, rounds: int, work_sandboxes: int) -> dict[str, Any]:
     with Client(url, timeout=300) as api, FunctionExecutor(api_url=url) as fexec:
         api.deploy_app("chain", chain_app())
         api.deploy_app("mapped", map_app())
+        # Room for every function's sandboxes at once: none is evicted (and started cold
+        # again) for another's, on either side.
+        api.update_function("mapped.Work", max_containers=work_sandboxes)
         # warm-up: every function has run, on both paths
         session_chain(api, steps)
         client_chain(fexec, steps)
@@ -172,20 +176,21 @@ async def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sandboxes", type=int, default=4)
+    parser.add_argument("--work-sandboxes", type=int, default=4)
     args = parser.parse_args()
+    prewarm = 2  # of each of the four functions
     with tempfile.TemporaryDirectory() as folder:
         cluster = LocalCluster(
             Path(os.environ.get("BENCH_DIR") or folder),
             port=0,
             preload="function",
-            capacity=args.sandboxes,
-            env={"FUM_PREWARM": str(args.sandboxes)},
+            capacity=3 * prewarm + args.work_sandboxes,
+            env={"FUM_PREWARM": str(prewarm)},
         )
         cluster.start()
         try:
             result = await asyncio.to_thread(
-                measure, cluster.url, args.steps, args.items, args.rounds
+                measure, cluster.url, args.steps, args.items, args.rounds, args.work_sandboxes
             )
         finally:
             cluster.stop()

@@ -15,7 +15,7 @@ from services.common.errors import BadRequest
 from services.workflows.config import load_app
 from services.workflows.continuation import ContinuationError, Instance, instance_of, plan
 from services.workflows.expressions import Expression, ExpressionError, Modifier
-from services.workflows.payload import apply_modifiers, expand_names, instance_name
+from services.workflows.payload import apply_modifiers, expand_names, fan_in_slot, instance_name
 
 DATA = Path(__file__).parent / "data" / "unum"
 
@@ -223,3 +223,25 @@ def test_a_map_and_its_fan_in(tmp_path: Path) -> None:
     assert msgspec.json.decode(vote.target.params) == {"Session": "s"}
     with pytest.raises(ContinuationError, match="must return a list"):
         plan(steps["M"], Instance("s", "M", None), 5)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["F-unumIndex-*"],
+        ["C-unumIndex-*.$1"],
+        ["A-unumIndex-0", "B-unumIndex-1", "C-unumIndex-*"],
+        ["x-unumIndex-($0-1)", "F-unumIndex-*"],
+    ],
+)
+def test_a_sources_slot_is_its_place_among_the_expanded_names(values: list[str]) -> None:
+    for i in range(4):
+        fan_out = {"Type": "Map", "Index": i, "Size": 4, "OuterLoop": {"Index": 2, "Size": 3}}
+        names = expand_names(values, fan_out)
+        for slot, name in enumerate(names):
+            assert fan_in_slot(values, fan_out, name) in (
+                (slot, len(names)),
+                (names.index(name), len(names)),
+            )
+        assert fan_in_slot(values, fan_out, "G-unumIndex-0") is None
+        assert fan_in_slot(values, fan_out, "F-unumIndex-9") is None

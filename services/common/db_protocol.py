@@ -215,7 +215,7 @@ class InstanceState(Message, frozen=True):
 
 class InstanceFinished(Message, frozen=True):
     won: bool  # this run's output is the instance's result (False: another run's is)
-    call: Call  # the call as stored
+    call: Call | None  # the call as stored; None: as the update sent it
     sent: list[Call]  # the calls it sent on that are PENDING: for the api to place
     session: Session
 

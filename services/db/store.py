@@ -155,6 +155,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (session, target, slot)
         )
         """,
+        """
+        CREATE TABLE fan_ins (
+            session TEXT NOT NULL,
+            target TEXT NOT NULL,
+            filled INTEGER NOT NULL,
+            PRIMARY KEY (session, target)
+        )
+        """,
     ),
 )
 

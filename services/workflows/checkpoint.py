@@ -133,7 +133,7 @@ def finish_instance(store: Store, request: FinishInstance, keep: bool) -> Instan
             sent=_sent_pending(store, was_sent),
             session=session,
         )
-    store.update_calls([update])
+    (applied,) = store.update_calls([update])
     ends = not request.calls and not request.fan_ins
     opened = -db.execute(
         "UPDATE instances SET finished = 1, ends = ? WHERE session = ? AND name = ? "
@@ -141,7 +141,7 @@ def finish_instance(store: Store, request: FinishInstance, keep: bool) -> Instan
         (ends, request.session, request.instance),
     ).rowcount
     sent: list[Call] = []
-    if session.status == "RUNNING":
+    if session.status == "RUNNING" and not ends:
         sent, created = _send_on(store, request)
         opened += created
         db.execute(
@@ -156,7 +156,7 @@ def finish_instance(store: Store, request: FinishInstance, keep: bool) -> Instan
         session = _end(store, session, "DONE", keep)
     return InstanceFinished(
         won=True,
-        call=store.get_call(update.call_num),
+        call=None if applied else store.get_call(update.call_num),
         sent=[c for c in sent if c.status == "PENDING"],
         session=session,
     )
@@ -174,11 +174,14 @@ def _send_on(store: Store, request: FinishInstance) -> tuple[list[Call], int]:
             "ON CONFLICT DO NOTHING",
             (request.session, target.instance, fan_in.slot, request.instance),
         ).rowcount
+        if not taken:
+            continue
         (filled,) = db.execute(
-            "SELECT COUNT(*) FROM fan_in_slots WHERE session = ? AND target = ?",
+            "INSERT INTO fan_ins (session, target, filled) VALUES (?, ?, 1) "
+            "ON CONFLICT DO UPDATE SET filled = filled + 1 RETURNING filled",
             (request.session, target.instance),
         ).fetchone()
-        if taken and filled == fan_in.size:  # this step completed the set: it alone sends
+        if filled == fan_in.size:  # this step completed the set: it alone sends
             nexts.append(
                 msgspec.structs.replace(
                     target,
@@ -252,7 +255,7 @@ def _end(
             CallUpdate(
                 call_num=num,
                 status="ERROR",
-                error=f"not run: session {session.id} ended {status}",
+                error=f"session {session.id} ended {status} before this instance did",
                 finished_at=finished_at,
             )
             for num in pending
@@ -261,6 +264,7 @@ def _end(
     if not keep:
         db.execute("DELETE FROM checkpoints WHERE session = ?", (session.id,))
         db.execute("DELETE FROM fan_in_slots WHERE session = ?", (session.id,))
+        db.execute("DELETE FROM fan_ins WHERE session = ?", (session.id,))
     return msgspec.structs.replace(
         session, status=status, result=result, error=error, finished_at=finished_at
     )

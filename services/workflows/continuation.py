@@ -37,7 +37,7 @@ from .payload import (
     FanOut,
     apply_modifiers,
     check_fan_out,
-    expand_names,
+    fan_in_slot,
     indexes,
     instance_name,
     make,
@@ -149,17 +149,18 @@ def _plan(step: Step, instance: Instance, output: Any) -> Plan:
                     fan_out["OuterLoop"] = post
                 calls.append(_next_call(step, nxt, session, make(item, session, fan_out)))
         else:
-            sources = expand_names(nxt.values, own)
             me = instance_name(step.name, own)
-            if me not in sources:
+            place = fan_in_slot(nxt.values, own, me)
+            if place is None:
                 raise ContinuationError(
-                    f"{me} feeds the fan-in {nxt.name}, whose Values do not name it: {sources}"
+                    f"{me} feeds the fan-in {nxt.name}, whose Values do not name it: "
+                    f"{', '.join(nxt.values)}"
                 )
             meta: dict[str, Any] = {"Session": session}
             if post:
                 meta["Fan-out"] = post
             target = _next_call(step, nxt, session, meta)
-            fan_ins.append(FanInSlot(target=target, slot=sources.index(me), size=len(sources)))
+            fan_ins.append(FanInSlot(target=target, slot=place[0], size=place[1]))
     return Plan(calls, fan_ins)
 
 
@@ -193,14 +194,21 @@ class Continuations:
         self._ended = ended
 
     async def before(self, step: Step, call: Call) -> Verdict:
-        """Before a step's call runs: found checkpointed, it re-sends what its checkpoint
-        sent (still PENDING) and does not run; a session that ended runs nothing more."""
+        """Before a step's call runs, if it may be a duplicate: found checkpointed, it
+        re-sends what its checkpoint sent (still PENDING) and does not run; a session that
+        ended runs nothing more."""
         try:
             instance = instance_of(step, call.params)
         except ContinuationError as exc:
             return Verdict(run=False, status="ERROR", error=str(exc))
         if instance is None:
             return RUN  # invoked on its own, outside a session: a plain call
+        if call.attempts <= 1 and call.uuid == call_uuid(instance.session, instance.name):
+            # The first dispatch of the instance's own call (the one call its uuid allows)
+            # cannot find a checkpoint: a run that wrote one finished this call in the same
+            # transaction, and a finished call is not dispatched again. Anything else may
+            # be a duplicate (dispatched again, or another call of the instance): it looks.
+            return RUN
         try:
             state = await retrying(
                 lambda: self._db.look_up_instance(instance.session, instance.name),
@@ -256,4 +264,8 @@ class Continuations:
             self._ended(reply.session)
         if not reply.won:
             log.info("workflow.duplicate", session=instance.session, instance=instance.name)
-        return reply.call
+        if reply.call is not None:
+            return reply.call
+        return msgspec.structs.replace(
+            final, status=update.status, result=update.result, error=update.error
+        )

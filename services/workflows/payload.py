@@ -122,13 +122,45 @@ def expand_names(values: list[str], fan_out: FanOut | None) -> list[str]:
     for value in values:
         name = _substituted(value, found)
         if "*" in name:
-            count = size(fan_out)
-            if count is None:
-                raise ExpressionError(f"{value!r}: * needs a fan-out")
-            names.extend(name.replace("*", str(i)) for i in range(count))
+            names.extend(name.replace("*", str(i)) for i in range(_glob_size(value, fan_out)))
         else:
             names.append(name)
     return names
+
+
+def _glob_size(value: str, fan_out: FanOut | None) -> int:
+    count = size(fan_out)
+    if count is None:
+        raise ExpressionError(f"{value!r}: * needs a fan-out")
+    return count
+
+
+def fan_in_slot(values: list[str], fan_out: FanOut | None, me: str) -> tuple[int, int] | None:
+    """Where instance ``me`` stands among the names ``values`` expand to, and how many
+    there are (``expand_names`` without writing every name: a source of a map of n
+    items would write n names, n times over); None if it is not among them."""
+    found = indexes(fan_out)
+    slot, total = None, 0
+    for value in values:
+        name = _substituted(value, found)
+        if "*" not in name:
+            if name == me:
+                slot = total
+            total += 1
+            continue
+        count = _glob_size(value, fan_out)
+        head, _, tail = name.partition("*")
+        middle = me[len(head) : len(me) - len(tail)] if len(me) > len(head) + len(tail) else ""
+        if (
+            me.startswith(head)
+            and me.endswith(tail)
+            and middle.isdigit()
+            and int(middle) < count
+            and name.replace("*", middle) == me
+        ):
+            slot = total + int(middle)
+        total += count
+    return None if slot is None else (slot, total)
 
 
 def check_name_pattern(value: Any) -> None:
