@@ -31,6 +31,7 @@ from .db_protocol import (
     DeleteRuntime,
     FindCalls,
     FinishInstance,
+    FinishInstances,
     FunctionList,
     FunctionReply,
     GetCall,
@@ -40,6 +41,7 @@ from .db_protocol import (
     GetRuntime,
     GetSession,
     InstanceFinished,
+    InstancesFinished,
     InstanceState,
     ListCalls,
     ListFunctions,
@@ -171,6 +173,10 @@ class DbClient:
         # Results are written after their client was answered (docs/SCHEDULING.md): their
         # batches may wait for the one in flight, and grow under load.
         self._updates = _Coalescer[CallUpdate, bool]("update calls", self.update_calls, in_flight=1)
+        # Steps that return together go in one message (services/workflows/checkpoint.py).
+        self._finishes = _Coalescer[FinishInstance, InstanceFinished](
+            "finish instances", self.finish_instances
+        )
         self.requests_sent = 0
         self._closed = False
 
@@ -179,9 +185,11 @@ class DbClient:
         self._closed = True
         self._creates.close()
         self._updates.close()
+        self._finishes.close()
         await self._rpc.close()
         await self._creates.wait_sent()
         await self._updates.wait_sent()
+        await self._finishes.wait_sent()
 
     async def _request(
         self, message: Message, reply_type: type[M], deadline: float | None = None
@@ -292,7 +300,12 @@ class DbClient:
         return await self._request(request, InstanceState)
 
     async def finish_instance(self, request: FinishInstance) -> InstanceFinished:
-        return await self._request(request, InstanceFinished)
+        """One step's end, in one message with every other sent in this loop iteration."""
+        return await self._finishes.submit(request)
+
+    async def finish_instances(self, requests: list[FinishInstance]) -> list[InstanceFinished]:
+        reply = await self._request(FinishInstances(steps=requests), InstancesFinished)
+        return reply.steps
 
     async def get_session(self, session: str) -> SessionReply:
         return await self._request(GetSession(session=session), SessionReply)

@@ -117,14 +117,21 @@ class LookUpInstance(Message, frozen=True):
 
 
 class FinishInstance(Message, frozen=True):
-    """A step returned: in one transaction, its call's final state, its checkpoint (a
-    conditional insert) and, if it won the checkpoint, what it sends on."""
+    """A step returned: its call's final state, its checkpoint (a conditional insert)
+    and, if it won the checkpoint, what it sends on; all in the request's transaction."""
 
     session: str
     instance: str
     update: CallUpdate
     calls: list[NextInstance] = []
     fan_ins: list[FanInSlot] = []
+
+
+class FinishInstances(Message, frozen=True):
+    """The steps a worker saw return in one loop iteration (``DbClient.finish_instance``
+    coalesces them), each done as ``FinishInstance`` says."""
+
+    steps: list[FinishInstance]
 
 
 class GetSession(Message, frozen=True):
@@ -217,7 +224,12 @@ class InstanceFinished(Message, frozen=True):
     won: bool  # this run's output is the instance's result (False: another run's is)
     call: Call | None  # the call as stored; None: as the update sent it
     sent: list[Call]  # the calls it sent on that are PENDING: for the api to place
-    session: Session
+    session: Session | None  # None: no such session (``error`` says so)
+    error: str | None = None
+
+
+class InstancesFinished(Message, frozen=True):
+    steps: list[InstanceFinished]  # in the order of the request's
 
 
 class SessionReply(Message, frozen=True):
@@ -250,7 +262,7 @@ DB_PROTOCOL = Protocol(
     ListCalls,
     StartSession,
     LookUpInstance,
-    FinishInstance,
+    FinishInstances,
     GetSession,
     ListSessions,
     CancelSession,
@@ -268,7 +280,7 @@ DB_PROTOCOL = Protocol(
     CallList,
     SessionStarted,
     InstanceState,
-    InstanceFinished,
+    InstancesFinished,
     SessionReply,
     SessionList,
 )

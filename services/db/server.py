@@ -41,7 +41,7 @@ from services.common.db_protocol import (
     DeleteFunction,
     DeleteRuntime,
     FindCalls,
-    FinishInstance,
+    FinishInstances,
     FunctionList,
     FunctionReply,
     GetCall,
@@ -50,7 +50,7 @@ from services.common.db_protocol import (
     GetFunction,
     GetRuntime,
     GetSession,
-    InstanceFinished,
+    InstancesFinished,
     InstanceState,
     ListCalls,
     ListFunctions,
@@ -164,7 +164,7 @@ class DbServer:
             ListCalls: Handler(_one(self._list_calls), writes=False),
             StartSession: Handler(_one(self._start_session), writes=True),
             LookUpInstance: Handler(_one(self._look_up_instance), writes=False),
-            FinishInstance: Handler(_one(self._finish_instance), writes=True),
+            FinishInstances: Handler(_one(self._finish_instances), writes=True),
             GetSession: Handler(_one(self._get_session), writes=False),
             ListSessions: Handler(_one(self._list_sessions), writes=False),
             CancelSession: Handler(_one(self._cancel_session), writes=True),
@@ -424,9 +424,11 @@ class DbServer:
     def _look_up_instance(self, request: LookUpInstance) -> InstanceState:
         return checkpoint.look_up(self._store, request.session, request.instance)
 
-    def _finish_instance(self, request: FinishInstance) -> InstanceFinished:
-        check_status(request.update.status)
-        return checkpoint.finish_instance(self._store, request, self._keep_checkpoints)
+    def _finish_instances(self, request: FinishInstances) -> InstancesFinished:
+        for step in request.steps:
+            check_status(step.update.status)
+        steps = checkpoint.finish_instances(self._store, request.steps, self._keep_checkpoints)
+        return InstancesFinished(steps=steps)
 
     def _get_session(self, request: GetSession) -> SessionReply:
         return checkpoint.get_session(self._store, request.session)

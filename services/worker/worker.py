@@ -15,7 +15,7 @@ import zmq
 
 from services.common.curve import ClusterKeys
 from services.common.db_client import DbClient
-from services.common.errors import FumError, Unavailable, UnknownNode
+from services.common.errors import FumError, NotFound, Unavailable, UnknownNode
 from services.common.models import Call, CallUpdate, Function, NewCall, Session
 from services.common.node_protocol import (
     NODE_PROTOCOL,
@@ -278,6 +278,10 @@ class Worker:
         assert function.workflow is not None
         try:
             stored = await self.steps.after(function.workflow, final, update)
+        except NotFound as exc:  # its session is not in the db: a plain call's end, then
+            log.warning("worker.step_without_session", call=final.call_num, error=exc.message)
+            await self._report(final, update, early=False)
+            return
         except FumError as exc:
             # Left unfinished in the db: the api dispatches it again, and that run either
             # finds the checkpoint (if this request was done after all) or writes it.

@@ -101,6 +101,21 @@ def look_up(store: Store, session_id: str, instance: str) -> InstanceState:
     )
 
 
+def finish_instances(
+    store: Store, requests: list[FinishInstance], keep: bool
+) -> list[InstanceFinished]:
+    """Each step in turn; one whose session does not exist gets its error alone."""
+    finished = []
+    for request in requests:
+        try:
+            finished.append(finish_instance(store, request, keep))
+        except NotFound as exc:
+            finished.append(
+                InstanceFinished(won=False, call=None, sent=[], session=None, error=exc.message)
+            )
+    return finished
+
+
 def finish_instance(store: Store, request: FinishInstance, keep: bool) -> InstanceFinished:
     db = store.db
     session = get_session_row(db, request.session)

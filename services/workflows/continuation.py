@@ -32,7 +32,7 @@ from services.common.models import (
 )
 from services.common.tasks import retrying
 
-from .expressions import Expression, ExpressionError, Modifier, variables_of
+from .expressions import ExpressionError, parsed, parsed_modifier, variables_of
 from .payload import (
     FanOut,
     apply_modifiers,
@@ -118,7 +118,7 @@ def plan(step: Step, instance: Instance, output: Any) -> Plan:
 def _plan(step: Step, instance: Instance, output: Any) -> Plan:
     own = instance.fan_out
     env = variables_of(indexes(own), size(own), output)
-    post = apply_modifiers(own, [Modifier(m) for m in step.modifiers])
+    post = apply_modifiers(own, [parsed_modifier(m) for m in step.modifiers])
     scalars = sum(1 for n in step.next if n.input_type == "Scalar") if step.parallel else 0
     session = instance.session
     calls: list[NextInstance] = []
@@ -128,7 +128,7 @@ def _plan(step: Step, instance: Instance, output: Any) -> Plan:
         parallel_index = branch
         if nxt.input_type == "Scalar":
             branch += 1
-        if nxt.conditional is not None and not Expression(nxt.conditional).evaluate(env):
+        if nxt.conditional is not None and not parsed(nxt.conditional).evaluate(env):
             continue
         if nxt.input_type == "Scalar":
             fan_out = post
@@ -258,6 +258,8 @@ class Continuations:
         reply = await retrying(
             lambda: self._db.finish_instance(request), DEADLINE, "finish instance"
         )
+        if reply.session is None:
+            raise NotFound(reply.error or f"no session {instance.session!r}")
         if reply.sent:
             self._place(reply.sent)
         if reply.session.status != "RUNNING":

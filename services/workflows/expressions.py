@@ -10,6 +10,7 @@ innermost fan-out), comparisons, ``and``/``or``/``not`` and integer arithmetic.
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -164,6 +165,17 @@ class Modifier:
             raise ExpressionError(f"{text!r}: use Pop, $0=<expression> or $size=<expression>")
         self.target = target[1:]
         self.value = Expression(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def parsed(text: str) -> Expression:
+    """The expression of ``text``, parsed once per process (every step of a map asks)."""
+    return Expression(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def parsed_modifier(text: str) -> Modifier:
+    return Modifier(text)
 
 
 def check(text: Any, what: str) -> Expression:

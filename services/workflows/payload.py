@@ -17,7 +17,7 @@ import copy
 import re
 from typing import Any
 
-from .expressions import Expression, ExpressionError, Modifier
+from .expressions import ExpressionError, Modifier, parsed
 
 FanOut = dict[str, Any]
 
@@ -105,7 +105,7 @@ def _substituted(name: str, found: list[int]) -> str:
         return str(found[i])
 
     def arithmetic(match: re.Match[str]) -> str:
-        value = Expression(match.group(1)).evaluate({})
+        value = parsed(match.group(1)).evaluate({})
         if not isinstance(value, int):
             raise ExpressionError(f"{name!r}: ({match.group(1)}) is not an integer")
         return str(value)
