@@ -124,6 +124,8 @@ def test_expressions_are_a_small_safe_language() -> None:
     for bad in ["open('x')", "$ret.upper()", "[1][0]", "lambda: 1", "$ret ** 99999", "x"]:
         with pytest.raises(ExpressionError):
             Expression(bad)
+    with pytest.raises(ExpressionError, match="multiplies numbers"):
+        Expression("$ret * 1000000000000 == ''").evaluate({"ret": "a"})
 
 
 def test_modifiers_and_names() -> None:

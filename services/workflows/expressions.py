@@ -21,10 +21,21 @@ from services.common.errors import BadRequest
 _VARIABLE = re.compile(r"\$(ret|size|[0-9])")
 _NAMES = {"ret": "ret", "size": "size", **{str(i): f"i{i}" for i in range(10)}}
 
+
+def _multiply(a: Any, b: Any) -> Any:
+    # Numbers only: "x" * 10**12 would fill the worker's memory (a function's output is
+    # not trusted, and the worker evaluates its continuation).
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)):
+        raise ExpressionError(
+            f"* multiplies numbers, not {type(a).__name__} and {type(b).__name__}"
+        )
+    return a * b
+
+
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
+    ast.Mult: _multiply,
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
 }
