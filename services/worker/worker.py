@@ -219,7 +219,7 @@ class Worker:
             return
         log.info("worker.function_learned", function=function.name, call=call.call_num)
         self.pool.put_function(function)
-        await self._fetch_then_submit(message, function)
+        self._on_dispatch(message)  # known now: dispatched as any call of it (a step looks)
 
     async def _fetch_then_submit(self, message: Dispatch, function: Function) -> None:
         call = message.call
