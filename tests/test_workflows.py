@@ -377,3 +377,30 @@ async def test_the_cli_deploys_runs_lists_and_shows(cluster: LocalCluster, tmp_p
     await asyncio.to_thread(ok, "app", "deploy", str(DATA / "map"), "--name", "m")
     failing = await asyncio.to_thread(fum, cluster, tmp_path, "app", "run", "m", '"not a list"')
     assert failing.exit_code == 1 and "ended ERROR: UnumMap0" in failing.stderr
+
+
+PARTIAL = {
+    "Split": (
+        {"Start": True, "Next": {"Name": "Work", "InputType": "Map"}},
+        "def lambda_handler(event, context):\n    return [1, 0, 2]\n",
+    ),
+    "Work": (
+        {
+            "Next": {
+                "Name": "Sum",
+                "InputType": {"Fan-in": {"Values": ["Work-unumIndex-*"]}},
+                "Conditional": "$ret > 0",
+            },
+            "Next Payload Modifiers": ["Pop"],
+        },
+        IDENTITY,
+    ),
+    "Sum": ({}, "def lambda_handler(event, context):\n    return sum(event)\n"),
+}
+
+
+async def test_a_fan_in_that_can_never_fill_ends_the_session_error(apps: Apps) -> None:
+    await apps.deployed("partial", app_archive(PARTIAL))
+    done = await apps.finished("partial", None)
+    assert done["status"] == "ERROR", done
+    assert done["error"] == "fan-in Sum got 2 of its 3 inputs: the others never came", done

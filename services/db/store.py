@@ -160,6 +160,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             session TEXT NOT NULL,
             target TEXT NOT NULL,
             filled INTEGER NOT NULL,
+            size INTEGER NOT NULL,
             PRIMARY KEY (session, target)
         )
         """,

@@ -168,7 +168,16 @@ def finish_instance(store: Store, request: FinishInstance, keep: bool) -> Instan
         (opened, request.session),
     ).fetchone()
     if left <= 0 and session.status == "RUNNING":
-        session = _end(store, session, "DONE", keep)
+        short = db.execute(
+            "SELECT target, filled, size FROM fan_ins WHERE session = ? AND filled < size LIMIT 1",
+            (request.session,),
+        ).fetchone()
+        if short is None:
+            session = _end(store, session, "DONE", keep)
+        else:  # nothing left to run, and a fan-in still waits: it never will
+            target, filled, size = short
+            error = f"fan-in {target} got {filled} of its {size} inputs: the others never came"
+            session = _end(store, session, "ERROR", keep, error=error)
     return InstanceFinished(
         won=True,
         call=None if applied else store.get_call(update.call_num),
@@ -192,9 +201,9 @@ def _send_on(store: Store, request: FinishInstance) -> tuple[list[Call], int]:
         if not taken:
             continue
         (filled,) = db.execute(
-            "INSERT INTO fan_ins (session, target, filled) VALUES (?, ?, 1) "
+            "INSERT INTO fan_ins (session, target, filled, size) VALUES (?, ?, 1, ?) "
             "ON CONFLICT DO UPDATE SET filled = filled + 1 RETURNING filled",
-            (request.session, target.instance),
+            (request.session, target.instance, fan_in.size),
         ).fetchone()
         if filled == fan_in.size:  # this step completed the set: it alone sends
             nexts.append(
