@@ -68,9 +68,7 @@ def cpu_by_role(cluster: LocalCluster) -> dict[str, float]:
 
 def cpu_per_call(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, int]:
     """Microseconds of CPU per call, by role, between two ``cpu_by_role`` readings."""
-    per_call = {
-        role: round((after[role] - before.get(role, 0.0)) / calls * 1e6) for role in after
-    }
+    per_call = {role: round((after[role] - before.get(role, 0.0)) / calls * 1e6) for role in after}
     return {**per_call, "total": sum(per_call.values())}
 
 

@@ -14,18 +14,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.tree import Tree
 from typer.core import TyperGroup
 
 from fum_client import Client, FumError
 from fum_client.config import Settings, config_path, resolve, write_setting
-from fum_client.models import STATUSES, Call
+from fum_client.models import STATUSES, Call, Session, SessionInstance
 from fum_client.packaging import load_package
 from services.common.proc import python_module
 
@@ -42,6 +45,7 @@ from .output import (
     ms,
     out,
     print_json,
+    short_json,
     status_text,
     table,
 )
@@ -84,9 +88,11 @@ app = typer.Typer(
 runtime_app = typer.Typer(help="Runtimes: an image plus how to install and run a function.")
 fn_app = typer.Typer(help="Functions: packages of code bound to a runtime.")
 config_app = typer.Typer(help="The profile file: where the api is, which key to send.")
+app_app = typer.Typer(help="Workflow apps in the unum style, and their sessions.")
 app.add_typer(runtime_app, name="runtime", no_args_is_help=True)
 app.add_typer(fn_app, name="fn", no_args_is_help=True)
 app.add_typer(config_app, name="config", no_args_is_help=True)
+app.add_typer(app_app, name="app", no_args_is_help=True)
 app.add_typer(key_app, name="key", no_args_is_help=True)
 app.add_typer(keeper_app, name="keeper")
 app.add_typer(trigger_app, name="trigger", no_args_is_help=True)
@@ -926,6 +932,149 @@ def logs(
 
 
 # ------------------------------------------------------------------ config
+
+
+# ------------------------------------------------------------------ workflow apps
+
+
+@app_app.command("deploy")
+def app_deploy(
+    ctx: typer.Context,
+    source: Annotated[
+        Path,
+        typer.Argument(help="The app's folder (unum-template.yaml at its root), or a .tar.gz/.zip"),
+    ],
+    name: Annotated[str | None, typer.Option(help="App name (default: the folder's name)")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Deploy (or replace) an unum app: each function becomes <app>.<Function>."""
+    app_name = name or _name_of(source)
+    with errors():
+        deployed = client(ctx).deploy_app(app_name, source)
+    if json_:
+        print_json(deployed.to_dict())
+        return
+    out().print(
+        f"app [bold]{escape(deployed.name)}[/] deployed: start {escape(deployed.start)}, "
+        f"functions {escape(', '.join(deployed.functions))}"
+    )
+
+
+@app_app.command("run")
+def app_run(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="App name")],
+    data: Annotated[
+        str | None,
+        typer.Argument(help="The event as JSON: {Data: {Source, Value}, Fan-out}, or a bare value"),
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="The event from a JSON file ('-': stdin)")
+    ] = None,
+    async_: Annotated[
+        bool, typer.Option("--async", help="Do not wait: print the session id")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the end")] = 300.0,
+    json_: Annotated[bool, typer.Option("--json", help="Print the whole session as JSON")] = False,
+) -> None:
+    """Start a session and print its result (or, with --async, its id).
+
+    A session that ends ERROR or CANCELLED prints its error on stderr and exits with 1."""
+    event = params_of(data, file, [])
+    api = client(ctx)
+    with errors():
+        session = api.start_session(name, event, blocking=not async_, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while not async_ and not session.final and time.monotonic() < deadline:
+            time.sleep(0.2)
+            session = api.get_session(name, session.id)
+    if json_:
+        print_json(session.to_dict())
+    elif async_:
+        typer.echo(session.id)
+    elif session.status == "DONE":
+        print_json(session.result)
+    if not async_ and session.status != "DONE":
+        why = session.error or f"still {session.status} after {timeout:g} s"
+        raise fail(f"session {session.id} of {name} ended {session.status}: {why}")
+
+
+@app_app.command("sessions")
+def app_sessions(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="App name")],
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
+    json_: JsonOpt = False,
+) -> None:
+    """List an app's sessions, newest first."""
+    with errors():
+        sessions = client(ctx).list_sessions(name, limit)
+    if json_:
+        print_json([s.to_dict() for s in sessions])
+        return
+    table(
+        ("id", "status", "created", "duration", "result / error"),
+        [
+            (
+                s.id,
+                status_text(s.status),
+                (s.created_at or "")[:19].replace("T", " "),
+                ms(s.duration_ms),
+                escape(short_json(s.result) if s.status == "DONE" else s.error or ""),
+            )
+            for s in sessions
+        ],
+    )
+
+
+def session_tree(session: Session, shown: int = 10) -> Tree:
+    """The session and its instances, by function in the order they were first made."""
+    result = short_json(session.result) if session.status == "DONE" else session.error or ""
+    tree = Tree(
+        f"session [bold]{session.id}[/] {escape(session.app)} {status_text(session.status)} "
+        f"{ms(session.duration_ms)} {escape(result)}"
+    )
+    groups: dict[str, list[SessionInstance]] = {}
+    for instance in session.instances or []:
+        groups.setdefault(instance.name.split("-unumIndex-")[0], []).append(instance)
+    for function, instances in groups.items():
+        counts = Counter(i.status for i in instances)
+        summary = ", ".join(f"{n} {status_text(s)}" for s, n in sorted(counts.items()))
+        branch = tree.add(f"[bold]{escape(function)}[/]: {len(instances)} instances ({summary})")
+        for instance in instances[:shown]:
+            value = instance.error if instance.status != "DONE" else short_json(instance.result)
+            end = " (ends)" if instance.ends else ""
+            branch.add(
+                f"{escape(instance.name)} #{instance.call_num} {status_text(instance.status)} "
+                f"{escape(value or '')}{end}"
+            )
+        if len(instances) > shown:
+            branch.add(f"… {len(instances) - shown} more")
+    return tree
+
+
+@app_app.command("session")
+def app_session(
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Argument(metavar="ID", help="Session id")],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Follow it until it ends")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Show a session: its status, result, and a tree of its instances."""
+    api = client(ctx)
+    with errors():
+        session = api.get_session(None, session_id)
+        if json_:
+            print_json(session.to_dict())
+            return
+        if not watch:
+            out().print(session_tree(session))
+            return
+        with Live(session_tree(session), console=out(), refresh_per_second=4) as live:
+            while not session.final:
+                time.sleep(0.25)
+                session = api.get_session(None, session_id)
+                live.update(session_tree(session))
 
 
 @config_app.command("show")

@@ -23,6 +23,7 @@ STATUS_STYLE = {
     "ERROR": "red",
     "TIMEOUT": "magenta",
     "WAITING": "blue",
+    "CANCELLED": "magenta",
 }
 
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import msgspec
 
 from .models import (
+    App,
     Call,
     CallPage,
     Function,
@@ -25,6 +26,7 @@ from .models import (
     Node,
     Runtime,
     RuntimePage,
+    Session,
     WaitResult,
     _CallNums,
     _Items,
@@ -63,6 +65,7 @@ def batch_key(key: str | None, calls: int) -> str | None:
 def epoch_of(value: str | None) -> str | None:
     """The epoch of a ``Fum-Epoch`` header, if it is one (a proxy may send anything)."""
     return value if value and _EPOCH.fullmatch(value) else None
+
 
 _json = msgspec.json.Encoder()
 
@@ -269,24 +272,36 @@ def get_package(sha256: str) -> Req[bytes]:
 # ---- calls
 
 
-def invoke(
-    name: str, params: bytes, blocking: bool, timeout: float | None, key: str
-) -> Req[Call]:
+def _blocking(
+    path: str,
+    read: Callable[[int, bytes], T],
+    body: bytes,
+    blocking: bool,
+    timeout: float | None,
+    key: str | None = None,
+) -> Req[T]:
+    """A POST that may wait for its end (``?blocking``, ``?timeout``): sent again only
+    with its ``Idempotency-Key``."""
     query = {"blocking": "true" if blocking else "false"}
     wait = DEFAULT_BLOCKING_WAIT if timeout is None else timeout
     if blocking:
         query["timeout"] = f"{wait:g}"
     return Req(
         "POST",
-        f"/v1/functions/{_name(name)}/invoke",
-        _typed(Call),
+        path,
+        read,
         query=query,
-        body=params,
+        body=body,
         content_type="application/json",
         timeout=wait if blocking else None,
         idempotent=False,
         idempotency_key=key,
     )
+
+
+def invoke(name: str, params: bytes, blocking: bool, timeout: float | None, key: str) -> Req[Call]:
+    path = f"/v1/functions/{_name(name)}/invoke"
+    return _blocking(path, _typed(Call), params, blocking, timeout, key)
 
 
 def create_calls(calls: Sequence[tuple[str, bytes]], key: str) -> Req[list[int]]:
@@ -450,3 +465,36 @@ def start_execution(body: dict[str, Any]) -> Req[Any]:
 
 def get_execution(execution_id: str) -> Req[Any]:
     return Req("GET", f"/v1/executions/{_name(execution_id)}", _any)
+
+
+# ---- workflow apps and sessions
+
+
+def put_app(name: str, archive: bytes) -> Req[App]:
+    return Req(
+        "PUT",
+        f"/v1/apps/{_name(name)}",
+        _typed(App),
+        body=archive,
+        content_type="application/gzip" if archive[:2] == b"\x1f\x8b" else "application/zip",
+    )
+
+
+def start_session(name: str, event: bytes, blocking: bool, timeout: float | None) -> Req[Session]:
+    path = f"/v1/apps/{_name(name)}/sessions"
+    return _blocking(path, _typed(Session), event, blocking, timeout)
+
+
+def get_session(name: str | None, session: str) -> Req[Session]:
+    if name is None:
+        return Req("GET", f"/v1/sessions/{_name(session)}", _typed(Session))
+    return Req("GET", f"/v1/apps/{_name(name)}/sessions/{_name(session)}", _typed(Session))
+
+
+def list_sessions(name: str, limit: int) -> Req[list[Session]]:
+    query = {"limit": str(limit)}
+    return Req("GET", f"/v1/apps/{_name(name)}/sessions", _items(Session), query=query)
+
+
+def cancel_session(name: str, session: str) -> Req[Session]:
+    return Req("DELETE", f"/v1/apps/{_name(name)}/sessions/{_name(session)}", _typed(Session))

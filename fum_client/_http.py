@@ -171,9 +171,8 @@ class SyncTransport:
         self._prefix = parts.path.rstrip("/")
         default_port = self._port == (443 if self._https else 80)
         host = f"[{self._host}]" if ":" in self._host else self._host
-        self._head = (
-            f"Host: {host if default_port else f'{host}:{self._port}'}\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in default_headers(settings).items())
+        self._head = f"Host: {host if default_port else f'{host}:{self._port}'}\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in default_headers(settings).items()
         )
         self._local = threading.local()
         self._lock = threading.Lock()

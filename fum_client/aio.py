@@ -16,7 +16,7 @@ from ._http import UPLOAD_CHUNK, Progress, default_headers
 from .config import Settings, resolve
 from .errors import ApiUnreachable, WaitTimeout, api_error
 from .keeper import configured_hosts, start_keeper
-from .models import Call, CallPage, Function, Health, Node, Runtime, WaitResult
+from .models import App, Call, CallPage, Function, Health, Node, Runtime, Session, WaitResult
 from .packaging import load_package
 
 if TYPE_CHECKING:
@@ -357,6 +357,30 @@ class AsyncClient:
     async def get_execution(self, execution_id: str) -> dict[str, Any]:
         execution: dict[str, Any] = await self._send(_api.get_execution(execution_id))
         return execution
+
+    # ---- workflow apps (docs/WORKFLOWS.md)
+
+    async def deploy_app(self, name: str, source: bytes | str | os.PathLike[str]) -> App:
+        """Deploy (or replace) an unum app from its folder (packed), a .tar.gz/.zip, or
+        archive bytes."""
+        data = source if isinstance(source, bytes) else load_package(source)[0]
+        return await self._send(_api.put_app(name, data))
+
+    async def start_session(
+        self, name: str, event: Any = None, *, blocking: bool = True, timeout: float | None = None
+    ) -> Session:
+        """Start a session of app ``name`` (see ``Client.start_session``)."""
+        body = _api.encode_params(event) if event is not None else b"null"
+        return await self._send(_api.start_session(name, body, blocking, timeout))
+
+    async def get_session(self, name: str | None, session: str) -> Session:
+        return await self._send(_api.get_session(name, session))
+
+    async def list_sessions(self, name: str, limit: int = 100) -> list[Session]:
+        return await self._send(_api.list_sessions(name, limit))
+
+    async def cancel_session(self, name: str, session: str) -> Session:
+        return await self._send(_api.cancel_session(name, session))
 
 
 async def _chunks(body: bytes, progress: Progress) -> AsyncIterator[bytes]:

@@ -12,7 +12,7 @@ from ._http import Progress, SyncTransport
 from .config import Settings, resolve
 from .errors import WaitTimeout
 from .keeper import configured_hosts, start_keeper
-from .models import Call, CallPage, Function, Health, Node, Runtime, WaitResult
+from .models import App, Call, CallPage, Function, Health, Node, Runtime, Session, WaitResult
 from .packaging import load_package
 
 if TYPE_CHECKING:
@@ -344,3 +344,29 @@ class Client:
     def get_execution(self, execution_id: str) -> dict[str, Any]:
         execution: dict[str, Any] = self._http.send(_api.get_execution(execution_id))
         return execution
+
+    # ---- workflow apps (docs/WORKFLOWS.md)
+
+    def deploy_app(self, name: str, source: bytes | str | os.PathLike[str]) -> App:
+        """Deploy (or replace) an unum app from its folder (packed), a .tar.gz/.zip, or
+        archive bytes."""
+        data = source if isinstance(source, bytes) else load_package(source)[0]
+        return self._http.send(_api.put_app(name, data))
+
+    def start_session(
+        self, name: str, event: Any = None, *, blocking: bool = True, timeout: float | None = None
+    ) -> Session:
+        """Start a session of app ``name``: the event as unum's ingress takes it, or a bare
+        value. Blocking: the session as it is when it ends, or after ``timeout`` s."""
+        body = _api.encode_params(event) if event is not None else b"null"
+        return self._http.send(_api.start_session(name, body, blocking, timeout))
+
+    def get_session(self, name: str | None, session: str) -> Session:
+        """A session of app ``name`` (None: whatever its app)."""
+        return self._http.send(_api.get_session(name, session))
+
+    def list_sessions(self, name: str, limit: int = 100) -> list[Session]:
+        return self._http.send(_api.list_sessions(name, limit))
+
+    def cancel_session(self, name: str, session: str) -> Session:
+        return self._http.send(_api.cancel_session(name, session))

@@ -138,3 +138,46 @@ class _CallNums(msgspec.Struct, rename="camel"):
 class _Logs(msgspec.Struct, rename="camel"):
     call_num: int
     logs: str
+
+
+SESSION_FINAL = frozenset({"DONE", "ERROR", "CANCELLED"})
+
+
+class App(Model, frozen=True):
+    """A workflow app as deployed: its Start function and its functions' fum names."""
+
+    name: str
+    start: str
+    functions: list[str] = msgspec.field(default_factory=list)
+    runtime: str = ""
+
+
+class SessionInstance(Model, frozen=True):
+    """One function instance of a session, with its call."""
+
+    name: str
+    call_num: int
+    func_name: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    ends: bool = False
+
+
+class Session(Model, frozen=True):
+    """One run of a workflow app; ``instances`` is None in a list of sessions."""
+
+    id: str
+    app: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    created_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: float | None = None
+    instances: list[SessionInstance] | None = None
+
+    @property
+    def final(self) -> bool:
+        """Whether the session has ended (DONE, ERROR or CANCELLED)."""
+        return self.status in SESSION_FINAL

@@ -225,9 +225,7 @@ def health(cluster: LocalCluster, keys_dir: Path) -> int:
     return subprocess.run(argv, env=env, capture_output=True, timeout=30, check=False).returncode
 
 
-def test_the_health_check_asks_the_db_with_the_keys(
-    cluster: LocalCluster, tmp_path: Path
-) -> None:
+def test_the_health_check_asks_the_db_with_the_keys(cluster: LocalCluster, tmp_path: Path) -> None:
     assert health(cluster, cluster.keys_dir) == 0
     ClusterKeys.open(tmp_path / "other")  # another cluster's keys
     assert health(cluster, tmp_path / "other") == 1

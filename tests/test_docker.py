@@ -15,6 +15,7 @@ from fum_cli.local import LocalCluster
 
 from .conftest import start_cluster
 from .support import Api, targz
+from .workflows import DATA, Apps, pack
 
 pytestmark = pytest.mark.docker
 
@@ -213,3 +214,17 @@ async def test_a_function_container_reaches_its_miniworker_only(
     assert len(found) == len(targets) and "open" not in found.values(), found
     with pytest.raises(ConnectionRefusedError):  # not on the host's other interfaces
         socket.create_connection(("127.0.0.1", int(port)), timeout=2).close()
+
+
+async def test_a_workflow_app_runs_in_containers(api: Api) -> None:
+    """The appstore's map app as published: each step in a container of its own function,
+    its continuation done by the worker (docs/WORKFLOWS.md)."""
+    apps = Apps(api)
+    await apps.deployed("dmap", pack(DATA / "map"))
+    done = await apps.finished("dmap", {"Data": {"Source": "http", "Value": [3, 1, 2]}}, 120)
+    assert (done["status"], done["result"]) == ("DONE", [3, 1, 2]), done
+    names = sorted(i["name"] for i in done["instances"])
+    assert names == ["F1-unumIndex-0", "F1-unumIndex-1", "F1-unumIndex-2", "Summary", "UnumMap0"]
+    for instance in done["instances"]:  # run in containers: the calls say how they started
+        status, call = await api.request("GET", f"/v1/calls/{instance['callNum']}")
+        assert status == 200 and call["start"] in ("cold", "warm"), call

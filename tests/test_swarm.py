@@ -43,9 +43,10 @@ def test_stack_file_validates_with_a_global_worker(tmp_path: Path) -> None:
     # the keys are secrets: the workers get the server's public key, never its secret
     assert f"file: {tmp_path / 'keys' / 'server.key_secret'}" in config
     worker = config[config.index("  worker0:") :]
-    assert "target: server.key\n" in worker and "server.key_secret" not in worker.split(
-        "  worker1:"
-    )[0]
+    assert (
+        "target: server.key\n" in worker
+        and "server.key_secret" not in worker.split("  worker1:")[0]
+    )
 
 
 def request(url: str, data: bytes | None = None, form: tuple[str, bytes] | None = None) -> object:

@@ -14,7 +14,7 @@ import msgspec
 from services.common.archive import PackageLimits, validate_package
 from services.common.db_client import DbClient
 from services.common.errors import Conflict, NotFound
-from services.common.models import Function, Limits, Runtime, check_name
+from services.common.models import Function, Limits, Runtime, Step, check_name
 from services.common.node_protocol import (
     FunctionRemoved,
     FunctionSynced,
@@ -159,7 +159,13 @@ class Catalog:
         self.dispatcher.broadcast(RuntimeRemoved(name=name))
 
     async def put_function(
-        self, name: str, runtime: str, filename: str, package: StagedPackage, limits: Limits
+        self,
+        name: str,
+        runtime: str,
+        filename: str,
+        package: StagedPackage,
+        limits: Limits,
+        workflow: Step | None = None,
     ) -> tuple[Function, bool]:
         """Store the package and the function; a bad archive fails before anything is kept."""
         check_name("function", name)
@@ -172,6 +178,7 @@ class Catalog:
             filename=filename,
             size=package.size,
             limits=limits,
+            workflow=workflow,
         )
         return await self._store_function(function)
 

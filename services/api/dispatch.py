@@ -28,6 +28,7 @@ from services.common.node_protocol import (
     PlaceCalls,
     Register,
     Registered,
+    SessionEnded,
 )
 from services.common.protocol import Message, Protocol
 from services.common.rpc import EVENT, Channel, bound_endpoint, make_socket
@@ -76,6 +77,7 @@ class Dispatcher:
         self._placed: dict[int, Placed] = {}
         self._backlog: deque[Placed] = deque()  # no live worker to take them yet
         self._waiters: dict[int, list[asyncio.Future[Call]]] = {}
+        self._session_waiters: dict[str, list[asyncio.Future[str]]] = {}
         # Calls finished lately, as their worker reported them: a worker may report before
         # the db has the result, and a client that was answered must then find it here.
         self.recent: OrderedDict[int, Call] = OrderedDict()
@@ -91,6 +93,7 @@ class Dispatcher:
             CallFinished: self._on_call_finished,  # type: ignore[dict-item]
             PlaceCalls: self._on_place_calls,  # type: ignore[dict-item]
             HoldCalls: self._on_hold_calls,  # type: ignore[dict-item]
+            SessionEnded: self._on_session_ended,  # type: ignore[dict-item]
         }
 
     def open(self) -> None:
@@ -197,6 +200,19 @@ class Dispatcher:
             if not waiters:
                 del self._waiters[call_num]
 
+    def wait_session(self, session: str) -> asyncio.Future[str]:
+        """A future for the status a workflow session ends with, as a worker tells it."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._session_waiters.setdefault(session, []).append(future)
+        return future
+
+    def forget_session(self, session: str, future: asyncio.Future[str]) -> None:
+        waiters = self._session_waiters.get(session)
+        if waiters and future in waiters:
+            waiters.remove(future)
+            if not waiters:
+                del self._session_waiters[session]
+
     def broadcast(self, message: Message) -> None:
         for node in list(self.nodes.values()):
             self._send(node, message)
@@ -298,6 +314,13 @@ class Dispatcher:
             node.calls.add(num)
             self.admission.admit(call.func_name, placed, reserved=False)
 
+    def _on_session_ended(self, identity: bytes, message: SessionEnded) -> None:
+        if not any(node.identity == identity for node in self.nodes.values()):
+            raise UnknownNode("only a registered node may say a session ended")
+        for future in self._session_waiters.pop(message.session, []):
+            if not future.done():
+                future.set_result(message.status)
+
     def timeout_of(self, function: str) -> float:
         """The call timeout of a function (the default for one no longer known)."""
         known = self._function(function)
@@ -373,6 +396,11 @@ class Dispatcher:
                 if not future.done():
                     future.set_exception(Unavailable(reason))
         self._waiters.clear()
+        for session_waiters in self._session_waiters.values():
+            for session_future in session_waiters:
+                if not session_future.done():
+                    session_future.set_exception(Unavailable(reason))
+        self._session_waiters.clear()
 
     def close(self) -> None:
         self.fail_waiters("the api stopped")

@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from services.workflows import views as workflows
+
 from . import durable_views, views
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -19,7 +21,7 @@ class Route:
     path: str
     handler: Handler
     summary: str
-    body: str | None = None  # "json:<Schema>", "multipart", "params"
+    body: str | None = None  # "json:<Schema>", "multipart", "params", "archive"
     responses: tuple[int, ...] = (200,)
     query: tuple[str, ...] = ()
     tag: str = "v1"
@@ -245,6 +247,56 @@ ROUTES: tuple[Route, ...] = (
         "/v1/triggers/{id}",
         durable_views.get_trigger,
         "Get a trigger: its context and how many times it fired",
+        responses=(200, 404),
+    ),
+    Route(
+        "PUT",
+        "/v1/apps/{name}",
+        workflows.put_app,
+        "Deploy (or replace) a workflow app in the unum style: the body is its folder as "
+        "a tar.gz or zip (unum-template.yaml at its root); each function becomes "
+        "<app>.<Function>",
+        "archive",
+        (200, 201, 400),
+    ),
+    Route(
+        "POST",
+        "/v1/apps/{name}/sessions",
+        workflows.start_session,
+        "Start a session: the body is the event (unum's {Data, Fan-out}, or a bare JSON "
+        "value). blocking=true (default) waits up to 'timeout' seconds for its end (200), "
+        "else 202 with its id",
+        "params",
+        (200, 202, 400, 404, 429, 503),
+        ("blocking", "timeout"),
+    ),
+    Route(
+        "GET",
+        "/v1/apps/{name}/sessions",
+        workflows.list_sessions,
+        "An app's sessions, newest first",
+        responses=(200, 400, 404),
+        query=("limit",),
+    ),
+    Route(
+        "GET",
+        "/v1/apps/{name}/sessions/{id}",
+        workflows.get_session,
+        "A session: its status, result, and every instance with its call",
+        responses=(200, 404),
+    ),
+    Route(
+        "GET",
+        "/v1/sessions/{id}",
+        workflows.get_any_session,
+        "A session by its id, whatever its app",
+        responses=(200, 404),
+    ),
+    Route(
+        "DELETE",
+        "/v1/apps/{name}/sessions/{id}",
+        workflows.cancel_session,
+        "Cancel a running session: its instances not started yet do not run",
         responses=(200, 404),
     ),
     Route(

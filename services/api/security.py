@@ -38,6 +38,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CALLER = "caller"  # request key: the name of the API key that sent it (None: open api)
 CORS_ORIGIN = "cors_origin"  # request key: the allowed foreign origin to answer
 PUBLIC = frozenset({"healthz", "openapi_view", "ui_page", "ui_asset"})
+# Bodies of "archive" routes (a workflow app): none is one a browser sends cross-origin
+# without a preflight.
+ARCHIVE_TYPES = frozenset(
+    {
+        "application/gzip",
+        "application/x-gzip",
+        "application/zip",
+        "application/x-tar",
+        "application/octet-stream",
+    }
+)
 CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key"
 CORS_EXPOSE = "Location, Retry-After, WWW-Authenticate"
 
@@ -97,6 +108,10 @@ class Door:
         if route.body == "multipart":
             if kind != "multipart/form-data":
                 raise UnsupportedMediaType("send the package as multipart/form-data")
+        elif route.body == "archive":
+            if kind not in ARCHIVE_TYPES:
+                shown = ", ".join(sorted(ARCHIVE_TYPES))
+                raise UnsupportedMediaType(f"send the archive as one of {shown}, not {kind!r}")
         elif route.body is None or not request.body_exists:
             return
         elif kind != "application/json" and not (

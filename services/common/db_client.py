@@ -24,6 +24,7 @@ from .db_protocol import (
     CallReply,
     CallsCreated,
     CallsUpdated,
+    CancelSession,
     CreateCalls,
     Deleted,
     DeleteFunction,
@@ -33,6 +34,8 @@ from .db_protocol import (
     EventsPublished,
     ExecutionReply,
     FindCalls,
+    FinishInstance,
+    FinishInstances,
     FunctionList,
     FunctionReply,
     GetCall,
@@ -41,12 +44,18 @@ from .db_protocol import (
     GetExecution,
     GetFunction,
     GetRuntime,
+    GetSession,
     GetTrigger,
+    InstanceFinished,
+    InstancesFinished,
+    InstanceState,
     ListCalls,
     ListEvents,
     ListFunctions,
     ListRuntimes,
+    ListSessions,
     ListTriggers,
+    LookUpInstance,
     Ping,
     Pong,
     PublishEvents,
@@ -56,13 +65,17 @@ from .db_protocol import (
     ReserveCallNums,
     RuntimeList,
     RuntimeReply,
+    SessionList,
+    SessionReply,
+    SessionStarted,
     StartExecution,
+    StartSession,
     TriggerList,
     TriggerReply,
     UpdateCalls,
 )
 from .errors import FumError, Unavailable
-from .models import Call, CallUpdate, Function, NewCall, Runtime
+from .models import Call, CallUpdate, Function, NewCall, Runtime, Session
 from .protocol import Message
 from .rpc import Client
 
@@ -185,6 +198,10 @@ class DbClient:
         # Results are written after their client was answered (docs/SCHEDULING.md): their
         # batches may wait for the one in flight, and grow under load.
         self._updates = _Coalescer[CallUpdate, bool]("update calls", self.update_calls, in_flight=1)
+        # Steps that return together go in one message (services/workflows/checkpoint.py).
+        self._finishes = _Coalescer[FinishInstance, InstanceFinished](
+            "finish instances", self.finish_instances
+        )
         self.requests_sent = 0
         self._closed = False
 
@@ -193,9 +210,11 @@ class DbClient:
         self._closed = True
         self._creates.close()
         self._updates.close()
+        self._finishes.close()
         await self._rpc.close()
         await self._creates.wait_sent()
         await self._updates.wait_sent()
+        await self._finishes.wait_sent()
 
     async def _request(
         self, message: Message, reply_type: type[M], deadline: float | None = None
@@ -361,3 +380,34 @@ class DbClient:
 
     async def get_execution(self, execution_id: str) -> Execution:
         return (await self._request(GetExecution(id=execution_id), ExecutionReply)).execution
+
+    # ---- workflow sessions
+
+    async def start_session(self, session: Session, instance: str, call: NewCall) -> Call:
+        """Store a session and its Start instance's call; the call."""
+        request = StartSession(session=session, instance=instance, call=call)
+        return (await self._request(request, SessionStarted)).call
+
+    async def look_up_instance(self, session: str, instance: str) -> InstanceState:
+        request = LookUpInstance(session=session, instance=instance)
+        return await self._request(request, InstanceState)
+
+    async def finish_instance(self, request: FinishInstance) -> InstanceFinished:
+        """One step's end, in one message with every other sent in this loop iteration."""
+        return await self._finishes.submit(request)
+
+    async def finish_instances(self, requests: list[FinishInstance]) -> list[InstanceFinished]:
+        reply = await self._request(FinishInstances(steps=requests), InstancesFinished)
+        return reply.steps
+
+    async def get_session(self, session: str) -> SessionReply:
+        return await self._request(GetSession(session=session), SessionReply)
+
+    async def list_sessions(
+        self, app: str, before: float | None = None, limit: int = 100
+    ) -> list[Session]:
+        request = ListSessions(app=app, before=before, limit=limit)
+        return (await self._request(request, SessionList)).sessions
+
+    async def cancel_session(self, session: str) -> SessionReply:
+        return await self._request(CancelSession(session=session), SessionReply)

@@ -6,7 +6,17 @@ from services.triggers.coordinators import Execution, NewExecution
 from services.triggers.events import Event, EventIn
 from services.triggers.triggers import Trigger, TriggerIn
 
-from .models import Call, CallUpdate, Function, NewCall, Runtime
+from .models import (
+    Call,
+    CallUpdate,
+    FanInSlot,
+    Function,
+    NewCall,
+    NextInstance,
+    Runtime,
+    Session,
+    SessionInstance,
+)
 from .protocol import Message, Protocol
 
 # ---- requests
@@ -141,6 +151,60 @@ class GetExecution(Message, frozen=True):
     id: str
 
 
+# ---- workflow sessions (services/workflows/checkpoint.py)
+
+
+class StartSession(Message, frozen=True):
+    """Store a new session and the call of its Start instance."""
+
+    session: Session
+    instance: str
+    call: NewCall
+
+
+class LookUpInstance(Message, frozen=True):
+    """Before an instance runs: its session's status, and its checkpoint if it has one."""
+
+    session: str
+    instance: str
+
+
+class FinishInstance(Message, frozen=True):
+    """A step returned: its call's final state, its checkpoint (a conditional insert)
+    and, if it won the checkpoint, what it sends on; all in the request's transaction."""
+
+    session: str
+    instance: str
+    update: CallUpdate
+    calls: list[NextInstance] = []
+    fan_ins: list[FanInSlot] = []
+
+
+class FinishInstances(Message, frozen=True):
+    """The steps a worker saw return in one loop iteration (``DbClient.finish_instance``
+    coalesces them), each done as ``FinishInstance`` says."""
+
+    steps: list[FinishInstance]
+
+
+class GetSession(Message, frozen=True):
+    session: str
+
+
+class ListSessions(Message, frozen=True):
+    """An app's sessions, newest first; ``before`` (a creation time) pages back."""
+
+    app: str
+    before: float | None = None
+    limit: int = 100
+
+
+class CancelSession(Message, frozen=True):
+    """End a running session CANCELLED: its instances not started yet do not run."""
+
+    session: str
+
+
 # ---- replies
 
 
@@ -225,6 +289,37 @@ class CallList(Message, frozen=True):
     calls: list[Call]
 
 
+class SessionStarted(Message, frozen=True):
+    call: Call
+
+
+class InstanceState(Message, frozen=True):
+    status: str  # the session's
+    checkpoint: bytes | None = None  # the instance's one result, if it has one
+    sent: list[Call] = []  # what the checkpoint sent on that is still PENDING
+
+
+class InstanceFinished(Message, frozen=True):
+    won: bool  # this run's output is the instance's result (False: another run's is)
+    call: Call | None  # the call as stored; None: as the update sent it
+    sent: list[Call]  # the calls it sent on that are PENDING: for the api to place
+    session: Session | None  # None: no such session (``error`` says so)
+    error: str | None = None
+
+
+class InstancesFinished(Message, frozen=True):
+    steps: list[InstanceFinished]  # in the order of the request's
+
+
+class SessionReply(Message, frozen=True):
+    session: Session
+    instances: list[SessionInstance]
+
+
+class SessionList(Message, frozen=True):
+    sessions: list[Session]
+
+
 DB_PROTOCOL = Protocol(
     "db",
     Ping,
@@ -252,6 +347,12 @@ DB_PROTOCOL = Protocol(
     DeleteTrigger,
     StartExecution,
     GetExecution,
+    StartSession,
+    LookUpInstance,
+    FinishInstances,
+    GetSession,
+    ListSessions,
+    CancelSession,
     Pong,
     RuntimeReply,
     RuntimeList,
@@ -269,4 +370,9 @@ DB_PROTOCOL = Protocol(
     TriggerReply,
     TriggerList,
     ExecutionReply,
+    SessionStarted,
+    InstanceState,
+    InstancesFinished,
+    SessionReply,
+    SessionList,
 )

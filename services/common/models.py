@@ -89,6 +89,78 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
 LIMIT_NAMES: tuple[str, ...] = tuple(f.encode_name for f in msgspec.structs.fields(Limits))
 
 
+class NextStep(Model, frozen=True):
+    """One continuation of a workflow step (unum's ``Next`` entry), as checked at deploy."""
+
+    name: str  # the function's name in its app
+    input_type: str = "Scalar"  # "Scalar", "Map" or "Fan-in"
+    values: list[str] = []  # a fan-in's instance names, in the order its input lists them
+    conditional: str | None = None
+
+
+class Step(Model, frozen=True):
+    """What a function of a workflow app does after it returns (its ``unum_config.json``):
+    the worker that ran it carries this out (services/workflows/continuation.py)."""
+
+    app: str
+    name: str  # the function's name in its app; the fum function is ``<app>.<name>``
+    start: bool = False
+    checkpoint: bool = True
+    next: list[NextStep] = []
+    parallel: bool = False  # ``Next`` was a list: its Scalar entries are a parallel fan-out
+    modifiers: list[str] = []  # Next Payload Modifiers
+
+    @property
+    def function(self) -> str:
+        return f"{self.app}.{self.name}"
+
+
+SESSION_STATUSES: tuple[str, ...] = ("RUNNING", "DONE", "ERROR", "CANCELLED")
+
+
+class Session(Model, frozen=True):
+    """One run of a workflow app: from its Start instance to the last one."""
+
+    id: str  # uuid4 hex
+    app: str
+    status: str = "RUNNING"
+    result: bytes | None = None  # JSON: the output of the instance(s) that sent nothing on
+    error: str | None = None  # ERROR: the instance that failed, and its error
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+
+class SessionInstance(Model, frozen=True):
+    """One function instance of a session and its call, as it stands."""
+
+    name: str  # <Name>, or <Name>-unumIndex-<i0>.<i1>...
+    call_num: int
+    func_name: str
+    status: str
+    result: bytes | None = None
+    error: str | None = None
+    ends: bool = False  # sent nothing on: its output is (part of) the session's result
+
+
+class NextInstance(Model, frozen=True):
+    """An instance a step sends on: its call's uuid (made from the session and the
+    instance name, so sending it twice makes one call), function and params."""
+
+    instance: str
+    uuid: str
+    func_name: str
+    params: bytes
+
+
+class FanInSlot(Model, frozen=True):
+    """A step's slot in the set of a fan-in it feeds. The step that fills the set creates
+    the fan-in's call: ``target`` with the sources' outputs, in slot order, as its Data."""
+
+    target: NextInstance  # params: the payload without its Data
+    slot: int  # the step's place among the fan-in's Values, as they expand
+    size: int
+
+
 class Function(Model, frozen=True):
     """A package of code bound to a runtime, stored by the sha256 of its bytes."""
 
@@ -98,6 +170,7 @@ class Function(Model, frozen=True):
     filename: str
     size: int
     limits: Limits = Limits()
+    workflow: Step | None = None  # set for a function of a workflow app (PUT /v1/apps)
     created_at: float = 0.0
     updated_at: float = 0.0
 

@@ -102,6 +102,14 @@ class HoldCalls(Message, frozen=True):
     calls: list[Call]
 
 
+class SessionEnded(Message, frozen=True):
+    """A workflow session ended on this worker's db request (services/workflows): the api
+    answers who waits for it."""
+
+    session: str
+    status: str
+
+
 NODE_PROTOCOL = Protocol(
     "node",
     Register,
@@ -117,4 +125,5 @@ NODE_PROTOCOL = Protocol(
     CallFinished,
     PlaceCalls,
     HoldCalls,
+    SessionEnded,
 )

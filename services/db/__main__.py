@@ -43,7 +43,7 @@ async def run(settings: DbSettings) -> int:
         stack.callback(authenticator(ctx, keys).stop)
         sock = keys.server(make_socket(ctx, zmq.ROUTER))
         sock.bind(settings.db_bind)
-        server = DbServer(sock, store)
+        server = DbServer(sock, store, keep_checkpoints=settings.keep_checkpoints)
         stack.callback(server.close)
         background = Background()
         stack.push_async_callback(background.close)

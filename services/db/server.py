@@ -40,6 +40,7 @@ from services.common.db_protocol import (
     CallReply,
     CallsCreated,
     CallsUpdated,
+    CancelSession,
     CreateCalls,
     Deleted,
     DeleteFunction,
@@ -49,6 +50,7 @@ from services.common.db_protocol import (
     EventsPublished,
     ExecutionReply,
     FindCalls,
+    FinishInstances,
     FunctionList,
     FunctionReply,
     GetCall,
@@ -57,12 +59,17 @@ from services.common.db_protocol import (
     GetExecution,
     GetFunction,
     GetRuntime,
+    GetSession,
     GetTrigger,
+    InstancesFinished,
+    InstanceState,
     ListCalls,
     ListEvents,
     ListFunctions,
     ListRuntimes,
+    ListSessions,
     ListTriggers,
+    LookUpInstance,
     Ping,
     Pong,
     PublishEvents,
@@ -72,7 +79,11 @@ from services.common.db_protocol import (
     ReserveCallNums,
     RuntimeList,
     RuntimeReply,
+    SessionList,
+    SessionReply,
+    SessionStarted,
     StartExecution,
+    StartSession,
     TriggerList,
     TriggerReply,
     UpdateCalls,
@@ -81,6 +92,7 @@ from services.common.errors import FumError, Unavailable, UnknownMessage
 from services.common.models import check_name, now
 from services.common.protocol import Error, Message, Protocol
 from services.common.rpc import Channel
+from services.workflows import checkpoint
 
 from . import metrics
 from .store import RollbackFailed, Store, check_status
@@ -141,7 +153,10 @@ class _Request:
 class DbServer:
     """Reads requests from a bound ROUTER in batches and answers each exactly once."""
 
-    def __init__(self, sock: zmq.Socket[bytes], store: Store) -> None:
+    def __init__(
+        self, sock: zmq.Socket[bytes], store: Store, keep_checkpoints: bool = False
+    ) -> None:
+        self._keep_checkpoints = keep_checkpoints
         # Requests are read as they come (a Channel drains the socket on each wake-up)
         # and wait here until the batch in hand is done: those are the next batch.
         self._waiting: deque[list[bytes]] = deque()
@@ -177,6 +192,12 @@ class DbServer:
             DeleteTrigger: Handler(_one(self._delete_trigger), writes=True),
             StartExecution: Handler(_one(self._start_execution), writes=True),
             GetExecution: Handler(_one(self._get_execution), writes=False),
+            StartSession: Handler(_one(self._start_session), writes=True),
+            LookUpInstance: Handler(_one(self._look_up_instance), writes=False),
+            FinishInstances: Handler(_one(self._finish_instances), writes=True),
+            GetSession: Handler(_one(self._get_session), writes=False),
+            ListSessions: Handler(_one(self._list_sessions), writes=False),
+            CancelSession: Handler(_one(self._cancel_session), writes=True),
         }
 
     # ---- main loop
@@ -498,3 +519,30 @@ class DbServer:
 
     def _get_execution(self, request: GetExecution) -> ExecutionReply:
         return ExecutionReply(execution=self._store.coordinators.get(request.id))
+
+    # ---- workflow sessions (services/workflows/checkpoint.py)
+
+    def _start_session(self, request: StartSession) -> SessionStarted:
+        call = checkpoint.start_session(
+            self._store, request.session, request.instance, request.call
+        )
+        return SessionStarted(call=call)
+
+    def _look_up_instance(self, request: LookUpInstance) -> InstanceState:
+        return checkpoint.look_up(self._store, request.session, request.instance)
+
+    def _finish_instances(self, request: FinishInstances) -> InstancesFinished:
+        for step in request.steps:
+            check_status(step.update.status)
+        steps = checkpoint.finish_instances(self._store, request.steps, self._keep_checkpoints)
+        return InstancesFinished(steps=steps)
+
+    def _get_session(self, request: GetSession) -> SessionReply:
+        return checkpoint.get_session(self._store, request.session)
+
+    def _list_sessions(self, request: ListSessions) -> SessionList:
+        sessions = checkpoint.list_sessions(self._store, request.app, request.before, request.limit)
+        return SessionList(sessions=sessions)
+
+    def _cancel_session(self, request: CancelSession) -> SessionReply:
+        return checkpoint.cancel_session(self._store, request.session, self._keep_checkpoints)

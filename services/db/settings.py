@@ -28,6 +28,9 @@ class DbSettings(MetricsSettings, frozen=True, kw_only=True):
     db_keep_calls: Annotated[int, msgspec.Meta(ge=0)] = 0
     # seconds between two passes of retention
     db_retention_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # Keep a workflow session's checkpoints and fan-in sets after it ends (for debugging);
+    # by default they are removed when it ends, as unum's GC does.
+    keep_checkpoints: bool = False
     keys_dir: str = DEFAULT_DIR  # the control plane's CURVE keys (services/common/curve.py)
     log_level: str = "info"
 

@@ -48,6 +48,7 @@ from services.common.models import (
     Limits,
     NewCall,
     Runtime,
+    Step,
     check_name,
     now,
 )
@@ -251,6 +252,62 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX calls_by_func_status ON calls (func_name, status, call_num DESC)",
         "CREATE INDEX calls_by_created ON calls (created_at)",
     ),
+    # 6: workflow apps (services/workflows/): a function's step, sessions, their instances,
+    # checkpoints (one result per instance) and the sets of the fan-ins
+    (
+        "ALTER TABLE functions ADD COLUMN workflow TEXT",
+        """
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            app TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('RUNNING', 'DONE', 'ERROR', 'CANCELLED')),
+            open INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            finished_at REAL,
+            error TEXT,
+            result BLOB
+        )
+        """,
+        "CREATE INDEX sessions_by_app ON sessions (app, created_at DESC)",
+        """
+        CREATE TABLE instances (
+            session TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            call_num INTEGER NOT NULL,
+            finished INTEGER NOT NULL DEFAULT 0,
+            ends INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (session, name)
+        )
+        """,
+        """
+        CREATE TABLE checkpoints (
+            session TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            result BLOB NOT NULL,
+            sent TEXT NOT NULL,
+            PRIMARY KEY (session, instance)
+        )
+        """,
+        """
+        CREATE TABLE fan_in_slots (
+            session TEXT NOT NULL,
+            target TEXT NOT NULL,
+            slot INTEGER NOT NULL,
+            instance TEXT NOT NULL,
+            PRIMARY KEY (session, target, slot)
+        )
+        """,
+        """
+        CREATE TABLE fan_ins (
+            session TEXT NOT NULL,
+            target TEXT NOT NULL,
+            filled INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            PRIMARY KEY (session, target)
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -258,7 +315,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _FINAL_SQL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
 
 _RUNTIME_COLUMNS = "name, image, run, path, dependencies, created_at, updated_at"
-_FUNCTION_COLUMNS = "name, runtime, sha256, filename, size, limits, created_at, updated_at"
+_FUNCTION_COLUMNS = (
+    "name, runtime, sha256, filename, size, limits, created_at, updated_at, workflow"
+)
 _CALL_COLUMNS = (
     "call_num, uuid, func_name, params, status, result, error, node_id, attempts, start, "
     "init_ms, created_at, started_at, finished_at, caller"
@@ -271,10 +330,11 @@ _PUT_RUNTIME = f"""
         dependencies = excluded.dependencies, updated_at = excluded.updated_at
 """
 _PUT_FUNCTION = f"""
-    INSERT INTO functions ({_FUNCTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO functions ({_FUNCTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET
         runtime = excluded.runtime, sha256 = excluded.sha256, filename = excluded.filename,
-        size = excluded.size, limits = excluded.limits, updated_at = excluded.updated_at
+        size = excluded.size, limits = excluded.limits, updated_at = excluded.updated_at,
+        workflow = excluded.workflow
 """
 _INSERT_CALL = """
     INSERT INTO calls (call_num, uuid, func_name, params, status, attempts, created_at, caller)
@@ -302,6 +362,7 @@ _INCREMENTAL = 2  # PRAGMA auto_vacuum: free pages stay in the file until increm
 
 _json = msgspec.json.Encoder()
 _limits = msgspec.json.Decoder(Limits)
+_step = msgspec.json.Decoder(Step)
 
 
 def _runtime(row: Sequence[Any]) -> Runtime:
@@ -326,6 +387,7 @@ def _function(row: Sequence[Any]) -> Function:
         limits=_limits.decode(row[5]),
         created_at=row[6],
         updated_at=row[7],
+        workflow=None if row[8] is None else _step.decode(row[8]),
     )
 
 
@@ -415,7 +477,8 @@ class Store:
 
     @property
     def db(self) -> sqlite3.Connection:
-        """The sqlite3 connection, for the systems kept in this file (services/triggers)."""
+        """The sqlite3 connection, for the systems kept in this file, on its thread within
+        its transactions (services/triggers, services/workflows/checkpoint.py)."""
         return self._db
 
     def take_placed(self) -> list[Call]:
@@ -601,6 +664,7 @@ class Store:
                 _json.encode(stored.limits).decode(),
                 stored.created_at,
                 stored.updated_at,
+                None if stored.workflow is None else _json.encode(stored.workflow).decode(),
             ),
         )
         return stored, row is None

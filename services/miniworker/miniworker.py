@@ -180,6 +180,8 @@ class Miniworker:
         }
         if self.settings.keeper_hosts:
             env["FUM_KEEPER_HOSTS"] = self.settings.keeper_hosts
+        if self._function is not None:  # Lambda handlers' context.function_name
+            env["FUM_FUNCTION"] = self._function.name
         node_ip, node_port = await sandbox.launch(env)
         setup = asyncio.ensure_future(host.wait_setup())
         exited = asyncio.ensure_future(sandbox.exited.wait())

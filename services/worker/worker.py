@@ -16,8 +16,8 @@ import zmq
 from services.common import metrics
 from services.common.curve import ClusterKeys
 from services.common.db_client import DbClient
-from services.common.errors import FumError, Unavailable, UnknownNode
-from services.common.models import Call, CallUpdate, Function, NewCall
+from services.common.errors import FumError, NotFound, Unavailable, UnknownNode
+from services.common.models import Call, CallUpdate, Function, NewCall, Session
 from services.common.node_protocol import (
     NODE_PROTOCOL,
     CallFinished,
@@ -32,11 +32,13 @@ from services.common.node_protocol import (
     Registered,
     RuntimeRemoved,
     RuntimeSynced,
+    SessionEnded,
 )
 from services.common.pool_protocol import Outcome
 from services.common.protocol import Message
 from services.common.rpc import Client, close_context
 from services.common.tasks import Background, retrying
+from services.workflows.continuation import Continuations
 
 from .packages import PackageCache
 from .pool import Job, Pool
@@ -75,6 +77,7 @@ class Worker:
             session = await stack.enter_async_context(aiohttp.ClientSession(headers=headers))
             self.db = DbClient(ctx, s.db_url, keys, timeout=5.0, on_placed=self._place)
             stack.push_async_callback(self.db.close)
+            self.steps = Continuations(self.db, self._place_calls, self._session_ended)
             packages = PackageCache(Path(s.node_dir) / "packages", s.api_url, session)
             self.pool = Pool(s, ctx, packages, self._base_env, self._on_start, self._on_outcome)
             stack.push_async_callback(self.pool.close)
@@ -150,6 +153,39 @@ class Worker:
         if function is None:  # registered after this node's catalogue was sent: ask the db
             self._background.spawn(self._learn_then_submit(message))
             return
+        if function.workflow is not None:
+            self._background.spawn(self._dispatch_step(message, function))
+            return
+        self._submit(message, function)
+
+    async def _dispatch_step(self, message: Dispatch, function: Function) -> None:
+        """A workflow step looks for its checkpoint before it runs (services/workflows)."""
+        assert function.workflow is not None
+        try:
+            verdict = await self.steps.before(function.workflow, message.call)
+        except FumError as exc:
+            log.error("worker.step_look_up_failed", call=message.call.call_num, error=str(exc))
+            return  # the call stays unfinished: the api dispatches it again when due
+        if verdict.run:
+            self._submit(message, function)
+            return
+        outcome = Outcome(
+            call_num=message.call.call_num,
+            status=verdict.status,
+            result=verdict.result,
+            error=verdict.error,
+        )
+        self._finish(message, outcome, as_step=False)
+
+    def _place_calls(self, calls: list[Call]) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.api.send_event(PlaceCalls(calls=calls))
+
+    def _session_ended(self, session: Session) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.api.send_event(SessionEnded(session=session.id, status=session.status))
+
+    def _submit(self, message: Dispatch, function: Function) -> None:
         package = self.pool.packages.cached(function.sha256)
         if package is not None:
             self.pool.submit(self._job(message, function, package))
@@ -186,7 +222,7 @@ class Worker:
             return
         log.info("worker.function_learned", function=function.name, call=call.call_num)
         self.pool.put_function(function)
-        await self._fetch_then_submit(message, function)
+        self._on_dispatch(message)  # known now: dispatched as any call of it (a step looks)
 
     async def _fetch_then_submit(self, message: Dispatch, function: Function) -> None:
         call = message.call
@@ -231,7 +267,9 @@ class Worker:
             return
         self._finish(job, outcome)
 
-    def _finish(self, source: Job | Dispatch, outcome: Outcome) -> None:
+    def _finish(self, source: Job | Dispatch, outcome: Outcome, as_step: bool = True) -> None:
+        """Write a call's end and tell the api; a workflow step's end goes with its
+        checkpoint and continuations (``as_step``: it ran, or was meant to)."""
         call = source.call
         pending = self._running_writes.pop(call.call_num, None)
         if pending is not None:
@@ -248,10 +286,33 @@ class Worker:
             started_at=outcome.started_at or finished,
             finished_at=finished,
         )
+        update = CallUpdate.storing(final, logs=outcome.logs, new=_carried(source))
+        function = self.pool.functions.get(call.func_name)
+        if as_step and function is not None and function.workflow is not None:
+            self._background.spawn(self._report_step(function, final, update))
+            return
         if source.early:  # nothing else can have run it: the api hears at once, the db follows
             self._tell_api(final)
-        update = CallUpdate.storing(final, logs=outcome.logs, new=_carried(source))
         self._background.spawn(self._report(final, update, source.early))
+
+    async def _report_step(self, function: Function, final: Call, update: CallUpdate) -> None:
+        """The checkpoint first, with what the step sends on; then the api hears."""
+        assert function.workflow is not None
+        try:
+            stored = await self.steps.after(function.workflow, final, update)
+        except NotFound as exc:  # its session is not in the db: a plain call's end, then
+            log.warning("worker.step_without_session", call=final.call_num, error=exc.message)
+            await self._report(final, update, early=False)
+            return
+        except FumError as exc:
+            # Left unfinished in the db: the api dispatches it again, and that run either
+            # finds the checkpoint (if this request was done after all) or writes it.
+            log.error("worker.step_finish_failed", call=final.call_num, error=str(exc))
+            return
+        if stored is None:  # not a session's call: a plain one
+            await self._report(final, update, early=False)
+            return
+        self._tell_api(stored)
 
     async def _write(self, update: CallUpdate) -> bool:
         try:

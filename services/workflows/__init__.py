@@ -1,0 +1,1 @@
+"""Workflows in the unum style: apps, sessions, what runs after each step (docs/WORKFLOWS.md)."""

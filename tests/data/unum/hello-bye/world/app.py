@@ -1,0 +1,3 @@
+
+def lambda_handler(event, context):
+	return f'{event} world!'
