@@ -151,8 +151,9 @@ class AsyncClient:
     async def list_functions(self) -> list[Function]:
         return await self._send(_api.list_functions())
 
-    async def get_function(self, name: str) -> Function:
-        return await self._send(_api.get_function(name))
+    async def get_function(self, name: str, wait: float | None = None) -> Function:
+        """The function; with ``wait`` (s, at most 60), once its build is over."""
+        return await self._send(_api.get_function(name, wait))
 
     async def deploy_function(
         self,

@@ -18,6 +18,8 @@ from services.common.errors import FumError, Unavailable, UnknownNode
 from services.common.models import Call, Function, Limits, Runtime
 from services.common.node_protocol import (
     NODE_PROTOCOL,
+    BuildFinished,
+    BuildRequested,
     CallFinished,
     CatalogSynced,
     Dispatch,
@@ -73,6 +75,9 @@ class Dispatcher:
         self._placed: dict[int, Placed] = {}
         self._backlog: deque[Placed] = deque()  # no live worker to take them yet
         self._waiters: dict[int, list[asyncio.Future[Call]]] = {}
+        # builds asked of a node (None: none is live yet) and not finished, by key
+        self._builds: dict[str, tuple[BuildRequested, int | None]] = {}
+        self.on_build_finished: Callable[[int, BuildFinished], None] = lambda node, m: None
         # Calls finished lately, as their worker reported them: a worker may report before
         # the db has the result, and a client that was answered must then find it here.
         self.recent: OrderedDict[int, Call] = OrderedDict()
@@ -86,6 +91,7 @@ class Dispatcher:
             Heartbeat: self._on_heartbeat,  # type: ignore[dict-item]
             CallFinished: self._on_call_finished,  # type: ignore[dict-item]
             PlaceCalls: self._on_place_calls,  # type: ignore[dict-item]
+            BuildFinished: self._on_build_finished,  # type: ignore[dict-item]
         }
 
     # ---- calls
@@ -163,6 +169,33 @@ class Dispatcher:
             call=placed.call, timeout=placed.timeout, early=not placed.again, stored=placed.stored
         )
         self._send(node, dispatch)
+
+    # ---- builds
+
+    def request_build(self, message: BuildRequested) -> None:
+        """Ask the least loaded live node to run a build (the first to register, if none
+        is live); a node lost meanwhile hands it to another."""
+        nodes = list(self.nodes.values())
+        node = min(nodes, key=lambda n: (n.load(), n.node_id)) if nodes else None
+        self._builds[message.key] = (message, node.node_id if node else None)
+        if node is not None:
+            self._send(node, message)
+
+    def _on_build_finished(self, identity: bytes, message: BuildFinished) -> None:
+        node = next((n for n in self.nodes.values() if n.identity == identity), None)
+        if node is None:
+            raise UnknownNode("only a registered node may report a build")
+        asked = self._builds.pop(message.key, None)
+        if asked is None:
+            return None  # reported twice (asked again after a node seemed lost)
+        self.on_build_finished(node.node_id, message)
+        return None
+
+    def _hand_builds(self, lost: int | None) -> None:
+        """Ask again for the builds of node ``lost`` (None: those waiting for a node)."""
+        for message, node_id in list(self._builds.values()):
+            if node_id == lost:
+                self.request_build(message)
 
     def wait(self, call_num: int) -> asyncio.Future[Call]:
         """A future for the call's final state (register it before dispatching)."""
@@ -243,6 +276,9 @@ class Dispatcher:
         # The reply goes out before these calls are dispatched, so the node knows them.
         asyncio.get_running_loop().call_soon(self._redispatch, lost)
         asyncio.get_running_loop().call_soon(self._drain_backlog)
+        # a restarted node forgot its builds; a node that was waited for takes the rest
+        asyncio.get_running_loop().call_soon(self._hand_builds, node.node_id)
+        asyncio.get_running_loop().call_soon(self._hand_builds, None)
         return reply
 
     def _on_heartbeat(self, identity: bytes, message: Heartbeat) -> HeartbeatAck:
@@ -314,6 +350,7 @@ class Dispatcher:
         lost = [p for p in self._placed.values() if p.node_id == node.node_id]
         log.warning("dispatch.node_dead", node=node.node_id, calls=len(lost))
         self._redispatch(lost)
+        self._hand_builds(node.node_id)
 
     def _redispatch(self, lost: list[Placed]) -> None:
         for placed in lost:

@@ -12,7 +12,8 @@ Every request passes, in order:
    answered here, before any key is asked for.
 3. **API key**, unless the route is public (``/healthz``, ``/v1/openapi.json``).
 4. **Content type**: a route that takes JSON takes only ``application/json`` (or
-   ``+json``) bodies, an upload route only ``multipart/form-data``: 415 otherwise.
+   ``+json``) bodies, an upload route only ``multipart/form-data``, a file route
+   (a build's artifact) only ``application/octet-stream``: 415 otherwise.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class Door:
         if route.body == "multipart":
             if kind != "multipart/form-data":
                 raise UnsupportedMediaType("send the package as multipart/form-data")
+        elif route.body == "binary":
+            if kind != "application/octet-stream":
+                raise UnsupportedMediaType("send the file as application/octet-stream")
         elif route.body is None or not request.body_exists:
             return
         elif kind != "application/json" and not (

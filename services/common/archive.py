@@ -12,6 +12,7 @@ reader, ``members``, serves both.
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import tarfile
@@ -232,3 +233,63 @@ def package_as_tar(package: Path, prefix: str, out: IO[bytes], limits: PackageLi
                 info.mode = 0o755 if member.mode & 0o111 else 0o644
                 spool.seek(0)
                 dest.addfile(info, spool)
+
+
+def _add_file(dest: tarfile.TarFile, name: str, source: IO[bytes], mode: int) -> None:
+    """Add one plain file, read from ``source`` (sized by spooling it)."""
+    with tempfile.TemporaryFile() as spool:
+        shutil.copyfileobj(source, spool, CHUNK)
+        info = tarfile.TarInfo(name)
+        info.size = spool.tell()
+        info.mode = 0o755 if mode & 0o111 else 0o644
+        spool.seek(0)
+        dest.addfile(info, spool)
+
+
+def _add_dir(dest: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    dest.addfile(info)
+
+
+def archive_folder(folder: Path, artifact: Path) -> None:
+    """Write what ``folder`` holds as a tar.gz of plain files and folders, named relative
+    to it (a build's artifact, unpacked like a package). A link is kept as the file it
+    names when that is a file inside ``folder``, else left out: what a build leaves is
+    not trusted, and nothing outside its folder may leave with it."""
+    root = folder.resolve()
+    with tarfile.open(artifact, mode="w:gz") as dest:
+        for here, dirs, files in os.walk(root):
+            base = Path(here)
+            for name in sorted(dirs):
+                if not (base / name).is_symlink():
+                    _add_dir(dest, str((base / name).relative_to(root)))
+            dirs[:] = [d for d in sorted(dirs) if not (base / d).is_symlink()]
+            for name in sorted(files):
+                path = base / name
+                target = path.resolve()
+                if not target.is_file() or not target.is_relative_to(root):
+                    continue
+                with target.open("rb") as source:
+                    _add_file(dest, str(path.relative_to(root)), source, target.stat().st_mode)
+
+
+def rebase_tar(archive: tarfile.TarFile, artifact: Path) -> None:
+    """Write a container's tar of one folder (``GET /containers/{id}/archive``: members
+    under the folder's own name) as a tar.gz of its contents, plain files and folders
+    only; a link is kept as the file it names within the archive, else left out."""
+    with tarfile.open(artifact, mode="w:gz") as dest:
+        for info in archive:
+            _, _, name = info.name.partition("/")
+            if not name:
+                continue
+            if info.isdir():
+                _add_dir(dest, name)
+                continue
+            try:
+                source = archive.extractfile(info) if (info.isfile() or info.issym()) else None
+            except KeyError:  # a link to nothing in the archive
+                source = None
+            if source is not None:
+                with source:
+                    _add_file(dest, name, source, info.mode)

@@ -78,6 +78,15 @@ class FunctionRemoved(Message, frozen=True):
     name: str
 
 
+class BuildRequested(Message, frozen=True):
+    """Run the build ``key`` of ``function`` (its package) on ``runtime``, upload the
+    artifact to the api's package store and say ``BuildFinished``."""
+
+    key: str
+    runtime: Runtime
+    function: Function
+
+
 # ---- worker -> api events
 
 
@@ -85,6 +94,15 @@ class CallFinished(Message, frozen=True):
     """A call reached a final status and the db has it."""
 
     call: Call
+
+
+class BuildFinished(Message, frozen=True):
+    """A build is over: ``artifact`` (uploaded to the api, by sha256) when it worked,
+    else None; ``log``: the tail of its output (and why it failed)."""
+
+    key: str
+    artifact: str | None
+    log: str
 
 
 class PlaceCalls(Message, frozen=True):
@@ -106,6 +124,8 @@ NODE_PROTOCOL = Protocol(
     RuntimeRemoved,
     FunctionSynced,
     FunctionRemoved,
+    BuildRequested,
     CallFinished,
+    BuildFinished,
     PlaceCalls,
 )

@@ -33,6 +33,7 @@ from services.common.errors import BadRequest, Conflict, FumError, NotFound
 from services.common.models import (
     FINAL_STATUSES,
     STATUSES,
+    Build,
     Call,
     CallUpdate,
     Function,
@@ -108,6 +109,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE TABLE call_numbers (next INTEGER NOT NULL)",),
     # 3: the name of the API key that created a call
     ("ALTER TABLE calls ADD COLUMN caller TEXT",),
+    # 4: the build of a function's dependencies (models.Build, as JSON; NULL: none)
+    ("ALTER TABLE functions ADD COLUMN build TEXT",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -115,7 +118,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _FINAL_SQL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
 
 _RUNTIME_COLUMNS = "name, image, run, path, dependencies, created_at, updated_at"
-_FUNCTION_COLUMNS = "name, runtime, sha256, filename, size, limits, created_at, updated_at"
+_FUNCTION_COLUMNS = "name, runtime, sha256, filename, size, limits, created_at, updated_at, build"
 _CALL_COLUMNS = (
     "call_num, uuid, func_name, params, status, result, error, node_id, attempts, start, "
     "init_ms, created_at, started_at, finished_at, caller"
@@ -128,10 +131,11 @@ _PUT_RUNTIME = f"""
         dependencies = excluded.dependencies, updated_at = excluded.updated_at
 """
 _PUT_FUNCTION = f"""
-    INSERT INTO functions ({_FUNCTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO functions ({_FUNCTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET
         runtime = excluded.runtime, sha256 = excluded.sha256, filename = excluded.filename,
-        size = excluded.size, limits = excluded.limits, updated_at = excluded.updated_at
+        size = excluded.size, limits = excluded.limits, updated_at = excluded.updated_at,
+        build = excluded.build
 """
 _INSERT_CALL = """
     INSERT INTO calls (call_num, uuid, func_name, params, status, attempts, created_at, caller)
@@ -158,6 +162,7 @@ MAX_LIST = 1000
 
 _json = msgspec.json.Encoder()
 _limits = msgspec.json.Decoder(Limits)
+_build = msgspec.json.Decoder(Build)
 
 
 def _runtime(row: Sequence[Any]) -> Runtime:
@@ -182,6 +187,7 @@ def _function(row: Sequence[Any]) -> Function:
         limits=_limits.decode(row[5]),
         created_at=row[6],
         updated_at=row[7],
+        build=_build.decode(row[8]) if row[8] else None,
     )
 
 
@@ -385,6 +391,7 @@ class Store:
                 _json.encode(stored.limits).decode(),
                 stored.created_at,
                 stored.updated_at,
+                None if stored.build is None else _json.encode(stored.build).decode(),
             ),
         )
         return stored, row is None

@@ -43,6 +43,7 @@ from services.common.protocol import Message
 from services.common.rpc import Channel, bound_endpoint, make_socket
 from services.common.settings import settings_env
 from services.common.tasks import Background
+from services.miniworker.sandbox import tail
 from services.miniworker.settings import MiniworkerSettings
 
 from .packages import PackageCache
@@ -65,7 +66,7 @@ class Job:
     call: Call
     timeout: float
     function: Function
-    package: Path
+    package: Path | None  # what its sandbox is set up from; None until its build is ready
     retries: int = 0  # runs left if its sandbox dies under it
     early: bool = False  # dispatched once only: the api may hear the result before the db
     stored: bool = True  # False: the db may not hold the call; the writes carry it
@@ -103,6 +104,28 @@ def default_pool_bind(node_dir: Path) -> str:
 # (its interpreter and imports are most of a cold start's first half), handed the next
 # call that needs a new sandbox.
 SPARE = Runtime(name="", image="", run="")
+
+
+def miniworker_settings(
+    s: WorkerSettings, mw_id: str, sandbox_dir: Path, endpoint: str = ""
+) -> MiniworkerSettings:
+    """What a sandbox of this node is driven by (a miniworker's settings; a build's)."""
+    return MiniworkerSettings(
+        mw_id=mw_id,
+        node_id=s.node_id,
+        worker_endpoint=endpoint,
+        sandbox_dir=str(sandbox_dir),
+        node_dir=s.node_dir,
+        driver=s.driver,
+        alive_interval=s.heartbeat_interval,
+        setup_timeout=s.setup_timeout,
+        log_level=s.log_level,
+        docker_network=s.docker_network,
+        docker_host_ip=s.docker_host_ip,
+        docker_registry=s.docker_registry,
+        **limits_of(s),
+        keeper_hosts=s.keeper_hosts,
+    )
 
 
 def _runtime_spec(runtime: Runtime) -> tuple[str, str, str, str]:
@@ -170,6 +193,9 @@ class Pool:
     def put_function(self, function: Function) -> None:
         self.functions[function.name] = function
         self._broken.pop(function.name, None)
+        for job in self._queues.get(function.name, ()):
+            if job.function.sha256 == function.sha256:  # its build may be ready now
+                job.function = function
         self._retire_stale()
         self._schedule()
 
@@ -308,8 +334,11 @@ class Pool:
         slot.state = "preparing"
         package = None
         if slot.function is not None:
+            archive = slot.function.setup_archive()
             try:
-                package = str(await self.packages.get(slot.function))
+                if archive is None:
+                    raise FumError(f"function {slot.function.name!r} has no build ready")
+                package = str(await self.packages.get(archive))
             except FumError as exc:
                 self._on_prepare_failed(slot, PrepareFailed(error=str(exc)))
                 return
@@ -352,6 +381,7 @@ class Pool:
     def _run(self, slot: Slot, jobs: list[Job]) -> None:
         """Hand calls of one function (one, or a batch) to a slot."""
         job = jobs[0]
+        assert job.package is not None  # _schedule saw to it
         slot.state, slot.function = "busy", job.function
         slot.jobs = {j.call.call_num: j for j in jobs}
         slot.last_used = time.monotonic()
@@ -430,6 +460,45 @@ class Pool:
             1 for s in self._slots.values() if s.state != "stopping" and s.runtime is not SPARE
         )
 
+    def _buildable(self, name: str, queue: deque[Job]) -> bool:
+        """Whether the calls waiting for a function may start: its build is ready (and its
+        artifact on this node). While the build runs they wait; when it failed they fail."""
+        job = queue[0]
+        if job.package is not None:
+            return True
+        build = job.function.build
+        if build is not None and build.status == "failed":
+            failed = list(queue)
+            queue.clear()
+            for each in failed:
+                self._fail(each, f"the build of function {name!r} failed:\n{tail(build.log)}")
+            return False
+        archive = job.function.setup_archive()
+        if archive is None:
+            return False  # put_function brings the build's end
+        package = self.packages.cached(archive)
+        if package is None:
+            self._background.spawn(self._fetch(archive))
+            return False
+        for waiting in queue:
+            if waiting.package is None and waiting.function.setup_archive() == archive:
+                waiting.package = package
+        return True
+
+    async def _fetch(self, archive: str) -> None:
+        """Fetch an artifact that calls wait for, then start them (or fail them)."""
+        try:
+            await self.packages.get(archive)
+        except FumError as exc:
+            for queue in list(self._queues.values()):
+                if queue and queue[0].function.setup_archive() == archive:
+                    failed = list(queue)
+                    queue.clear()
+                    for job in failed:
+                        self._fail(job, str(exc))
+            return
+        self._schedule(preload=False)
+
     def _schedule(self, preload: bool = True) -> None:
         """Start the waiting calls that can start; then, if the node's sandboxes changed
         (or ``preload``), keep what the preload policy asks for. A call that only takes a
@@ -439,6 +508,8 @@ class Pool:
             queue = self._queues[name]
             while queue:
                 job = queue[0]
+                if job.package is None and not self._buildable(name, queue):
+                    break
                 slot = self._idle_slot_for(job.function)
                 if slot is None and not self._make_room(job.function):
                     break
@@ -491,6 +562,8 @@ class Pool:
             of_function = self.runtimes.get(function.runtime)
             if of_function is None or self._broken.get(function.name) == function.sha256:
                 continue
+            if function.setup_archive() is None:
+                continue  # its build is not ready
             for _ in range(self._floor(of_function, function) - self._warm(function)):
                 if self._active() >= self.settings.capacity or self._at_most(function):
                     break
@@ -564,7 +637,11 @@ class Pool:
         if slot.function is None:
             return False
         current = self.functions.get(slot.function.name)
-        return current is None or current.sha256 != slot.function.sha256
+        return (
+            current is None
+            or current.sha256 != slot.function.sha256
+            or current.setup_archive() != slot.function.setup_archive()
+        )
 
     def _retire_stale(self) -> None:
         for slot in list(self._slots.values()):
@@ -599,22 +676,8 @@ class Pool:
 
     async def _run_slot(self, slot: Slot) -> None:
         """Start the miniworker process, and clean up after it when it exits."""
-        settings = MiniworkerSettings(
-            mw_id=slot.mw_id,
-            node_id=self.settings.node_id,
-            worker_endpoint=self.endpoint,
-            sandbox_dir=str(self._sandboxes / slot.mw_id),
-            node_dir=self.settings.node_dir,
-            driver=self.settings.driver,
-            alive_interval=self.settings.heartbeat_interval,
-            setup_timeout=self.settings.setup_timeout,
-            log_level=self.settings.log_level,
-            docker_network=self.settings.docker_network,
-            docker_host_ip=self.settings.docker_host_ip,
-            docker_registry=self.settings.docker_registry,
-            **limits_of(self.settings),
-            keeper_hosts=self.settings.keeper_hosts,
-        )
+        sandbox_dir = self._sandboxes / slot.mw_id
+        settings = miniworker_settings(self.settings, slot.mw_id, sandbox_dir, self.endpoint)
         env = {**self._base_env, **settings_env(settings)}
         try:
             slot.proc = await asyncio.create_subprocess_exec(

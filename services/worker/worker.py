@@ -19,6 +19,7 @@ from services.common.errors import FumError, Unavailable, UnknownNode
 from services.common.models import Call, CallUpdate, Function, NewCall
 from services.common.node_protocol import (
     NODE_PROTOCOL,
+    BuildRequested,
     CallFinished,
     CatalogSynced,
     Dispatch,
@@ -34,7 +35,9 @@ from services.common.pool_protocol import Outcome
 from services.common.protocol import Message
 from services.common.rpc import Client, close_context
 from services.common.tasks import Background, retrying
+from services.miniworker.settings import PASSTHROUGH
 
+from .builds import Builder
 from .packages import PackageCache
 from .pool import Job, Pool
 from .settings import WorkerSettings
@@ -58,6 +61,7 @@ class Worker:
             RuntimeRemoved: lambda m: self.pool.remove_runtime(m.name),
             FunctionSynced: lambda m: self.pool.put_function(m.function),
             FunctionRemoved: lambda m: self.pool.remove_function(m.name),
+            BuildRequested: lambda m: self._background.spawn(self._build(m)),
         }
 
     async def serve(self) -> None:
@@ -74,6 +78,8 @@ class Worker:
             stack.push_async_callback(self.db.close)
             packages = PackageCache(Path(s.node_dir) / "packages", s.api_url, session)
             self.pool = Pool(s, ctx, packages, self._base_env, self._on_start, self._on_outcome)
+            passthrough = {k: v for k, v in self._base_env.items() if k in PASSTHROUGH}
+            self.builder = Builder(s, packages, passthrough)
             stack.push_async_callback(self.pool.close)
             self.api = Client(
                 ctx,
@@ -148,13 +154,22 @@ class Worker:
             outcome = Outcome(call_num=call.call_num, status="ERROR", error=error)
             self._finish(message, outcome)
             return
-        package = self.pool.packages.cached(function.sha256)
+        archive = function.setup_archive()
+        if archive is None:  # its build is not ready: the pool holds the call until it is
+            self.pool.submit(self._job(message, function, None))
+            return
+        package = self.pool.packages.cached(archive)
         if package is not None:
             self.pool.submit(self._job(message, function, package))
         else:
-            self._background.spawn(self._fetch_then_submit(message, function))
+            self._background.spawn(self._fetch_then_submit(message, function, archive))
 
-    def _job(self, message: Dispatch, function: Function, package: Path) -> Job:
+    async def _build(self, message: BuildRequested) -> None:
+        finished = await self.builder.build(message)
+        with contextlib.suppress(zmq.ZMQError):
+            self.api.send_event(finished)
+
+    def _job(self, message: Dispatch, function: Function, package: Path | None) -> Job:
         return Job(
             message.call,
             message.timeout,
@@ -165,10 +180,10 @@ class Worker:
             stored=message.stored,
         )
 
-    async def _fetch_then_submit(self, message: Dispatch, function: Function) -> None:
+    async def _fetch_then_submit(self, message: Dispatch, function: Function, archive: str) -> None:
         call = message.call
         try:
-            package = await self.pool.packages.get(function)
+            package = await self.pool.packages.get(archive)
         except FumError as exc:
             outcome = Outcome(call_num=call.call_num, status="ERROR", error=str(exc))
             self._finish(message, outcome)
