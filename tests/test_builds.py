@@ -34,7 +34,8 @@ USES_DEP = """
 
     def handle(params):
         time.sleep(params.get("s", 0))
-        return {"value": fumtinydep.VALUE, "sandbox": f"{socket.gethostname()}:{os.getpid()}", "dep": fumtinydep.__file__}
+        sandbox = f"{socket.gethostname()}:{os.getpid()}"
+        return {"value": fumtinydep.VALUE, "sandbox": sandbox, "dep": fumtinydep.__file__}
     """
 
 

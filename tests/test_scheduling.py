@@ -186,3 +186,68 @@ async def test_a_full_node_evicts_the_least_recently_used(
         _, call = await api.invoke("c", {})
         assert call["status"] == "DONE" and call["start"] == "cold"
         await api.wait_nodes(lambda n: n[0]["idle"] == {"b": 1, "c": 1})
+
+
+async def burst_starts(api: Api, name: str, pause: float) -> list[str]:
+    """How the sandboxes of eight simultaneous calls were found (after one call that
+    specialises the runtime's generic sandbox, leaving it warm and telling the node how
+    long the function's calls take and what a specialisation costs)."""
+    await api.wait_nodes(lambda n: n[0]["generic"].get("pyh") == 1)
+    status, first = await api.invoke(name, {"pause": pause})
+    assert status == 200 and first["status"] == "DONE", first
+    assert first["start"] == "specialized", first
+    await api.wait_nodes(lambda n: n[0]["idle"].get(name) == 1)
+    answers = await asyncio.gather(*(api.invoke(name, {"pause": pause}) for _ in range(8)))
+    for status, call in answers:
+        assert status == 200 and call["status"] == "DONE", call
+    return [call["start"] for _, call in answers]
+
+
+async def test_a_burst_of_short_calls_queues_for_the_warm_sandbox(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Queueing 10 ms calls behind one warm sandbox is sooner than starting another."""
+    async with running(tmp_path_factory) as (_, api):
+        starts = await burst_starts(api, await deploy(api, "short"), 0.01)
+        assert starts.count("warm") >= 6, starts  # at most two sandboxes started
+
+
+async def test_a_burst_of_long_calls_starts_several_sandboxes_at_once(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Seven 2 s calls waiting on one sandbox would wait far longer than a start."""
+    async with running(tmp_path_factory) as (_, api):
+        starts = await burst_starts(api, await deploy(api, "long"), 2.0)
+        assert 8 - starts.count("warm") >= 3, starts
+        _, nodes = await api.request("GET", "/v1/nodes")
+        assert nodes["items"][0]["capacity"] == 8
+
+
+async def test_warm_affinity_places_by_the_expected_start(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With no idle warm sandbox anywhere, a call goes where it is expected to begin
+    soonest: behind the busy sandbox of a short function (its wait is shorter than a
+    start on the idle node), not behind that of a long one."""
+    async with running(tmp_path_factory, workers=2, policy="warm-affinity", preload="none") as (
+        _,
+        api,
+    ):
+        for name, pause in (("short", 0.01), ("long", 1.5)):
+            await deploy(api, name)
+            _, first = await api.invoke(name, {"pause": pause})
+            home = first["nodeId"]
+            # its heartbeat says so: warm there, its calls' time known
+            await api.wait_nodes(
+                lambda n, h=home, f=name: any(
+                    x["nodeId"] == h and x["idle"].get(f) == 1 and f in x["durations"] for x in n
+                )
+            )
+            _, busy = await api.invoke(name, {"pause": 2.0}, blocking=False)
+            _, call = await api.invoke(name, {"pause": pause})
+            assert call["status"] == "DONE", call
+            if name == "short":
+                assert call["nodeId"] == home, call  # 0.01 s of wait, not a cold start
+            else:
+                assert call["nodeId"] != home, call  # 1.5 s of wait: the other node starts one
+            await api.wait_call(busy["callNum"])

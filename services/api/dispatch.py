@@ -164,7 +164,7 @@ class Dispatcher:
         node = self._policy.choose(nodes, name)
         node.take_warm(name)
         placed.node_id = node.node_id
-        node.calls.add(placed.call.call_num)
+        node.add_call(placed.call.call_num, name)
         dispatch = Dispatch(
             call=placed.call, timeout=placed.timeout, early=not placed.again, stored=placed.stored
         )
@@ -260,7 +260,7 @@ class Dispatcher:
         for placed in self._placed.values():
             if placed.call.call_num in held:
                 placed.node_id, placed.claim_by = node.node_id, None
-                node.calls.add(placed.call.call_num)
+                node.add_call(placed.call.call_num, placed.call.func_name)
             elif old is not None and placed.node_id == node.node_id:
                 lost.append(placed)  # the worker restarted without them
         log.info(
@@ -288,6 +288,8 @@ class Dispatcher:
         node.last_seen, node.heard_at = time.monotonic(), time.time()
         node.capacity, node.busy, node.queued = message.capacity, message.busy, message.queued
         node.idle, node.generic = dict(message.idle), message.generic
+        node.sandboxes, node.durations = message.sandboxes, message.durations
+        node.starts = message.starts
         return HeartbeatAck()
 
     def _on_place_calls(self, identity: bytes, message: PlaceCalls) -> None:
@@ -312,7 +314,7 @@ class Dispatcher:
                 return None
             del self._placed[call.call_num]
             if node is not None:
-                node.calls.discard(call.call_num)
+                node.drop_call(call.call_num, call.func_name)
                 node.give_warm(call.func_name)  # its sandbox is idle again
             following = self.admission.finished(placed.call.func_name)
             if following is not None:

@@ -895,6 +895,10 @@ async def list_nodes(request: web.Request) -> web.Response:
             "inFlight": len(n.calls),
             "idle": n.idle,
             "generic": n.generic,
+            # what placement estimates from (services/common/estimate.py), per function
+            "sandboxes": n.sandboxes,
+            "durations": n.durations,
+            "starts": n.starts,
             "registeredAt": iso(n.registered_at),
             "heardAt": iso(n.heard_at),
         }

@@ -27,6 +27,11 @@ class Heartbeat(Message, frozen=True):
     queued: int  # calls waiting on this node for a sandbox
     idle: dict[str, int] = {}  # function -> sandboxes warm for it and idle
     generic: dict[str, int] = {}  # runtime -> idle generic sandboxes (runtime preload)
+    # What the api's placement estimates a call's wait on this node from (the same
+    # estimate as the node's own, services/common/estimate.py), per function:
+    sandboxes: dict[str, int] = {}  # sandboxes warm for it or starting for it
+    durations: dict[str, float] = {}  # mean seconds of its calls
+    starts: dict[str, float] = {}  # seconds its next sandbox here is expected to start in
 
 
 # ---- api -> worker replies

@@ -25,6 +25,7 @@ import zmq
 
 from services.common.archive import limits_of
 from services.common.errors import FumError
+from services.common.estimate import expected_wait, moving, worth_starting
 from services.common.models import Call, Function, Runtime
 from services.common.node_protocol import Heartbeat
 from services.common.pool_protocol import (
@@ -153,6 +154,8 @@ class Pool:
         self._queues: dict[str, deque[Job]] = {}  # function -> calls waiting, oldest first
         self._broken: dict[str, str] = {}  # function -> sha whose set-up failed
         self._durations: dict[str, float] = {}  # function -> its calls' mean run, seconds
+        # (function, start kind) -> its starts' mean set-up, seconds; ("", kind): any's
+        self._starts: dict[tuple[str, str], float] = {}
         self._ids = itertools.count(1)
         self._background = Background()
         self._closing = False
@@ -221,7 +224,10 @@ class Pool:
         queued += sum(len(s.jobs) - (s.state == "busy") for s in self._slots.values() if s.jobs)
         idle: dict[str, int] = {}
         generic: dict[str, int] = {}
+        sandboxes: dict[str, int] = {}
         for slot in self._slots.values():
+            if slot.state != "stopping" and slot.function is not None:
+                sandboxes[slot.function.name] = sandboxes.get(slot.function.name, 0) + 1
             if slot.state != "idle":
                 continue
             if slot.function is not None:
@@ -235,6 +241,13 @@ class Pool:
             queued=queued,
             idle=idle,
             generic=generic,
+            sandboxes=sandboxes,
+            durations=dict(self._durations),
+            starts={
+                f.name: cost
+                for f in self.functions.values()
+                if (cost := self._start_cost(f)) is not None
+            },
         )
 
     # ---- the loop
@@ -266,6 +279,8 @@ class Pool:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             self.evict_idle()
+            if self._queues:  # a call running long enough may make a start worth it now
+                self._schedule(preload=False)
             deadline = time.monotonic() - self.settings.miniworker_timeout
             for slot in list(self._slots.values()):
                 if (
@@ -362,8 +377,7 @@ class Pool:
                 log.error("pool.unexpected_outcome", mw=slot.mw_id, call=outcome.call_num)
                 continue
             finished.append((job, outcome))
-            if outcome.status == "DONE":
-                self._timed(job.function.name, outcome.finished_at - outcome.started_at)
+            self._timed(job.function.name, outcome)
         unrun = [job for num in message.unrun if (job := slot.jobs.pop(num, None))]
         self._requeue(unrun)
         if unrun and not message.ready:  # another idle sandbox may take them meanwhile
@@ -405,10 +419,47 @@ class Pool:
         if jobs:
             self._queues.setdefault(jobs[0].function.name, deque()).extendleft(reversed(jobs))
 
-    def _timed(self, function: str, seconds: float) -> None:
-        """Keep a moving average of how long the function's calls take."""
-        mean = self._durations.get(function)
-        self._durations[function] = seconds if mean is None else mean + (seconds - mean) / 8
+    def _timed(self, function: str, outcome: Outcome) -> None:
+        """Keep moving averages of how long the function's calls take (their run, not the
+        set-up the first call of a sandbox waited for) and its sandboxes' starts."""
+        setup = outcome.init_ms / 1000
+        if outcome.start in ("cold", "specialized") and setup > 0:
+            for key in ((function, outcome.start), ("", outcome.start)):
+                self._starts[key] = moving(self._starts.get(key), setup)
+        if outcome.status == "DONE":
+            seconds = outcome.finished_at - outcome.started_at - setup
+            self._durations[function] = moving(self._durations.get(function), seconds)
+
+    def _worth_starting(self, function: Function, queued: int) -> bool:
+        """Whether another sandbox should start for the function's ``queued`` calls: the
+        expected wait on the sandboxes it has (warm or starting) is longer than a start
+        (services/common/estimate.py)."""
+        serving = [
+            s for s in self._slots.values() if s.state != "stopping" and s.warm_for(function)
+        ]
+        wait = expected_wait(queued, len(serving), self._duration(function, serving))
+        return worth_starting(wait, self._start_cost(function))
+
+    def _duration(self, function: Function, serving: list[Slot]) -> float | None:
+        """How long a call of the function is expected to take: its mean, or, longer, what
+        its running calls have taken so far (a lower bound, and all there is at first)."""
+        now = time.monotonic()
+        elapsed = [now - s.last_used for s in serving if s.state == "busy"]
+        mean = self._durations.get(function.name)
+        if not elapsed:
+            return mean
+        return max(mean or 0.0, *elapsed)
+
+    def _start_cost(self, function: Function) -> float | None:
+        """Seconds the next sandbox of the function is expected to take to start: from a
+        generic one (specialised) when one is idle, else from nothing (cold); observed for
+        this function, else for any on this node, else None."""
+        generic = any(
+            s.state == "idle" and s.function is None and s.runtime.name == function.runtime
+            for s in self._slots.values()
+        )
+        kind = "specialized" if generic else "cold"
+        return self._starts.get((function.name, kind), self._starts.get(("", kind)))
 
     def _batch(self, slot: Slot, queue: deque[Job]) -> list[Job]:
         """The calls a warm slot takes from the head of its function's queue: one, or, for
@@ -511,12 +562,17 @@ class Pool:
                 if job.package is None and not self._buildable(name, queue):
                     break
                 slot = self._idle_slot_for(job.function)
-                if slot is None and not self._make_room(job.function):
-                    break
-                if slot is not None:
-                    changed = changed or not slot.warm_for(job.function)  # specialised
+                if slot is not None and slot.warm_for(job.function):
                     self._run(slot, self._batch(slot, queue))
                     continue
+                if not self._worth_starting(job.function, len(queue)):
+                    break  # sooner served by one of its sandboxes than by a new one
+                if slot is not None:  # a generic one, specialised for the call
+                    changed = True
+                    self._run(slot, self._batch(slot, queue))
+                    continue
+                if not self._make_room(job.function):
+                    break
                 queue.popleft()
                 changed = True
                 runtime = self.runtimes.get(job.function.runtime)
