@@ -43,6 +43,11 @@ class Runtime(Model, frozen=True):
     created_at: float = 0.0
     updated_at: float = 0.0
 
+    def spec(self) -> tuple[str, str, str, str]:
+        """What its sandboxes are made of: the same spec, the same sandboxes (a runtime put
+        again unchanged keeps its generic ones)."""
+        return (self.image, self.path, self.dependencies, self.run)
+
 
 class Limits(Model, frozen=True):
     """Per-function limits, set at upload and updatable; ``None`` means no limit."""

@@ -129,10 +129,6 @@ def miniworker_settings(
     )
 
 
-def _runtime_spec(runtime: Runtime) -> tuple[str, str, str, str]:
-    return (runtime.image, runtime.path, runtime.dependencies, runtime.run)
-
-
 class Pool:
     def __init__(
         self,
@@ -688,7 +684,7 @@ class Pool:
 
     def _stale(self, slot: Slot) -> bool:
         runtime = self.runtimes.get(slot.runtime.name)
-        if runtime is None or _runtime_spec(runtime) != _runtime_spec(slot.runtime):
+        if runtime is None or runtime.spec() != slot.runtime.spec():
             return True
         if slot.function is None:
             return False
