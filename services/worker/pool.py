@@ -85,6 +85,7 @@ class Slot:
     proc: asyncio.subprocess.Process | None = None
     last_alive: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
+    setting_up: bool = False  # its Run begins with a start (specialised or cold)
 
     def warm_for(self, function: Function) -> bool:
         f = self.function
@@ -392,6 +393,7 @@ class Pool:
         """Hand calls of one function (one, or a batch) to a slot."""
         job = jobs[0]
         assert job.package is not None  # _schedule saw to it
+        slot.setting_up = slot.state != "idle" or not slot.warm_for(job.function)
         slot.state, slot.function = "busy", job.function
         slot.jobs = {j.call.call_num: j for j in jobs}
         slot.last_used = time.monotonic()
@@ -438,9 +440,10 @@ class Pool:
 
     def _duration(self, function: Function, serving: list[Slot]) -> float | None:
         """How long a call of the function is expected to take: its mean, or, longer, what
-        its running calls have taken so far (a lower bound, and all there is at first)."""
+        its running calls have taken so far (a lower bound, and all there is at first; a
+        sandbox still starting for its call tells nothing of the call)."""
         now = time.monotonic()
-        elapsed = [now - s.last_used for s in serving if s.state == "busy"]
+        elapsed = [now - s.last_used for s in serving if s.state == "busy" and not s.setting_up]
         mean = self._durations.get(function.name)
         if not elapsed:
             return mean
