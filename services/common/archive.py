@@ -69,6 +69,7 @@ class Member(NamedTuple):
     is_dir: bool
     reader: _Reader | None
     mode: int
+    size: int = 0  # of a file, as its header declares it (its reader gives no more)
 
 
 class _Budget:
@@ -160,7 +161,8 @@ def _tar_members(package: Path, budget: _Budget) -> Iterator[Member]:
                 raise BadRequest(f"the package member {info.name!r} is {kind}")
             path = budget.member(info.name, info.isdir(), info.size)
             raw = archive.extractfile(info) if info.isfile() else None
-            yield Member(path, info.isdir(), _Reader(raw, "tar") if raw else None, info.mode)
+            reader = _Reader(raw, "tar") if raw else None
+            yield Member(path, info.isdir(), reader, info.mode, info.size)
 
 
 def _zip_members(package: Path, budget: _Budget) -> Iterator[Member]:
@@ -175,7 +177,7 @@ def _zip_members(package: Path, budget: _Budget) -> Iterator[Member]:
                 continue
             # ZipExtFile checks the CRC and the declared size as it reads to the end.
             with archive.open(info) as raw:
-                yield Member(path, False, _Reader(raw, "zip"), mode or 0o644)
+                yield Member(path, False, _Reader(raw, "zip"), mode or 0o644, info.file_size)
 
 
 def validate_package(package: Path, limits: PackageLimits) -> list[str]:
@@ -225,14 +227,15 @@ def package_as_tar(package: Path, prefix: str, out: IO[bytes], limits: PackageLi
                 dest.addfile(info)
                 continue
             assert member.reader is not None
-            # tarfile needs the size before the data: the member goes to a temp file first.
-            with tempfile.TemporaryFile() as spool:
-                while chunk := member.reader.read(CHUNK):
-                    spool.write(chunk)
-                info.size = spool.tell()
-                info.mode = 0o755 if member.mode & 0o111 else 0o644
-                spool.seek(0)
-                dest.addfile(info, spool)
+            # The declared size: the reader gives no more, and a shorter member (a corrupt
+            # archive) fails tarfile's copy. Packages were read through when they were
+            # stored, and are checked against their sha256 on every node.
+            info.size = member.size
+            info.mode = 0o755 if member.mode & 0o111 else 0o644
+            try:
+                dest.addfile(info, member.reader)
+            except OSError as exc:
+                raise BadRequest(f"the package member {str(member.path)!r}: {exc}") from None
 
 
 def _add_file(dest: tarfile.TarFile, name: str, source: IO[bytes], mode: int) -> None:
