@@ -17,6 +17,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -70,6 +71,7 @@ class Member(NamedTuple):
     reader: _Reader | None
     mode: int
     size: int = 0  # of a file, as its header declares it (its reader gives no more)
+    mtime: float = 0.0  # as the archive says (kept: a .pyc is valid for its source's)
 
 
 class _Budget:
@@ -162,7 +164,7 @@ def _tar_members(package: Path, budget: _Budget) -> Iterator[Member]:
             path = budget.member(info.name, info.isdir(), info.size)
             raw = archive.extractfile(info) if info.isfile() else None
             reader = _Reader(raw, "tar") if raw else None
-            yield Member(path, info.isdir(), reader, info.mode, info.size)
+            yield Member(path, info.isdir(), reader, info.mode, info.size, info.mtime)
 
 
 def _zip_members(package: Path, budget: _Budget) -> Iterator[Member]:
@@ -177,7 +179,8 @@ def _zip_members(package: Path, budget: _Budget) -> Iterator[Member]:
                 continue
             # ZipExtFile checks the CRC and the declared size as it reads to the end.
             with archive.open(info) as raw:
-                yield Member(path, False, _Reader(raw, "zip"), mode or 0o644, info.file_size)
+                mtime = time.mktime((*info.date_time, 0, 0, -1))
+                yield Member(path, False, _Reader(raw, "zip"), mode or 0o644, info.file_size, mtime)
 
 
 def validate_package(package: Path, limits: PackageLimits) -> list[str]:
@@ -208,6 +211,8 @@ def extract_package(package: Path, dest: Path, limits: PackageLimits) -> None:
                 while chunk := member.reader.read(CHUNK):
                     out.write(chunk)
             target.chmod(0o755 if member.mode & 0o111 else 0o644)
+            if member.mtime > 0:
+                os.utime(target, (member.mtime, member.mtime))
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True, exist_ok=True)
@@ -230,7 +235,7 @@ def package_as_tar(package: Path, prefix: str, out: IO[bytes], limits: PackageLi
             # The declared size: the reader gives no more, and a shorter member (a corrupt
             # archive) fails tarfile's copy. Packages were read through when they were
             # stored, and are checked against their sha256 on every node.
-            info.size = member.size
+            info.size, info.mtime = member.size, member.mtime
             info.mode = 0o755 if member.mode & 0o111 else 0o644
             try:
                 dest.addfile(info, member.reader)
@@ -238,12 +243,12 @@ def package_as_tar(package: Path, prefix: str, out: IO[bytes], limits: PackageLi
                 raise BadRequest(f"the package member {str(member.path)!r}: {exc}") from None
 
 
-def _add_file(dest: tarfile.TarFile, name: str, source: IO[bytes], mode: int) -> None:
+def _add_file(dest: tarfile.TarFile, name: str, source: IO[bytes], mode: int, mtime: float) -> None:
     """Add one plain file, read from ``source`` (sized by spooling it)."""
     with tempfile.TemporaryFile() as spool:
         shutil.copyfileobj(source, spool, CHUNK)
         info = tarfile.TarInfo(name)
-        info.size = spool.tell()
+        info.size, info.mtime = spool.tell(), mtime
         info.mode = 0o755 if mode & 0o111 else 0o644
         spool.seek(0)
         dest.addfile(info, spool)
@@ -273,8 +278,10 @@ def archive_folder(folder: Path, artifact: Path) -> None:
                 target = path.resolve()
                 if not target.is_file() or not target.is_relative_to(root):
                     continue
+                found = target.stat()
                 with target.open("rb") as source:
-                    _add_file(dest, str(path.relative_to(root)), source, target.stat().st_mode)
+                    name = str(path.relative_to(root))
+                    _add_file(dest, name, source, found.st_mode, found.st_mtime)
 
 
 def rebase_tar(archive: tarfile.TarFile, artifact: Path) -> None:
@@ -295,4 +302,4 @@ def rebase_tar(archive: tarfile.TarFile, artifact: Path) -> None:
                 source = None
             if source is not None:
                 with source:
-                    _add_file(dest, name, source, info.mode)
+                    _add_file(dest, name, source, info.mode, info.mtime)
