@@ -153,6 +153,7 @@ class Pool:
         self._durations: dict[str, float] = {}  # function -> its calls' mean run, seconds
         # (function, start kind) -> its starts' mean set-up, seconds; ("", kind): any's
         self._starts: dict[tuple[str, str], float] = {}
+        self._fetching: set[str] = set()  # artifacts being fetched for waiting calls
         self._ids = itertools.count(1)
         self._background = Background()
         self._closing = False
@@ -528,7 +529,9 @@ class Pool:
             return False  # put_function brings the build's end
         package = self.packages.cached(archive)
         if package is None:
-            self._background.spawn(self._fetch(archive))
+            if archive not in self._fetching:
+                self._fetching.add(archive)
+                self._background.spawn(self._fetch(archive))
             return False
         for waiting in queue:
             if waiting.package is None and waiting.function.setup_archive() == archive:
@@ -540,6 +543,7 @@ class Pool:
         try:
             await self.packages.get(archive)
         except FumError as exc:
+            self._fetching.discard(archive)
             for queue in list(self._queues.values()):
                 if queue and queue[0].function.setup_archive() == archive:
                     failed = list(queue)
@@ -547,6 +551,7 @@ class Pool:
                     for job in failed:
                         self._fail(job, str(exc))
             return
+        self._fetching.discard(archive)
         self._schedule(preload=False)
 
     def _schedule(self, preload: bool = True) -> None:
