@@ -2,8 +2,9 @@
 
 The container is started from the runtime's image with an idle main process, so it can
 exist before it knows its function (the ``runtime`` preload). Installing puts the
-package's files in the runtime's ``path`` (a tar through the Docker API, no shared
-volume) and runs the ``dependencies`` command there; launching execs the ``run`` command
+function's files (its build's artifact, or its package) in the runtime's ``path`` (a tar
+through the Docker API, no shared volume); a build (one container, at deploy time) runs
+the ``dependencies`` command there and reads the path back; launching execs the ``run`` command
 with the FUM environment, its stdout and stderr to a log file in a folder bound from the
 node (read to its end after each call: exact per-call output, where Docker's own stream
 can deliver the last lines after the call's ``ok``). A crash or a timeout kills the
