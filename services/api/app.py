@@ -145,6 +145,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         await wait_for_db(db)
         await catalog.load()
         await recover_calls(db, dispatcher, catalog)
+        dispatcher.open()  # workers register from now on, and get the whole catalogue
         loop = asyncio.get_running_loop()
         tasks.append(loop.create_task(dispatcher.serve()))
         tasks.append(loop.create_task(sweep_pending(db, dispatcher, settings.sweep_interval)))

@@ -81,11 +81,9 @@ class Dispatcher:
         # Calls finished lately, as their worker reported them: a worker may report before
         # the db has the result, and a client that was answered must then find it here.
         self.recent: OrderedDict[int, Call] = OrderedDict()
-        sock = keys.server(make_socket(ctx, zmq.ROUTER))
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its id back
-        sock.bind(settings.node_bind)
-        self.endpoint = bound_endpoint(sock)
-        self._channel = Channel(sock, self._on_frames, name="nodes")
+        self._ctx, self._keys = ctx, keys
+        self._channel: Channel | None = None  # open(): once the catalogue is loaded
+        self.endpoint = ""
         self._handlers: dict[type[Message], Callable[[bytes, Message], Message | None]] = {
             Register: self._on_register,  # type: ignore[dict-item]
             Heartbeat: self._on_heartbeat,  # type: ignore[dict-item]
@@ -93,6 +91,17 @@ class Dispatcher:
             PlaceCalls: self._on_place_calls,  # type: ignore[dict-item]
             BuildFinished: self._on_build_finished,  # type: ignore[dict-item]
         }
+
+    def open(self) -> None:
+        """Bind the node channel. Called once the catalogue is loaded and the unfinished
+        calls are recovered: a worker that registers is sent the whole catalogue, so it
+        must not be able to register before the api has one (a restart would leave it
+        with none)."""
+        sock = self._keys.server(make_socket(self._ctx, zmq.ROUTER))
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its id back
+        sock.bind(self.settings.node_bind)
+        self.endpoint = bound_endpoint(sock)
+        self._channel = Channel(sock, self._on_frames, name="nodes")
 
     # ---- calls
 
@@ -219,6 +228,7 @@ class Dispatcher:
             log.warning("dispatch.send_failed", node=node.node_id, error=str(exc))
             self._declare_dead(node)
 
+        assert self._channel is not None, "no node is registered before open()"
         self._channel.send_event([node.identity, EVENT], NODE_PROTOCOL.encode(message), failed)
 
     # ---- the node channel
@@ -240,7 +250,7 @@ class Dispatcher:
                 reply = handler(identity, message)
             except FumError as exc:
                 reply = Protocol.error(exc)
-            if reply is not None and request_id != EVENT:
+            if reply is not None and request_id != EVENT and self._channel is not None:
                 with contextlib.suppress(zmq.ZMQError):  # the worker left meanwhile
                     self._channel.send([identity, request_id, NODE_PROTOCOL.encode(reply)])
 
@@ -375,4 +385,5 @@ class Dispatcher:
 
     def close(self) -> None:
         self.fail_waiters("the api stopped")
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()

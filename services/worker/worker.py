@@ -149,10 +149,8 @@ class Worker:
     def _on_dispatch(self, message: Dispatch) -> None:
         call = message.call
         function = self.pool.functions.get(call.func_name)
-        if function is None:
-            error = f"function {call.func_name!r} is not on this node"
-            outcome = Outcome(call_num=call.call_num, status="ERROR", error=error)
-            self._finish(message, outcome)
+        if function is None:  # registered after this node's catalogue was sent: ask the db
+            self._background.spawn(self._learn_then_submit(message))
             return
         archive = function.setup_archive()
         if archive is None:  # its build is not ready: the pool holds the call until it is
@@ -179,6 +177,27 @@ class Worker:
             early=message.early,
             stored=message.stored,
         )
+
+    async def _learn_then_submit(self, message: Dispatch) -> None:
+        """A call of a function this node was not told of: the db is the catalogue's
+        source, so the function (and its runtime, if new here) is read from it."""
+        call = message.call
+        try:
+            function = await retrying(
+                lambda: self.db.get_function(call.func_name), RESULT_DEADLINE, "get function"
+            )
+            if function.runtime not in self.pool.runtimes:
+                runtime = await retrying(
+                    lambda: self.db.get_runtime(function.runtime), RESULT_DEADLINE, "get runtime"
+                )
+                self.pool.put_runtime(runtime)
+        except FumError as exc:
+            outcome = Outcome(call_num=call.call_num, status="ERROR", error=str(exc))
+            self._finish(message, outcome)
+            return
+        log.info("worker.function_learned", function=function.name, call=call.call_num)
+        self.pool.put_function(function)
+        self._on_dispatch(message)  # known now: placed as any call of it
 
     async def _fetch_then_submit(self, message: Dispatch, function: Function, archive: str) -> None:
         call = message.call
