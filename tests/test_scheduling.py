@@ -143,8 +143,11 @@ async def test_queue_overflow_gets_429_and_memory_stays_bounded(
 
 
 async def test_scale_up_to_max_containers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Three sandboxes kept (minWarm), six 1.5 s calls: the wait behind the three is longer
+    than a start, so the node would start more, but maxContainers holds it at three."""
     async with running(tmp_path_factory, preload="none", capacity=8) as (_, api):
-        await deploy(api, "f", maxContainers=3)
+        await deploy(api, "f", maxContainers=3, minWarm=3)
+        await api.wait_nodes(lambda n: n[0]["idle"].get("f") == 3)
         nums = []
         for i in range(6):
             _, call = await api.invoke("f", {"i": i, "pause": 1.5}, blocking=False)
@@ -158,7 +161,7 @@ async def test_scale_up_to_max_containers(tmp_path_factory: pytest.TempPathFacto
             "POST", "/v1/calls/wait", json={"callNums": nums, "timeout": 60}
         )
         starts = sorted(c["start"] for c in waited["done"])
-        assert starts == ["cold"] * 3 + ["warm"] * 3  # three sandboxes, each used twice
+        assert starts == ["warm"] * 6  # the three sandboxes, each used twice
         assert peak == 3
 
 
