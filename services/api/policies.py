@@ -62,7 +62,7 @@ class Node:
             self.sandboxes.get(function, 0),
             self.durations.get(function),
         )
-        start = math.inf if self.load() >= 1 else self.starts.get(function)
+        start = math.inf if self.load() >= 1 else self.starts.get(function, self.starts.get(""))
         return expected_start(wait, start)
 
     def warm_idle(self, function: str) -> int:

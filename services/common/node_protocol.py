@@ -31,7 +31,8 @@ class Heartbeat(Message, frozen=True):
     # estimate as the node's own, services/common/estimate.py), per function:
     sandboxes: dict[str, int] = {}  # sandboxes warm for it or starting for it
     durations: dict[str, float] = {}  # mean seconds of its calls
-    starts: dict[str, float] = {}  # seconds its next sandbox here is expected to start in
+    # seconds its next sandbox here is expected to start in ("": a cold start of any)
+    starts: dict[str, float] = {}
 
 
 # ---- api -> worker replies

@@ -241,11 +241,7 @@ class Pool:
             generic=generic,
             sandboxes=sandboxes,
             durations=dict(self._durations),
-            starts={
-                f.name: cost
-                for f in self.functions.values()
-                if (cost := self._start_cost(f)) is not None
-            },
+            starts=self._start_costs(sandboxes),
         )
 
     # ---- the loop
@@ -449,6 +445,16 @@ class Pool:
         if not elapsed:
             return mean
         return max(mean or 0.0, *elapsed)
+
+    def _start_costs(self, sandboxes: dict[str, int]) -> dict[str, float]:
+        """What the heartbeat says of starts: for the functions that ran or run here, and
+        under "" a cold start of any (a node of thousands of functions sends few)."""
+        costs = {"": cold} if (cold := self._starts.get(("", "cold"))) is not None else {}
+        for name in {*sandboxes, *self._durations}:
+            function = self.functions.get(name)
+            if function is not None and (cost := self._start_cost(function)) is not None:
+                costs[name] = cost
+        return costs
 
     def _start_cost(self, function: Function) -> float | None:
         """Seconds the next sandbox of the function is expected to take to start: from a
