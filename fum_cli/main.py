@@ -22,7 +22,14 @@ from typing import Annotated, Any
 import typer
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TransferSpeedColumn,
+)
 from rich.tree import Tree
 from typer.core import TyperGroup
 
@@ -624,13 +631,36 @@ def fn_deploy(
                 max_containers=max_containers,
                 progress=lambda sent, total: progress.update(task, completed=sent, total=total),
             )
+        function = _wait_for_build(api, function, quiet=json_)
     if json_:
         print_json(function.to_dict())
-        return
-    out().print(
-        f"function [bold]{escape(function.name)}[/] deployed on runtime "
-        f"{escape(function.runtime)}: {function.size} bytes, sha256 {function.sha256[:12]}"
-    )
+    else:
+        out().print(
+            f"function [bold]{escape(function.name)}[/] deployed on runtime "
+            f"{escape(function.runtime)}: {function.size} bytes, sha256 {function.sha256[:12]}"
+            + (f", build {function.build.status}" if function.build else "")
+        )
+    if function.build is not None and function.build.status == "failed":
+        err().print(f"[bold red]the build failed[/]; its log:\n{escape(function.build.log)}")
+        raise typer.Exit(1)
+
+
+def _wait_for_build(api: Any, function: Any, quiet: bool) -> Any:
+    """The function once its build (the runtime's dependencies command, run once on a
+    node) is over, with a spinner meanwhile."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("building [bold]{task.description}[/] ({task.fields[waited]:.0f}s)"),
+        console=err(),
+        transient=True,
+        disable=quiet or not sys.stderr.isatty(),
+    ) as progress:
+        task = progress.add_task(function.name, total=None, waited=0)
+        started = time.monotonic()
+        while function.build is not None and function.build.status == "building":
+            function = api.get_function(function.name, wait=5)
+            progress.update(task, waited=time.monotonic() - started)
+    return function
 
 
 def _name_of(source: Path) -> str:

@@ -191,8 +191,17 @@ def list_functions(after: str | None = None) -> Req[FunctionPage]:
     return Req("GET", "/v1/functions", _typed(FunctionPage), query=_page_query(after))
 
 
-def get_function(name: str) -> Req[Function]:
-    return Req("GET", f"/v1/functions/{_name(name)}", _typed(Function))
+def get_function(name: str, wait: float | None = None) -> Req[Function]:
+    """The function; with ``wait``, once its build is over (or after ``wait`` seconds)."""
+    if not wait:
+        return Req("GET", f"/v1/functions/{_name(name)}", _typed(Function))
+    return Req(
+        "GET",
+        f"/v1/functions/{_name(name)}",
+        _typed(Function),
+        query={"wait": f"{wait:g}"},
+        timeout=wait + 30,
+    )
 
 
 @dataclass(frozen=True)

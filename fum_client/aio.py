@@ -170,8 +170,9 @@ class AsyncClient:
             if page.next is None or not page.items:
                 return items
 
-    async def get_function(self, name: str) -> Function:
-        return await self._send(_api.get_function(name))
+    async def get_function(self, name: str, wait: float | None = None) -> Function:
+        """The function; with ``wait`` (s, at most 60), once its build is over."""
+        return await self._send(_api.get_function(name, wait))
 
     async def deploy_function(
         self,

@@ -113,8 +113,9 @@ class Client:
             if page.next is None or not page.items:
                 return items
 
-    def get_function(self, name: str) -> Function:
-        return self._http.send(_api.get_function(name))
+    def get_function(self, name: str, wait: float | None = None) -> Function:
+        """The function; with ``wait`` (s, at most 60), once its build is over."""
+        return self._http.send(_api.get_function(name, wait))
 
     def deploy_function(
         self,

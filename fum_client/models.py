@@ -36,8 +36,22 @@ class Runtime(Model, frozen=True):
     updated_at: str | None = None
 
 
+class Build(Model, frozen=True):
+    """A function's build: its runtime's dependencies command, run once at deploy time."""
+
+    status: str  # building, ready or failed
+    log: str = ""
+    artifact: str | None = None
+    key: str = ""
+    runs: int = 0
+    node_id: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
 class Function(Model, frozen=True):
-    """A package of code bound to a runtime; ``limits`` as the api reports them."""
+    """A package of code bound to a runtime; ``limits`` as the api reports them;
+    ``build`` None when its runtime installs nothing."""
 
     name: str
     runtime: str
@@ -47,6 +61,7 @@ class Function(Model, frozen=True):
     limits: dict[str, Any] = msgspec.field(default_factory=dict)
     created_at: str | None = None
     updated_at: str | None = None
+    build: Build | None = None
 
 
 class Call(Model, frozen=True):

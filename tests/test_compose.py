@@ -30,6 +30,7 @@ class Compose:
         self.env = env
         self.base = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", project]
         self.url = f"http://127.0.0.1:{env['FUM_PORT']}"
+        self.started = int(time.time())
 
     def __call__(self, *args: str, timeout: float = 300) -> str:
         out = subprocess.run(
@@ -139,6 +140,77 @@ def test_prometheus_scrapes_every_service(cluster: Compose) -> None:
     with urllib.request.urlopen(query, timeout=5) as answer:
         result = json.loads(answer.read())["data"]["result"]
     assert [float(r["value"][1]) for r in result] == [2.0]
+
+
+def execs_since(since: int, network: str) -> list[dict[str, str]]:
+    """What the engine exec'd in the function containers of ``network`` since ``since``
+    (docker events: the command, and the container's miniworker label)."""
+    out = docker(
+        "events",
+        "--since",
+        str(since),
+        "--until",
+        str(int(time.time()) + 1),
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=exec_start",
+        "--filter",
+        f"label=fum.network={network}",
+        "--format",
+        "{{json .}}",
+    )
+    execs = []
+    for line in out.splitlines():
+        event = json.loads(line)
+        execs.append(
+            {
+                "command": event["Action"].partition(": ")[2],
+                "miniworker": event["Actor"]["Attributes"].get("fum.miniworker", ""),
+            }
+        )
+    return execs
+
+
+async def test_the_seed_runtime_first_call_is_specialised_with_no_install(
+    cluster: Compose,
+) -> None:
+    """The README's runtime and dice: pip runs once, in the build's container; the first
+    call on a generic container of the runtime is specialised with what it built."""
+    url = cluster.url
+    register_dice(url)  # the README's runtime (pip3 install -r requirements.txt) and dice
+    curl(
+        "-X",
+        "POST",
+        "-F",
+        f"module=@{ROOT / 'examples/dice/python.tar.gz'}",
+        f"{url}/registerFunction/pythonruntime/dice-first",
+    )
+    async with aiohttp.ClientSession(url) as session:
+        api = Api(session)
+        _, function = await api.request("GET", "/v1/functions/dice-first", params={"wait": 60})
+        build = function["build"]
+        assert build["status"] == "ready" and build["runs"] == 1, build
+        # every node has its generic container of the runtime ready (runtime preload)
+        await api.wait_nodes(
+            lambda n: len(n) == 2 and all(x["generic"].get("pythonruntime") for x in n), 120
+        )
+        status, call = await api.invoke("dice-first", {"roll": "3d6"})
+    assert status == 200 and call["status"] == "DONE", call
+    assert call["start"] == "specialized", call
+    built_in = iso_seconds(build["finishedAt"]) - iso_seconds(build["startedAt"])
+    assert call["initMs"] / 1000 < built_in, (call, build)  # the install was not on its path
+    execs = execs_since(cluster.started, f"{cluster.project}-functions")
+    installs = [e for e in execs if "pip3 install" in e["command"]]
+    assert len(installs) == 1, execs  # one build for dice and dice-first (the same key)
+    assert installs[0]["miniworker"].startswith("build-"), installs
+    assert any(not e["miniworker"].startswith("build-") for e in execs), execs
+
+
+def iso_seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 async def test_a_worker_lacking_an_image_pulls_it_from_the_registry(cluster: Compose) -> None:

@@ -119,3 +119,27 @@ async def test_no_restart_leaves_a_node_without_its_functions(
                 await _first_invoke(cluster.url, next(picks))
     finally:
         cluster.stop()
+
+
+async def test_a_build_under_way_when_the_api_restarts_is_asked_for_again(
+    fresh: LocalCluster,
+) -> None:
+    from .test_builds import WHEEL, package_with, pip_runtime
+
+    spec = pip_runtime()
+    spec["dependencies"] = "sleep 2 && " + spec["dependencies"]
+    async with aiohttp.ClientSession(fresh.url) as session:
+        api = Api(session)
+        await api.runtime("pipslow", spec)
+        status, body = await api.deploy("dep", "pipslow", package_with(f"./wheels/{WHEEL}\n"))
+        assert status == 201 and body["build"]["status"] == "building", body
+    fresh.stop_process("api", signal.SIGKILL)
+    fresh.start_api()
+    fresh.wait_ready(30)
+    async with aiohttp.ClientSession(fresh.url) as session:
+        api = Api(session)
+        _, function = await api.request("GET", "/v1/functions/dep", params={"wait": 30})
+        build = function["build"]
+        assert build["status"] == "ready" and build["runs"] == 2, build
+        status, call = await api.invoke("dep", {})
+        assert status == 200 and call["result"]["value"] == "tiny", call

@@ -143,8 +143,11 @@ async def test_queue_overflow_gets_429_and_memory_stays_bounded(
 
 
 async def test_scale_up_to_max_containers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Three sandboxes kept (minWarm), six 1.5 s calls: the wait behind the three is longer
+    than a start, so the node would start more, but maxContainers holds it at three."""
     async with running(tmp_path_factory, preload="none", capacity=8) as (_, api):
-        await deploy(api, "f", maxContainers=3)
+        await deploy(api, "f", maxContainers=3, minWarm=3)
+        await api.wait_nodes(lambda n: n[0]["idle"].get("f") == 3)
         nums = []
         for i in range(6):
             _, call = await api.invoke("f", {"i": i, "pause": 1.5}, blocking=False)
@@ -158,7 +161,7 @@ async def test_scale_up_to_max_containers(tmp_path_factory: pytest.TempPathFacto
             "POST", "/v1/calls/wait", json={"callNums": nums, "timeout": 60}
         )
         starts = sorted(c["start"] for c in waited["done"])
-        assert starts == ["cold"] * 3 + ["warm"] * 3  # three sandboxes, each used twice
+        assert starts == ["warm"] * 6  # the three sandboxes, each used twice
         assert peak == 3
 
 
@@ -186,3 +189,65 @@ async def test_a_full_node_evicts_the_least_recently_used(
         _, call = await api.invoke("c", {})
         assert call["status"] == "DONE" and call["start"] == "cold"
         await api.wait_nodes(lambda n: n[0]["idle"] == {"b": 1, "c": 1})
+
+
+async def burst_starts(api: Api, name: str, pause: float) -> list[str]:
+    """How the sandboxes of eight simultaneous calls were found (after one call that
+    specialises the runtime's generic sandbox, leaving it warm and telling the node how
+    long the function's calls take and what a specialisation costs)."""
+    await api.wait_nodes(lambda n: n[0]["generic"].get("pyh") == 1)
+    status, first = await api.invoke(name, {"pause": pause})
+    assert status == 200 and first["status"] == "DONE", first
+    assert first["start"] == "specialized", first
+    await api.wait_nodes(lambda n: n[0]["idle"].get(name) == 1)
+    answers = await asyncio.gather(*(api.invoke(name, {"pause": pause}) for _ in range(8)))
+    for status, call in answers:
+        assert status == 200 and call["status"] == "DONE", call
+    return [call["start"] for _, call in answers]
+
+
+async def test_a_burst_of_short_calls_queues_for_the_warm_sandbox(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Queueing 10 ms calls behind one warm sandbox is sooner than starting another."""
+    async with running(tmp_path_factory) as (_, api):
+        starts = await burst_starts(api, await deploy(api, "short"), 0.01)
+        assert starts.count("warm") >= 6, starts  # at most two sandboxes started
+
+
+async def test_a_burst_of_long_calls_starts_several_sandboxes_at_once(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Seven 2 s calls waiting on one sandbox would wait far longer than a start."""
+    async with running(tmp_path_factory) as (_, api):
+        starts = await burst_starts(api, await deploy(api, "long"), 2.0)
+        assert 8 - starts.count("warm") >= 3, starts
+        _, nodes = await api.request("GET", "/v1/nodes")
+        assert nodes["items"][0]["capacity"] == 8
+
+
+async def test_warm_affinity_places_by_the_expected_start(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With no idle warm sandbox anywhere, a call goes where it is expected to begin
+    soonest: behind the busy sandbox of a short function (0.01 s of wait), not to the
+    idle node, which would have to start one (least-loaded would send it there)."""
+    async with running(tmp_path_factory, workers=2, policy="warm-affinity", preload="none") as (
+        _,
+        api,
+    ):
+        await deploy(api, "short")
+        _, first = await api.invoke("short", {"pause": 0.01})
+        home = first["nodeId"]
+        # its heartbeat says so: warm there, its calls' time known
+        await api.wait_nodes(
+            lambda n: any(
+                x["nodeId"] == home and x["idle"].get("short") == 1 and "short" in x["durations"]
+                for x in n
+            )
+        )
+        _, busy = await api.invoke("short", {"pause": 2.0}, blocking=False)
+        _, call = await api.invoke("short", {"pause": 0.01})
+        assert call["status"] == "DONE", call
+        assert call["nodeId"] == home, call
+        await api.wait_call(busy["callNum"])

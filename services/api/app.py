@@ -167,6 +167,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         for task in tasks:
             task.cancel()
+        await catalog.close()
         dispatcher.close()
         await db.close()
         auth.stop()

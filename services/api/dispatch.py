@@ -19,6 +19,8 @@ from services.common.metrics import register
 from services.common.models import Call, Function, Limits, Runtime
 from services.common.node_protocol import (
     NODE_PROTOCOL,
+    BuildFinished,
+    BuildRequested,
     CallFinished,
     CatalogSynced,
     Dispatch,
@@ -78,6 +80,9 @@ class Dispatcher:
         self._backlog: deque[Placed] = deque()  # no live worker to take them yet
         self._waiters: dict[int, list[asyncio.Future[Call]]] = {}
         self._session_waiters: dict[str, list[asyncio.Future[str]]] = {}
+        # builds asked of a node (None: none is live yet) and not finished, by key
+        self._builds: dict[str, tuple[BuildRequested, int | None]] = {}
+        self.on_build_finished: Callable[[int, BuildFinished], None] = lambda node, m: None
         # Calls finished lately, as their worker reported them: a worker may report before
         # the db has the result, and a client that was answered must then find it here.
         self.recent: OrderedDict[int, Call] = OrderedDict()
@@ -94,6 +99,7 @@ class Dispatcher:
             PlaceCalls: self._on_place_calls,  # type: ignore[dict-item]
             HoldCalls: self._on_hold_calls,  # type: ignore[dict-item]
             SessionEnded: self._on_session_ended,  # type: ignore[dict-item]
+            BuildFinished: self._on_build_finished,  # type: ignore[dict-item]
         }
 
     def open(self) -> None:
@@ -181,11 +187,38 @@ class Dispatcher:
         node = self._policy.choose(nodes, name)
         node.take_warm(name)
         placed.node_id = node.node_id
-        node.calls.add(placed.call.call_num)
+        node.add_call(placed.call.call_num, name)
         dispatch = Dispatch(
             call=placed.call, timeout=placed.timeout, early=not placed.again, stored=placed.stored
         )
         self._send(node, dispatch)
+
+    # ---- builds
+
+    def request_build(self, message: BuildRequested) -> None:
+        """Ask the least loaded live node to run a build (the first to register, if none
+        is live); a node lost meanwhile hands it to another."""
+        nodes = list(self.nodes.values())
+        node = min(nodes, key=lambda n: (n.load(), n.node_id)) if nodes else None
+        self._builds[message.key] = (message, node.node_id if node else None)
+        if node is not None:
+            self._send(node, message)
+
+    def _on_build_finished(self, identity: bytes, message: BuildFinished) -> None:
+        node = next((n for n in self.nodes.values() if n.identity == identity), None)
+        if node is None:
+            raise UnknownNode("only a registered node may report a build")
+        asked = self._builds.pop(message.key, None)
+        if asked is None:
+            return None  # reported twice (asked again after a node seemed lost)
+        self.on_build_finished(node.node_id, message)
+        return None
+
+    def _hand_builds(self, lost: int | None) -> None:
+        """Ask again for the builds of node ``lost`` (None: those waiting for a node)."""
+        for message, node_id in list(self._builds.values()):
+            if node_id == lost:
+                self.request_build(message)
 
     def wait(self, call_num: int) -> asyncio.Future[Call]:
         """A future for the call's final state (register it before dispatching)."""
@@ -264,7 +297,7 @@ class Dispatcher:
         for placed in self._placed.values():
             if placed.call.call_num in held:
                 placed.node_id, placed.claim_by = node.node_id, None
-                node.calls.add(placed.call.call_num)
+                node.add_call(placed.call.call_num, placed.call.func_name)
             elif old is not None and placed.node_id == node.node_id:
                 lost.append(placed)  # the worker restarted without them
         log.info(
@@ -280,6 +313,9 @@ class Dispatcher:
         # The reply goes out before these calls are dispatched, so the node knows them.
         asyncio.get_running_loop().call_soon(self._redispatch, lost)
         asyncio.get_running_loop().call_soon(self._drain_backlog)
+        # a restarted node forgot its builds; a node that was waited for takes the rest
+        asyncio.get_running_loop().call_soon(self._hand_builds, node.node_id)
+        asyncio.get_running_loop().call_soon(self._hand_builds, None)
         return reply
 
     def _on_heartbeat(self, identity: bytes, message: Heartbeat) -> HeartbeatAck:
@@ -290,6 +326,8 @@ class Dispatcher:
         self.metrics.heard(node.node_id)
         node.capacity, node.busy, node.queued = message.capacity, message.busy, message.queued
         node.idle, node.generic = dict(message.idle), message.generic
+        node.sandboxes, node.durations = message.sandboxes, message.durations
+        node.starts = message.starts
         return HeartbeatAck()
 
     def _on_place_calls(self, identity: bytes, message: PlaceCalls) -> None:
@@ -337,7 +375,7 @@ class Dispatcher:
                 return None
             del self._placed[call.call_num]
             if node is not None:
-                node.calls.discard(call.call_num)
+                node.drop_call(call.call_num, call.func_name)
                 node.give_warm(call.func_name)  # its sandbox is idle again
             following = self.admission.finished(placed.call.func_name)
             if following is not None:
@@ -377,6 +415,7 @@ class Dispatcher:
         lost = [p for p in self._placed.values() if p.node_id == node.node_id]
         log.warning("dispatch.node_dead", node=node.node_id, calls=len(lost))
         self._redispatch(lost)
+        self._hand_builds(node.node_id)
 
     def _redispatch(self, lost: list[Placed]) -> None:
         for placed in lost:

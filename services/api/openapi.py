@@ -138,6 +138,13 @@ def _operation(route: Route) -> dict[str, Any]:
             "required": True,
             "content": {"application/octet-stream": {"schema": {"format": "binary"}}},
         }
+    elif route.body == "binary":
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
     elif route.body == "params":
         op["requestBody"] = {"content": {"application/json": {"schema": {}}}}
     elif route.body is not None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from services.common.estimate import expected_start, expected_wait
 
 
 @dataclass(eq=False)
@@ -28,9 +31,39 @@ class Node:
     idle: dict[str, int] = field(default_factory=dict)
     generic: dict[str, int] = field(default_factory=dict)  # runtime -> idle generic ones
     calls: set[int] = field(default_factory=set)  # dispatched here, not finished
+    pending: dict[str, int] = field(default_factory=dict)  # those calls, by function
+    # as the last heartbeat said (Heartbeat): per function, its sandboxes here, its calls'
+    # mean seconds, and what its next sandbox here is expected to take to start
+    sandboxes: dict[str, int] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+    starts: dict[str, float] = field(default_factory=dict)
 
     def load(self) -> float:
         return len(self.calls) / max(self.capacity, 1)
+
+    def add_call(self, call_num: int, function: str) -> None:
+        self.calls.add(call_num)
+        self.pending[function] = self.pending.get(function, 0) + 1
+
+    def drop_call(self, call_num: int, function: str) -> None:
+        if call_num in self.calls:
+            self.calls.discard(call_num)
+            left = self.pending.get(function, 0) - 1
+            if left > 0:
+                self.pending[function] = left
+            else:
+                self.pending.pop(function, None)
+
+    def expected_start(self, function: str) -> float:
+        """Seconds a new call of the function is expected to wait here before it begins:
+        on the sandboxes it has, or for a new one (none when the node is full)."""
+        wait = expected_wait(
+            self.pending.get(function, 0),
+            self.sandboxes.get(function, 0),
+            self.durations.get(function),
+        )
+        start = math.inf if self.load() >= 1 else self.starts.get(function, self.starts.get(""))
+        return expected_start(wait, start)
 
     def warm_idle(self, function: str) -> int:
         return self.idle.get(function, 0)
@@ -55,11 +88,15 @@ class LeastLoaded:
 
 
 class WarmAffinity:
-    """A node with an idle sandbox warm for the function; else the least loaded."""
+    """A node with an idle sandbox warm for the function; else the node where the call is
+    expected to begin soonest (waiting on the function's sandboxes there, or for a new
+    one: the estimate the node's pool uses); ties go to the least loaded."""
 
     def choose(self, nodes: Sequence[Node], function: str) -> Node:
         warm = [n for n in nodes if n.warm_idle(function) > 0]
-        return min(warm or nodes, key=lambda n: (n.load(), n.node_id))
+        if warm:
+            return min(warm, key=lambda n: (n.load(), n.node_id))
+        return min(nodes, key=lambda n: (n.expected_start(function), n.load(), n.node_id))
 
 
 class RoundRobin:

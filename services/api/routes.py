@@ -21,7 +21,7 @@ class Route:
     path: str
     handler: Handler
     summary: str
-    body: str | None = None  # "json:<Schema>", "multipart", "params", "archive"
+    body: str | None = None  # "json:<Schema>", "multipart", "params", "archive", "binary"
     responses: tuple[int, ...] = (200,)
     query: tuple[str, ...] = ()
     tag: str = "v1"
@@ -139,7 +139,13 @@ ROUTES: tuple[Route, ...] = (
         query=("limit", "after"),
     ),
     Route(
-        "GET", "/v1/functions/{name}", views.get_function, "Get a function", responses=(200, 404)
+        "GET",
+        "/v1/functions/{name}",
+        views.get_function,
+        "Get a function and its build (status building, ready or failed, and its log); "
+        "wait=S answers once the build is over, or after S seconds (at most 60)",
+        responses=(200, 400, 404),
+        query=("wait",),
     ),
     Route(
         "PUT",
@@ -327,8 +333,17 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/packages/{sha256}",
         views.get_package,
-        "A function package by sha256 (workers fetch them here)",
+        "A function package or build artifact by sha256 (workers fetch them here)",
         responses=(200, 404),
+    ),
+    Route(
+        "PUT",
+        "/v1/packages/{sha256}",
+        views.put_package,
+        "Store a file under its sha256 (a worker's build artifact; a tar.gz or zip within "
+        "the package limits)",
+        "binary",
+        (200, 201, 400, 413, 415),
     ),
 )
 

@@ -13,7 +13,8 @@ Every request passes, in order:
 3. **API key**, unless the route is public (``/healthz``, ``/v1/openapi.json``, the
    dashboard's static files under ``/ui``, which hold no data).
 4. **Content type**: a route that takes JSON takes only ``application/json`` (or
-   ``+json``) bodies, an upload route only ``multipart/form-data``: 415 otherwise.
+   ``+json``) bodies, an upload route only ``multipart/form-data``, a file route
+   (a build's artifact) only ``application/octet-stream``: 415 otherwise.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ class Door:
             if kind not in ARCHIVE_TYPES:
                 shown = ", ".join(sorted(ARCHIVE_TYPES))
                 raise UnsupportedMediaType(f"send the archive as one of {shown}, not {kind!r}")
+        elif route.body == "binary":
+            if kind != "application/octet-stream":
+                raise UnsupportedMediaType("send the file as application/octet-stream")
         elif route.body is None or not request.body_exists:
             return
         elif kind != "application/json" and not (

@@ -24,6 +24,7 @@ from services.common.models import (
     FINAL_STATUSES,
     LIMIT_NAMES,
     STATUSES,
+    Build,
     Call,
     Function,
     Limits,
@@ -112,6 +113,20 @@ def runtime_view(r: Runtime) -> RuntimeView:
     )
 
 
+class BuildView(msgspec.Struct, rename="camel"):
+    """A function's build: ``status`` building, ready or failed; ``log`` the tail of the
+    dependencies command's output; ``artifact`` the sha256 of what it made."""
+
+    status: str
+    log: str
+    artifact: str | None
+    key: str
+    runs: int
+    node_id: int | None
+    started_at: str | None
+    finished_at: str | None
+
+
 class FunctionView(msgspec.Struct, rename="camel"):
     name: str
     runtime: str
@@ -121,9 +136,18 @@ class FunctionView(msgspec.Struct, rename="camel"):
     limits: Limits
     created_at: str | None
     updated_at: str | None
+    build: BuildView | None  # None: its runtime installs nothing, so there is no build
 
 
-def function_view(f: Any) -> FunctionView:
+def build_view(b: Build | None) -> BuildView | None:
+    if b is None:
+        return None
+    return BuildView(
+        b.status, b.log, b.artifact, b.key, b.runs, b.node_id, iso(b.started_at), iso(b.finished_at)
+    )
+
+
+def function_view(f: Function) -> FunctionView:
     return FunctionView(
         f.name,
         f.runtime,
@@ -133,6 +157,7 @@ def function_view(f: Any) -> FunctionView:
         f.limits,
         iso(f.created_at),
         iso(f.updated_at),
+        build_view(f.build),
     )
 
 
@@ -359,7 +384,7 @@ async def invoke(
 ) -> Call:
     """Make the call and dispatch it; when ``wait``, wait up to that long for its end. With
     an Idempotency-Key ``key``, the call the caller's key stands for, made only once."""
-    function = app[CATALOG].function(func_name)
+    function = app[CATALOG].runnable(func_name)  # 409 when its build failed
     if key is None:
         call, future = await place(app, function, params, wait, caller, uuid.uuid4().hex)
         return call if future is None else await outcome(app, call, future, wait)
@@ -696,7 +721,12 @@ async def put_function(request: web.Request) -> web.Response:
 
 
 async def get_function(request: web.Request) -> web.Response:
-    return json_response(function_view(request.app[CATALOG].function(request.match_info["name"])))
+    """The function; with ``wait=S``, once its build is over (or after S seconds)."""
+    catalog, name = request.app[CATALOG], request.match_info["name"]
+    wait = query_float(request, "wait", None)
+    if wait:
+        return json_response(function_view(await catalog.wait_built(name, min(wait, 60.0))))
+    return json_response(function_view(catalog.function(name)))
 
 
 async def patch_function(request: web.Request) -> web.Response:
@@ -721,6 +751,32 @@ async def get_package(request: web.Request) -> web.FileResponse:
     if not path.exists():
         raise NotFound(f"no package {request.match_info['sha256']}")
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+
+async def put_package(request: web.Request) -> web.Response:
+    """Store a file by its sha256 (a node's build artifact), read within the package limits
+    and checked against the sha it is stored under; 201, or 200 when it was stored already."""
+    store = request.app[CATALOG].packages
+    sha = request.match_info["sha256"]
+    try:
+        path = store.path(sha)
+    except NotFound:
+        raise BadRequest(f"{sha!r} is not a sha256 (64 lowercase hex digits)") from None
+    if path.exists():
+        return json_response({"sha256": sha}, 200)
+    limit = request.app[SETTINGS].max_package_mb * 1024 * 1024
+    staged = store.stage()
+    try:
+        async for chunk in request.content.iter_chunked(1 << 16):
+            staged.write(chunk)
+            if staged.size > limit:
+                raise TooLarge(f"the file is larger than {limit >> 20} MiB")
+        if staged.sha256 != sha:
+            raise BadRequest(f"the body's sha256 is {staged.sha256}, not {sha}")
+        await asyncio.to_thread(store.keep, staged)
+    finally:
+        staged.discard()
+    return json_response({"sha256": sha}, 201)
 
 
 async def invoke_function(request: web.Request) -> web.Response:
@@ -774,7 +830,7 @@ async def create_calls(request: web.Request) -> web.Response:
     new = [
         NewCall(
             uuid=uuid.uuid4().hex if key is None else call_uuid(caller, key, i),
-            func_name=app[CATALOG].function(c.function).name,
+            func_name=app[CATALOG].runnable(c.function).name,
             params=check_params(bytes(c.params)),
             created_at=now,
             caller=caller,
@@ -920,6 +976,10 @@ async def list_nodes(request: web.Request) -> web.Response:
             "inFlight": len(n.calls),
             "idle": n.idle,
             "generic": n.generic,
+            # what placement estimates from (services/common/estimate.py), per function
+            "sandboxes": n.sandboxes,
+            "durations": n.durations,
+            "starts": n.starts,
             "registeredAt": iso(n.registered_at),
             "heardAt": iso(n.heard_at),
         }

@@ -12,10 +12,12 @@ reader, ``members``, serves both.
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -68,6 +70,8 @@ class Member(NamedTuple):
     is_dir: bool
     reader: _Reader | None
     mode: int
+    size: int = 0  # of a file, as its header declares it (its reader gives no more)
+    mtime: float = 0.0  # as the archive says (kept: a .pyc is valid for its source's)
 
 
 class _Budget:
@@ -159,7 +163,8 @@ def _tar_members(package: Path, budget: _Budget) -> Iterator[Member]:
                 raise BadRequest(f"the package member {info.name!r} is {kind}")
             path = budget.member(info.name, info.isdir(), info.size)
             raw = archive.extractfile(info) if info.isfile() else None
-            yield Member(path, info.isdir(), _Reader(raw, "tar") if raw else None, info.mode)
+            reader = _Reader(raw, "tar") if raw else None
+            yield Member(path, info.isdir(), reader, info.mode, info.size, info.mtime)
 
 
 def _zip_members(package: Path, budget: _Budget) -> Iterator[Member]:
@@ -174,7 +179,8 @@ def _zip_members(package: Path, budget: _Budget) -> Iterator[Member]:
                 continue
             # ZipExtFile checks the CRC and the declared size as it reads to the end.
             with archive.open(info) as raw:
-                yield Member(path, False, _Reader(raw, "zip"), mode or 0o644)
+                mtime = time.mktime((*info.date_time, 0, 0, -1))
+                yield Member(path, False, _Reader(raw, "zip"), mode or 0o644, info.file_size, mtime)
 
 
 def validate_package(package: Path, limits: PackageLimits) -> list[str]:
@@ -205,6 +211,8 @@ def extract_package(package: Path, dest: Path, limits: PackageLimits) -> None:
                 while chunk := member.reader.read(CHUNK):
                     out.write(chunk)
             target.chmod(0o755 if member.mode & 0o111 else 0o644)
+            if member.mtime > 0:
+                os.utime(target, (member.mtime, member.mtime))
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True, exist_ok=True)
@@ -224,11 +232,74 @@ def package_as_tar(package: Path, prefix: str, out: IO[bytes], limits: PackageLi
                 dest.addfile(info)
                 continue
             assert member.reader is not None
-            # tarfile needs the size before the data: the member goes to a temp file first.
-            with tempfile.TemporaryFile() as spool:
-                while chunk := member.reader.read(CHUNK):
-                    spool.write(chunk)
-                info.size = spool.tell()
-                info.mode = 0o755 if member.mode & 0o111 else 0o644
-                spool.seek(0)
-                dest.addfile(info, spool)
+            # The declared size: the reader gives no more, and a shorter member (a corrupt
+            # archive) fails tarfile's copy. Packages were read through when they were
+            # stored, and are checked against their sha256 on every node.
+            info.size, info.mtime = member.size, member.mtime
+            info.mode = 0o755 if member.mode & 0o111 else 0o644
+            try:
+                dest.addfile(info, member.reader)
+            except OSError as exc:
+                raise BadRequest(f"the package member {str(member.path)!r}: {exc}") from None
+
+
+def _add_file(dest: tarfile.TarFile, name: str, source: IO[bytes], mode: int, mtime: float) -> None:
+    """Add one plain file, read from ``source`` (sized by spooling it)."""
+    with tempfile.TemporaryFile() as spool:
+        shutil.copyfileobj(source, spool, CHUNK)
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime = spool.tell(), mtime
+        info.mode = 0o755 if mode & 0o111 else 0o644
+        spool.seek(0)
+        dest.addfile(info, spool)
+
+
+def _add_dir(dest: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    dest.addfile(info)
+
+
+def archive_folder(folder: Path, artifact: Path) -> None:
+    """Write what ``folder`` holds as a tar.gz of plain files and folders, named relative
+    to it (a build's artifact, unpacked like a package). A link is kept as the file it
+    names when that is a file inside ``folder``, else left out: what a build leaves is
+    not trusted, and nothing outside its folder may leave with it."""
+    root = folder.resolve()
+    with tarfile.open(artifact, mode="w:gz") as dest:
+        for here, dirs, files in os.walk(root):
+            base = Path(here)
+            for name in sorted(dirs):
+                if not (base / name).is_symlink():
+                    _add_dir(dest, str((base / name).relative_to(root)))
+            dirs[:] = [d for d in sorted(dirs) if not (base / d).is_symlink()]
+            for name in sorted(files):
+                path = base / name
+                target = path.resolve()
+                if not target.is_file() or not target.is_relative_to(root):
+                    continue
+                found = target.stat()
+                with target.open("rb") as source:
+                    name = str(path.relative_to(root))
+                    _add_file(dest, name, source, found.st_mode, found.st_mtime)
+
+
+def rebase_tar(archive: tarfile.TarFile, artifact: Path) -> None:
+    """Write a container's tar of one folder (``GET /containers/{id}/archive``: members
+    under the folder's own name) as a tar.gz of its contents, plain files and folders
+    only; a link is kept as the file it names within the archive, else left out."""
+    with tarfile.open(artifact, mode="w:gz") as dest:
+        for info in archive:
+            _, _, name = info.name.partition("/")
+            if not name:
+                continue
+            if info.isdir():
+                _add_dir(dest, name)
+                continue
+            try:
+                source = archive.extractfile(info) if (info.isfile() or info.issym()) else None
+            except KeyError:  # a link to nothing in the archive
+                source = None
+            if source is not None:
+                with source:
+                    _add_file(dest, name, source, info.mode, info.mtime)

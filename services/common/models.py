@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import time
@@ -43,6 +44,11 @@ class Runtime(Model, frozen=True):
     dependencies: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    def spec(self) -> tuple[str, str, str, str]:
+        """What its sandboxes are made of: the same spec, the same sandboxes (a runtime put
+        again unchanged keeps its generic ones)."""
+        return (self.image, self.path, self.dependencies, self.run)
 
 
 class Limits(Model, frozen=True):
@@ -161,8 +167,38 @@ class FanInSlot(Model, frozen=True):
     size: int
 
 
+BUILD_STATUSES: tuple[str, ...] = ("building", "ready", "failed")
+BUILD_LOG_LIMIT = 16 * 1024  # characters of a build's output kept (its tail)
+
+
+class Build(Model, frozen=True):
+    """The build of a function: its runtime's ``dependencies`` command run once, at deploy
+    time, on the function's package; the runtime's ``path`` as the command left it is the
+    ``artifact`` (a tar.gz in the package store, by sha256) that sandboxes are set up from.
+    ``key`` names what it was built from (``build_key``): the same key, the same build."""
+
+    key: str
+    status: str = "building"  # building -> ready | failed
+    artifact: str | None = None
+    log: str = ""  # the tail of the command's output
+    runs: int = 0  # times a node was asked to run it (1 unless a node was lost meanwhile)
+    node_id: int | None = None  # the node that ran it (last)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+def build_key(runtime: Runtime, package_sha256: str) -> str | None:
+    """What a build depends on: the runtime's image (its name or name@digest), its path and
+    dependencies command, and the package; None when the runtime installs nothing."""
+    if not runtime.dependencies.strip():
+        return None
+    spec = "\x00".join(("fum-build-1", runtime.image, runtime.path, runtime.dependencies))
+    return hashlib.sha256(f"{spec}\x00{package_sha256}".encode()).hexdigest()
+
+
 class Function(Model, frozen=True):
-    """A package of code bound to a runtime, stored by the sha256 of its bytes."""
+    """A package of code bound to a runtime, stored by the sha256 of its bytes; ``build``:
+    its dependencies' build (None: its runtime has no dependencies command)."""
 
     name: str
     runtime: str
@@ -171,8 +207,16 @@ class Function(Model, frozen=True):
     size: int
     limits: Limits = Limits()
     workflow: Step | None = None  # set for a function of a workflow app (PUT /v1/apps)
+    build: Build | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    def setup_archive(self) -> str | None:
+        """The sha256 of what its sandboxes are set up from: the package, or its build's
+        artifact (code and dependencies); None while there is none yet (building, failed)."""
+        if self.build is None:
+            return self.sha256
+        return self.build.artifact if self.build.status == "ready" else None
 
 
 class Call(Model, frozen=True):

@@ -27,6 +27,12 @@ class Heartbeat(Message, frozen=True):
     queued: int  # calls waiting on this node for a sandbox
     idle: dict[str, int] = {}  # function -> sandboxes warm for it and idle
     generic: dict[str, int] = {}  # runtime -> idle generic sandboxes (runtime preload)
+    # What the api's placement estimates a call's wait on this node from (the same
+    # estimate as the node's own, services/common/estimate.py), per function:
+    sandboxes: dict[str, int] = {}  # sandboxes warm for it or starting for it
+    durations: dict[str, float] = {}  # mean seconds of its calls
+    # seconds its next sandbox here is expected to start in ("": a cold start of any)
+    starts: dict[str, float] = {}
 
 
 # ---- api -> worker replies
@@ -78,6 +84,15 @@ class FunctionRemoved(Message, frozen=True):
     name: str
 
 
+class BuildRequested(Message, frozen=True):
+    """Run the build ``key`` of ``function`` (its package) on ``runtime``, upload the
+    artifact to the api's package store and say ``BuildFinished``."""
+
+    key: str
+    runtime: Runtime
+    function: Function
+
+
 # ---- worker -> api events
 
 
@@ -85,6 +100,15 @@ class CallFinished(Message, frozen=True):
     """A call reached a final status and the db has it."""
 
     call: Call
+
+
+class BuildFinished(Message, frozen=True):
+    """A build is over: ``artifact`` (uploaded to the api, by sha256) when it worked,
+    else None; ``log``: the tail of its output (and why it failed)."""
+
+    key: str
+    artifact: str | None
+    log: str
 
 
 class PlaceCalls(Message, frozen=True):
@@ -122,7 +146,9 @@ NODE_PROTOCOL = Protocol(
     RuntimeRemoved,
     FunctionSynced,
     FunctionRemoved,
+    BuildRequested,
     CallFinished,
+    BuildFinished,
     PlaceCalls,
     HoldCalls,
     SessionEnded,

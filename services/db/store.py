@@ -42,6 +42,7 @@ from services.common.errors import BadRequest, Conflict, FumError, NotFound
 from services.common.models import (
     FINAL_STATUSES,
     STATUSES,
+    Build,
     Call,
     CallUpdate,
     Function,
@@ -308,6 +309,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 7: the build of a function's dependencies (models.Build, as JSON; NULL: none)
+    ("ALTER TABLE functions ADD COLUMN build TEXT",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -316,7 +319,7 @@ _FINAL_SQL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
 
 _RUNTIME_COLUMNS = "name, image, run, path, dependencies, created_at, updated_at"
 _FUNCTION_COLUMNS = (
-    "name, runtime, sha256, filename, size, limits, created_at, updated_at, workflow"
+    "name, runtime, sha256, filename, size, limits, created_at, updated_at, workflow, build"
 )
 _CALL_COLUMNS = (
     "call_num, uuid, func_name, params, status, result, error, node_id, attempts, start, "
@@ -334,7 +337,8 @@ _PUT_FUNCTION = f"""
     ON CONFLICT (name) DO UPDATE SET
         runtime = excluded.runtime, sha256 = excluded.sha256, filename = excluded.filename,
         size = excluded.size, limits = excluded.limits, updated_at = excluded.updated_at,
-        workflow = excluded.workflow
+        workflow = excluded.workflow,
+        build = excluded.build
 """
 _INSERT_CALL = """
     INSERT INTO calls (call_num, uuid, func_name, params, status, attempts, created_at, caller)
@@ -363,6 +367,7 @@ _INCREMENTAL = 2  # PRAGMA auto_vacuum: free pages stay in the file until increm
 _json = msgspec.json.Encoder()
 _limits = msgspec.json.Decoder(Limits)
 _step = msgspec.json.Decoder(Step)
+_build = msgspec.json.Decoder(Build)
 
 
 def _runtime(row: Sequence[Any]) -> Runtime:
@@ -388,6 +393,7 @@ def _function(row: Sequence[Any]) -> Function:
         created_at=row[6],
         updated_at=row[7],
         workflow=None if row[8] is None else _step.decode(row[8]),
+        build=_build.decode(row[9]) if row[9] else None,
     )
 
 
@@ -665,6 +671,7 @@ class Store:
                 stored.created_at,
                 stored.updated_at,
                 None if stored.workflow is None else _json.encode(stored.workflow).decode(),
+                None if stored.build is None else _json.encode(stored.build).decode(),
             ),
         )
         return stored, row is None

@@ -14,23 +14,7 @@ from services.common.logs import setup_logging
 from services.common.settings import load_settings
 
 from .miniworker import Miniworker, open_driver
-from .settings import MiniworkerSettings
-
-# Variables a sandbox needs to reach a package index through this node's network set-up.
-PASSTHROUGH = (
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "PIP_FIND_LINKS",
-    "PIP_TRUSTED_HOST",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-)
+from .settings import PASSTHROUGH, MiniworkerSettings
 
 
 async def serve(settings: MiniworkerSettings, passthrough: dict[str, str]) -> None:

@@ -2,8 +2,9 @@
 
 The container is started from the runtime's image with an idle main process, so it can
 exist before it knows its function (the ``runtime`` preload). Installing puts the
-package's files in the runtime's ``path`` (a tar through the Docker API, no shared
-volume) and runs the ``dependencies`` command there; launching execs the ``run`` command
+function's files (its build's artifact, or its package) in the runtime's ``path`` (a tar
+through the Docker API, no shared volume); a build (one container, at deploy time) runs
+the ``dependencies`` command there and reads the path back; launching execs the ``run`` command
 with the FUM environment, its stdout and stderr to a log file in a folder bound from the
 node (read to its end after each call: exact per-call output, where Docker's own stream
 can deliver the last lines after the call's ``ok``). A crash or a timeout kills the
@@ -26,7 +27,7 @@ from typing import Any
 import aiodocker
 import structlog
 
-from services.common.archive import package_as_tar
+from services.common.archive import package_as_tar, rebase_tar
 from services.common.errors import FumError
 from services.common.models import Function, Limits, Runtime
 
@@ -259,19 +260,30 @@ class DockerSandbox(Sandbox):
                 raise SandboxFailed(
                     f"placing the code in {self.runtime.path}: {exc.message}"
                 ) from None
-        if not self.runtime.dependencies.strip():
-            return
+
+    async def build(self, function: Function, package: Path, artifact: Path) -> str:
+        await self.install(function, package)
         output = OutputBuffer()
         try:
-            execution = await self._run(self.runtime.dependencies)
+            execution = await self._run(
+                self.runtime.dependencies, {"PIP_TARGET": self.runtime.path}
+            )
             async with execution.start(detach=False) as stream:
                 while (message := await stream.read_out()) is not None:
                     output.feed(message.data)
             code = (await execution.inspect())["ExitCode"]
         except aiodocker.DockerError as exc:
             raise SandboxFailed(f"dependencies: {exc.message}") from None
+        text = output.take()
         if code != 0:
-            raise SandboxFailed(f"dependencies failed (exit {code}):\n{tail(output.take())}")
+            raise SandboxFailed(f"dependencies failed (exit {code}):\n{tail(text)}")
+        try:
+            folder = await self._container.get_archive(self.runtime.path)
+        except aiodocker.DockerError as exc:
+            raise SandboxFailed(f"reading {self.runtime.path} back: {exc.message}") from None
+        with folder:
+            await asyncio.to_thread(rebase_tar, folder, artifact)
+        return text
 
     async def launch(self, env: dict[str, str]) -> tuple[str, int]:
         self.exited.clear()

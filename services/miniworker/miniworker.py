@@ -216,7 +216,7 @@ class Miniworker:
             if (
                 not self._started
                 or self._sandbox is None
-                or self._sandbox.runtime != message.runtime
+                or self._sandbox.runtime.spec() != message.runtime.spec()
             ):
                 await self._start(message.runtime, message.function)
             if message.function is not None and message.package is not None:
@@ -248,7 +248,7 @@ class Miniworker:
                     self._started
                     and self._function is None
                     and self._sandbox is not None
-                    and self._sandbox.runtime == message.runtime
+                    and self._sandbox.runtime.spec() == message.runtime.spec()
                 )
                 start = "specialized" if generic else "cold"
                 t0 = time.perf_counter()

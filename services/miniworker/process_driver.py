@@ -23,7 +23,7 @@ from pathlib import Path
 
 import structlog
 
-from services.common.archive import PackageLimits, extract_package
+from services.common.archive import PackageLimits, archive_folder, extract_package
 from services.common.models import Function, Limits, Runtime
 from services.common.proc import die_with_parent, python_module
 
@@ -157,14 +157,20 @@ class ProcessSandbox(Sandbox):
         shutil.rmtree(self.code_dir, ignore_errors=True)
         self.code_dir.mkdir()
         await asyncio.to_thread(extract_package, package, self.code_dir, self.package_limits)
-        if self.runtime.dependencies.strip():
-            await self._exec(["/bin/sh", "-c", self.runtime.dependencies], what="dependencies")
 
-    async def _exec(self, argv: list[str], what: str) -> None:
+    async def build(self, function: Function, package: Path, artifact: Path) -> str:
+        await self.install(function, package)
+        command = ["/bin/sh", "-c", self.runtime.dependencies]
+        output = await self._exec(command, "dependencies", {"PIP_TARGET": str(self.code_dir)})
+        await asyncio.to_thread(archive_folder, self.code_dir, artifact)
+        return output
+
+    async def _exec(self, argv: list[str], what: str, env: dict[str, str] | None = None) -> str:
+        """Run a set-up command in the code folder; its output, or ``SandboxFailed``."""
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=self.code_dir,
-            env=self._env(),
+            env=self._env(env),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -172,9 +178,10 @@ class ProcessSandbox(Sandbox):
             preexec_fn=_child_setup(None),
         )
         out, _ = await proc.communicate()
+        text = out.decode("utf-8", "replace")
         if proc.returncode != 0:
-            text = out.decode("utf-8", "replace")
             raise SandboxFailed(f"{what} failed (exit {proc.returncode}):\n{tail(text)}")
+        return text
 
     async def launch(self, env: dict[str, str]) -> tuple[str, int]:
         port = free_port()

@@ -99,7 +99,16 @@ class Sandbox(abc.ABC):
 
     @abc.abstractmethod
     async def install(self, function: Function, package: Path) -> None:
-        """Place the package's files in the runtime's path and run its dependencies command."""
+        """Place the package's files in the runtime's path: the function's own package, or
+        (a function with a build) its build's artifact, code and dependencies together.
+        Nothing is installed here: a call never waits for an installer."""
+
+    @abc.abstractmethod
+    async def build(self, function: Function, package: Path, artifact: Path) -> str:
+        """Place the package's files in the runtime's path, run the runtime's dependencies
+        command there (``PIP_TARGET`` pointed at that path: what pip installs lands beside
+        the code) and write the path as it is then to ``artifact`` (a tar.gz); return the
+        command's output. ``SandboxFailed`` (with the output's tail) when the command fails."""
 
     @abc.abstractmethod
     async def launch(self, env: dict[str, str]) -> tuple[str, int]:

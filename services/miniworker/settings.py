@@ -6,6 +6,22 @@ from typing import Literal
 
 from services.common.archive import PackageLimits
 
+# Variables a sandbox needs to reach a package index through this node's network set-up.
+PASSTHROUGH = (
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_TRUSTED_HOST",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+)
+
 
 class MiniworkerSettings(PackageLimits, frozen=True, kw_only=True):
     mw_id: str

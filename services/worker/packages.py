@@ -1,4 +1,5 @@
-"""Function packages on this node: fetched once over HTTP from the api, verified, cached."""
+"""Function packages and build artifacts on this node: fetched once over HTTP from the
+api (or uploaded there from here, after a build), verified, cached by sha256."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 import aiohttp
 
 from services.common.errors import FumError, NotFound, Unavailable
-from services.common.models import Function
 from services.common.tasks import retrying
 
 FETCH_DEADLINE = 60.0  # seconds a package fetch is tried again while the api does not answer
@@ -30,9 +30,8 @@ class PackageCache:
     def cached(self, sha256: str) -> Path | None:
         return self._ready.get(sha256)
 
-    async def get(self, function: Function) -> Path:
-        """The package's path on this node, downloading it first if needed."""
-        sha = function.sha256
+    async def get(self, sha: str) -> Path:
+        """The package's (or artifact's) path on this node, downloading it first if needed."""
         if (path := self._ready.get(sha)) is not None:
             return path
         path = self.folder / sha
@@ -77,3 +76,36 @@ class PackageCache:
         partial.rename(path)
         self._ready[sha] = path
         return path
+
+    async def upload(self, artifact: Path) -> str:
+        """Keep a file made here (a build's artifact) in the cache and in the api's package
+        store; its sha256."""
+        sha = await asyncio.to_thread(_sha256_of, artifact)
+        path = self.folder / sha
+        await asyncio.to_thread(artifact.replace, path)
+        self._ready[sha] = path
+        await retrying(lambda: self._upload(sha, path), FETCH_DEADLINE, f"artifact {sha[:12]}")
+        return sha
+
+    async def _upload(self, sha: str, path: Path) -> None:
+        url = f"{self._api_url}/v1/packages/{sha}"
+        headers = {"Content-Type": "application/octet-stream"}
+        try:
+            with path.open("rb") as body:
+                async with self._session.put(url, data=body, headers=headers) as response:
+                    if response.status in (200, 201):
+                        return
+                    text = (await response.text())[:500]
+                    if response.status >= 500:
+                        raise Unavailable(f"artifact {sha[:12]}: PUT {url}: {response.status}")
+                    raise FumError(f"artifact {sha[:12]}: the api refused it: {text}")
+        except aiohttp.ClientError as exc:
+            raise Unavailable(f"artifact {sha[:12]}: PUT {url} failed: {exc}") from None
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(1 << 16):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -24,6 +24,7 @@ import zmq
 
 from services.common.archive import limits_of
 from services.common.errors import FumError
+from services.common.estimate import expected_wait, moving, worth_starting
 from services.common.metrics import register
 from services.common.models import Call, Function, Runtime
 from services.common.node_protocol import Heartbeat
@@ -43,6 +44,7 @@ from services.common.protocol import Message
 from services.common.rpc import Channel, bound_endpoint, make_socket
 from services.common.settings import settings_env
 from services.common.tasks import Background
+from services.miniworker.sandbox import tail
 from services.miniworker.settings import MiniworkerSettings
 
 from . import metrics
@@ -66,7 +68,7 @@ class Job:
     call: Call
     timeout: float
     function: Function
-    package: Path
+    package: Path | None  # what its sandbox is set up from; None until its build is ready
     retries: int = 0  # runs left if its sandbox dies under it
     early: bool = False  # dispatched once only: the api may hear the result before the db
     stored: bool = True  # False: the db may not hold the call; the writes carry it
@@ -84,6 +86,7 @@ class Slot:
     proc: asyncio.subprocess.Process | None = None
     last_alive: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
+    setting_up: bool = False  # its Run begins with a start (specialised or cold)
 
     def warm_for(self, function: Function) -> bool:
         f = self.function
@@ -106,8 +109,26 @@ def default_pool_bind(node_dir: Path) -> str:
 SPARE = Runtime(name="", image="", run="")
 
 
-def _runtime_spec(runtime: Runtime) -> tuple[str, str, str, str]:
-    return (runtime.image, runtime.path, runtime.dependencies, runtime.run)
+def miniworker_settings(
+    s: WorkerSettings, mw_id: str, sandbox_dir: Path, endpoint: str = ""
+) -> MiniworkerSettings:
+    """What a sandbox of this node is driven by (a miniworker's settings; a build's)."""
+    return MiniworkerSettings(
+        mw_id=mw_id,
+        node_id=s.node_id,
+        worker_endpoint=endpoint,
+        sandbox_dir=str(sandbox_dir),
+        node_dir=s.node_dir,
+        driver=s.driver,
+        alive_interval=s.heartbeat_interval,
+        setup_timeout=s.setup_timeout,
+        log_level=s.log_level,
+        docker_network=s.docker_network,
+        docker_host_ip=s.docker_host_ip,
+        docker_registry=s.docker_registry,
+        **limits_of(s),
+        keeper_hosts=s.keeper_hosts,
+    )
 
 
 class Pool:
@@ -131,6 +152,9 @@ class Pool:
         self._queues: dict[str, deque[Job]] = {}  # function -> calls waiting, oldest first
         self._broken: dict[str, str] = {}  # function -> sha whose set-up failed
         self._durations: dict[str, float] = {}  # function -> its calls' mean run, seconds
+        # (function, start kind) -> its starts' mean set-up, seconds; ("", kind): any's
+        self._starts: dict[tuple[str, str], float] = {}
+        self._fetching: set[str] = set()  # artifacts being fetched for waiting calls
         self._ids = itertools.count(1)
         self._background = Background()
         self._closing = False
@@ -174,6 +198,9 @@ class Pool:
         functions the node knows (a catalogue of thousands is registered one by one)."""
         self.functions[function.name] = function
         self._broken.pop(function.name, None)
+        for job in self._queues.get(function.name, ()):
+            if job.function.sha256 == function.sha256:  # its build may be ready now
+                job.function = function
         self._retire_stale()
         self._schedule(preload=False)
         self._preload((function,))
@@ -207,7 +234,10 @@ class Pool:
         queued += sum(len(s.jobs) - (s.state == "busy") for s in self._slots.values() if s.jobs)
         idle: dict[str, int] = {}
         generic: dict[str, int] = {}
+        sandboxes: dict[str, int] = {}
         for slot in self._slots.values():
+            if slot.state != "stopping" and slot.function is not None:
+                sandboxes[slot.function.name] = sandboxes.get(slot.function.name, 0) + 1
             if slot.state != "idle":
                 continue
             if slot.function is not None:
@@ -221,6 +251,9 @@ class Pool:
             queued=queued,
             idle=idle,
             generic=generic,
+            sandboxes=sandboxes,
+            durations=dict(self._durations),
+            starts=self._start_costs(sandboxes),
         )
 
     # ---- the loop
@@ -252,6 +285,8 @@ class Pool:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             self.evict_idle()
+            if self._queues:  # a call running long enough may make a start worth it now
+                self._schedule(preload=False)
             deadline = time.monotonic() - self.settings.miniworker_timeout
             for slot in list(self._slots.values()):
                 if (
@@ -320,8 +355,11 @@ class Pool:
         slot.state = "preparing"
         package = None
         if slot.function is not None:
+            archive = slot.function.setup_archive()
             try:
-                package = str(await self.packages.get(slot.function))
+                if archive is None:
+                    raise FumError(f"function {slot.function.name!r} has no build ready")
+                package = str(await self.packages.get(archive))
             except FumError as exc:
                 self._on_prepare_failed(slot, PrepareFailed(error=str(exc)))
                 return
@@ -345,8 +383,7 @@ class Pool:
                 log.error("pool.unexpected_outcome", mw=slot.mw_id, call=outcome.call_num)
                 continue
             finished.append((job, outcome))
-            if outcome.status == "DONE":
-                self._timed(job.function.name, outcome.finished_at - outcome.started_at)
+            self._timed(job.function.name, outcome)
         unrun = [job for num in message.unrun if (job := slot.jobs.pop(num, None))]
         self._requeue(unrun)
         if unrun and not message.ready:  # another idle sandbox may take them meanwhile
@@ -364,6 +401,8 @@ class Pool:
     def _run(self, slot: Slot, jobs: list[Job]) -> None:
         """Hand calls of one function (one, or a batch) to a slot."""
         job = jobs[0]
+        assert job.package is not None  # _schedule saw to it
+        slot.setting_up = slot.state != "idle" or not slot.warm_for(job.function)
         slot.state, slot.function = "busy", job.function
         slot.jobs = {j.call.call_num: j for j in jobs}
         slot.last_used = time.monotonic()
@@ -387,10 +426,58 @@ class Pool:
         if jobs:
             self._queues.setdefault(jobs[0].function.name, deque()).extendleft(reversed(jobs))
 
-    def _timed(self, function: str, seconds: float) -> None:
-        """Keep a moving average of how long the function's calls take."""
-        mean = self._durations.get(function)
-        self._durations[function] = seconds if mean is None else mean + (seconds - mean) / 8
+    def _timed(self, function: str, outcome: Outcome) -> None:
+        """Keep moving averages of how long the function's calls take (their run, not the
+        set-up the first call of a sandbox waited for) and its sandboxes' starts."""
+        setup = outcome.init_ms / 1000
+        if outcome.start in ("cold", "specialized") and setup > 0:
+            for key in ((function, outcome.start), ("", outcome.start)):
+                self._starts[key] = moving(self._starts.get(key), setup)
+        if outcome.status == "DONE":
+            seconds = outcome.finished_at - outcome.started_at - setup
+            self._durations[function] = moving(self._durations.get(function), seconds)
+
+    def _worth_starting(self, function: Function, queued: int) -> bool:
+        """Whether another sandbox should start for the function's ``queued`` calls: the
+        expected wait on the sandboxes it has (warm or starting) is longer than a start
+        (services/common/estimate.py)."""
+        serving = [
+            s for s in self._slots.values() if s.state != "stopping" and s.warm_for(function)
+        ]
+        wait = expected_wait(queued, len(serving), self._duration(function, serving))
+        return worth_starting(wait, self._start_cost(function))
+
+    def _duration(self, function: Function, serving: list[Slot]) -> float | None:
+        """How long a call of the function is expected to take: its mean, or, longer, what
+        its running calls have taken so far (a lower bound, and all there is at first; a
+        sandbox still starting for its call tells nothing of the call)."""
+        now = time.monotonic()
+        elapsed = [now - s.last_used for s in serving if s.state == "busy" and not s.setting_up]
+        mean = self._durations.get(function.name)
+        if not elapsed:
+            return mean
+        return max(mean or 0.0, *elapsed)
+
+    def _start_costs(self, sandboxes: dict[str, int]) -> dict[str, float]:
+        """What the heartbeat says of starts: for the functions that ran or run here, and
+        under "" a cold start of any (a node of thousands of functions sends few)."""
+        costs = {"": cold} if (cold := self._starts.get(("", "cold"))) is not None else {}
+        for name in {*sandboxes, *self._durations}:
+            function = self.functions.get(name)
+            if function is not None and (cost := self._start_cost(function)) is not None:
+                costs[name] = cost
+        return costs
+
+    def _start_cost(self, function: Function) -> float | None:
+        """Seconds the next sandbox of the function is expected to take to start: from a
+        generic one (specialised) when one is idle, else from nothing (cold); observed for
+        this function, else for any on this node, else None."""
+        generic = any(
+            s.state == "idle" and s.function is None and s.runtime.name == function.runtime
+            for s in self._slots.values()
+        )
+        kind = "specialized" if generic else "cold"
+        return self._starts.get((function.name, kind), self._starts.get(("", kind)))
 
     def _batch(self, slot: Slot, queue: deque[Job]) -> list[Job]:
         """The calls a warm slot takes from the head of its function's queue: one, or, for
@@ -442,6 +529,49 @@ class Pool:
             1 for s in self._slots.values() if s.state != "stopping" and s.runtime is not SPARE
         )
 
+    def _buildable(self, name: str, queue: deque[Job]) -> bool:
+        """Whether the calls waiting for a function may start: its build is ready (and its
+        artifact on this node). While the build runs they wait; when it failed they fail."""
+        job = queue[0]
+        if job.package is not None:
+            return True
+        build = job.function.build
+        if build is not None and build.status == "failed":
+            failed = list(queue)
+            queue.clear()
+            for each in failed:
+                self._fail(each, f"the build of function {name!r} failed:\n{tail(build.log)}")
+            return False
+        archive = job.function.setup_archive()
+        if archive is None:
+            return False  # put_function brings the build's end
+        package = self.packages.cached(archive)
+        if package is None:
+            if archive not in self._fetching:
+                self._fetching.add(archive)
+                self._background.spawn(self._fetch(archive))
+            return False
+        for waiting in queue:
+            if waiting.package is None and waiting.function.setup_archive() == archive:
+                waiting.package = package
+        return True
+
+    async def _fetch(self, archive: str) -> None:
+        """Fetch an artifact that calls wait for, then start them (or fail them)."""
+        try:
+            await self.packages.get(archive)
+        except FumError as exc:
+            self._fetching.discard(archive)
+            for queue in list(self._queues.values()):
+                if queue and queue[0].function.setup_archive() == archive:
+                    failed = list(queue)
+                    queue.clear()
+                    for job in failed:
+                        self._fail(job, str(exc))
+            return
+        self._fetching.discard(archive)
+        self._schedule(preload=False)
+
     def _schedule(self, preload: bool = True) -> None:
         """Start the waiting calls that can start; then, if the node's sandboxes changed
         (or ``preload``), keep what the preload policy asks for. A call that only takes a
@@ -451,13 +581,20 @@ class Pool:
             queue = self._queues[name]
             while queue:
                 job = queue[0]
-                slot = self._idle_slot_for(job.function)
-                if slot is None and not self._make_room(job.function):
+                if job.package is None and not self._buildable(name, queue):
                     break
-                if slot is not None:
-                    changed = changed or not slot.warm_for(job.function)  # specialised
+                slot = self._idle_slot_for(job.function)
+                if slot is not None and slot.warm_for(job.function):
                     self._run(slot, self._batch(slot, queue))
                     continue
+                if not self._worth_starting(job.function, len(queue)):
+                    break  # sooner served by one of its sandboxes than by a new one
+                if slot is not None:  # a generic one, specialised for the call
+                    changed = True
+                    self._run(slot, self._batch(slot, queue))
+                    continue
+                if not self._make_room(job.function):
+                    break
                 queue.popleft()
                 changed = True
                 runtime = self.runtimes.get(job.function.runtime)
@@ -504,6 +641,8 @@ class Pool:
             of_function = self.runtimes.get(function.runtime)
             if of_function is None or self._broken.get(function.name) == function.sha256:
                 continue
+            if function.setup_archive() is None:
+                continue  # its build is not ready
             floor = self._floor(of_function, function)
             if floor == 0:
                 continue  # most functions: nothing kept warm before a call
@@ -575,12 +714,16 @@ class Pool:
 
     def _stale(self, slot: Slot) -> bool:
         runtime = self.runtimes.get(slot.runtime.name)
-        if runtime is None or _runtime_spec(runtime) != _runtime_spec(slot.runtime):
+        if runtime is None or runtime.spec() != slot.runtime.spec():
             return True
         if slot.function is None:
             return False
         current = self.functions.get(slot.function.name)
-        return current is None or current.sha256 != slot.function.sha256
+        return (
+            current is None
+            or current.sha256 != slot.function.sha256
+            or current.setup_archive() != slot.function.setup_archive()
+        )
 
     def _retire_stale(self) -> None:
         for slot in list(self._slots.values()):
@@ -618,22 +761,8 @@ class Pool:
 
     async def _run_slot(self, slot: Slot) -> None:
         """Start the miniworker process, and clean up after it when it exits."""
-        settings = MiniworkerSettings(
-            mw_id=slot.mw_id,
-            node_id=self.settings.node_id,
-            worker_endpoint=self.endpoint,
-            sandbox_dir=str(self._sandboxes / slot.mw_id),
-            node_dir=self.settings.node_dir,
-            driver=self.settings.driver,
-            alive_interval=self.settings.heartbeat_interval,
-            setup_timeout=self.settings.setup_timeout,
-            log_level=self.settings.log_level,
-            docker_network=self.settings.docker_network,
-            docker_host_ip=self.settings.docker_host_ip,
-            docker_registry=self.settings.docker_registry,
-            **limits_of(self.settings),
-            keeper_hosts=self.settings.keeper_hosts,
-        )
+        sandbox_dir = self._sandboxes / slot.mw_id
+        settings = miniworker_settings(self.settings, slot.mw_id, sandbox_dir, self.endpoint)
         env = {**self._base_env, **settings_env(settings)}
         try:
             slot.proc = await asyncio.create_subprocess_exec(

@@ -20,6 +20,7 @@ from services.common.errors import FumError, NotFound, Unavailable, UnknownNode
 from services.common.models import Call, CallUpdate, Function, NewCall, Session
 from services.common.node_protocol import (
     NODE_PROTOCOL,
+    BuildRequested,
     CallFinished,
     CatalogSynced,
     Dispatch,
@@ -38,8 +39,10 @@ from services.common.pool_protocol import Outcome
 from services.common.protocol import Message
 from services.common.rpc import Client, close_context
 from services.common.tasks import Background, retrying
+from services.miniworker.settings import PASSTHROUGH
 from services.workflows.continuation import Continuations
 
+from .builds import Builder
 from .packages import PackageCache
 from .pool import Job, Pool
 from .settings import WorkerSettings
@@ -63,6 +66,7 @@ class Worker:
             RuntimeRemoved: lambda m: self.pool.remove_runtime(m.name),
             FunctionSynced: lambda m: self.pool.put_function(m.function),
             FunctionRemoved: lambda m: self.pool.remove_function(m.name),
+            BuildRequested: lambda m: self._background.spawn(self._build(m)),
         }
 
     async def serve(self) -> None:
@@ -80,6 +84,8 @@ class Worker:
             self.steps = Continuations(self.db, self._place_calls, self._session_ended)
             packages = PackageCache(Path(s.node_dir) / "packages", s.api_url, session)
             self.pool = Pool(s, ctx, packages, self._base_env, self._on_start, self._on_outcome)
+            passthrough = {k: v for k, v in self._base_env.items() if k in PASSTHROUGH}
+            self.builder = Builder(s, packages, passthrough)
             stack.push_async_callback(self.pool.close)
             self.api = Client(
                 ctx,
@@ -186,13 +192,22 @@ class Worker:
             self.api.send_event(SessionEnded(session=session.id, status=session.status))
 
     def _submit(self, message: Dispatch, function: Function) -> None:
-        package = self.pool.packages.cached(function.sha256)
+        archive = function.setup_archive()
+        if archive is None:  # its build is not ready: the pool holds the call until it is
+            self.pool.submit(self._job(message, function, None))
+            return
+        package = self.pool.packages.cached(archive)
         if package is not None:
             self.pool.submit(self._job(message, function, package))
         else:
-            self._background.spawn(self._fetch_then_submit(message, function))
+            self._background.spawn(self._fetch_then_submit(message, function, archive))
 
-    def _job(self, message: Dispatch, function: Function, package: Path) -> Job:
+    async def _build(self, message: BuildRequested) -> None:
+        finished = await self.builder.build(message)
+        with contextlib.suppress(zmq.ZMQError):
+            self.api.send_event(finished)
+
+    def _job(self, message: Dispatch, function: Function, package: Path | None) -> Job:
         return Job(
             message.call,
             message.timeout,
@@ -224,10 +239,10 @@ class Worker:
         self.pool.put_function(function)
         self._on_dispatch(message)  # known now: dispatched as any call of it (a step looks)
 
-    async def _fetch_then_submit(self, message: Dispatch, function: Function) -> None:
+    async def _fetch_then_submit(self, message: Dispatch, function: Function, archive: str) -> None:
         call = message.call
         try:
-            package = await self.pool.packages.get(function)
+            package = await self.pool.packages.get(archive)
         except FumError as exc:
             outcome = Outcome(call_num=call.call_num, status="ERROR", error=str(exc))
             self._finish(message, outcome)
