@@ -333,7 +333,7 @@ _PUT_RUNTIME = f"""
         dependencies = excluded.dependencies, updated_at = excluded.updated_at
 """
 _PUT_FUNCTION = f"""
-    INSERT INTO functions ({_FUNCTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO functions ({_FUNCTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET
         runtime = excluded.runtime, sha256 = excluded.sha256, filename = excluded.filename,
         size = excluded.size, limits = excluded.limits, updated_at = excluded.updated_at,
