@@ -821,6 +821,12 @@ def calls(
     limit: Annotated[int, typer.Option("--limit", "-n", help="How many (newest first)")] = 20,
     before: Annotated[int | None, typer.Option(help="Only calls numbered below")] = None,
     after: Annotated[int | None, typer.Option(help="Only calls numbered above")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only calls made at or after (ISO 8601 or epoch seconds)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only calls made before (ISO 8601 or epoch seconds)")
+    ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Then follow: print each new call as it ends")
     ] = False,
@@ -845,7 +851,13 @@ def calls(
     api = client(ctx)
     with errors():
         page = api.list_calls(
-            function=function, status=status, limit=limit, before=before, after=after
+            function=function,
+            status=status,
+            limit=limit,
+            before=before,
+            after=after,
+            since=since,
+            until=until,
         )
     if plot is not None:
         from fum_client.plots import plot as draw

@@ -11,6 +11,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
@@ -349,12 +350,23 @@ def wait_calls(
     )
 
 
+Time = float | datetime | str  # seconds since the epoch, a datetime, or ISO 8601
+
+
+def _time(value: Time | None) -> str | None:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return None if value is None else str(value)
+
+
 def list_calls(
     function: str | None = None,
     status: str | None = None,
     limit: int | None = None,
     before: int | None = None,
     after: int | None = None,
+    since: Time | None = None,
+    until: Time | None = None,
 ) -> Req[CallPage]:
     query = {
         key: str(value)
@@ -364,6 +376,8 @@ def list_calls(
             ("limit", limit),
             ("before", before),
             ("after", after),
+            ("since", _time(since)),
+            ("until", _time(until)),
         )
         if value is not None
     }

@@ -273,8 +273,12 @@ class AsyncClient:
         limit: int | None = None,
         before: int | None = None,
         after: int | None = None,
+        since: _api.Time | None = None,
+        until: _api.Time | None = None,
     ) -> CallPage:
-        return await self._send(_api.list_calls(function, status, limit, before, after))
+        return await self._send(
+            _api.list_calls(function, status, limit, before, after, since, until)
+        )
 
     async def iter_calls(
         self,

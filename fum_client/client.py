@@ -252,9 +252,14 @@ class Client:
         limit: int | None = None,
         before: int | None = None,
         after: int | None = None,
+        since: _api.Time | None = None,
+        until: _api.Time | None = None,
     ) -> CallPage:
-        """One page of calls, newest first (``limit`` 1..1000, default 100)."""
-        return self._http.send(_api.list_calls(function, status, limit, before, after))
+        """One page of calls, newest first (``limit`` 1..1000, default 100); ``since``
+        and ``until``: made in that window (seconds, a datetime or ISO 8601)."""
+        return self._http.send(
+            _api.list_calls(function, status, limit, before, after, since, until)
+        )
 
     def iter_calls(
         self,

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -129,6 +130,11 @@ FILTERS = {
     "status": ListCalls(status="DONE"),
     "function and status": ListCalls(func_name="rare", status="DONE"),
     "function and status, paging": ListCalls(func_name="f7", status="DONE", before=9_000),
+    # time windows (the plan is chosen from the query's shape, whatever the times)
+    "a time window": ListCalls(since=1.0e9 + 500.0, until=1.0e9 + 600.0),
+    "made since, oldest first": ListCalls(since=1.0e9 + 500.0, oldest_first=True),
+    "function in a time window": ListCalls(func_name="rare", since=1.0e9, until=1.0e9 + 1.0),
+    "status until a time": ListCalls(status="ERROR", until=1.0e9 + 900.0),
 }
 
 
@@ -149,10 +155,33 @@ def test_listing_filters_use_an_index(million_calls: Path, name: str) -> None:
         assert f"USING INDEX {expected} " in plan, plan
     elif FILTERS[name].status is not None:
         assert "USING INDEX calls_by_status " in plan, plan
-    elif FILTERS[name].before is None and FILTERS[name].after is None:
+    elif (FILTERS[name].before, FILTERS[name].after, FILTERS[name].since) == (None,) * 3 and (
+        FILTERS[name].until is None
+    ):
         assert plan == "SCAN calls"  # in call-number order: LIMIT stops it at the page's end
     else:
         assert "USING INTEGER PRIMARY KEY" in plan, plan
+
+
+async def test_a_time_window_lists_the_calls_made_in_it(big: LocalCluster) -> None:
+    async with aiohttp.ClientSession(big.url) as session:
+
+        async def made(num: int) -> float:
+            async with session.get(f"/v1/calls/{num}") as answer:
+                return datetime.fromisoformat((await answer.json())["createdAt"]).timestamp()
+
+        since, until = await made(500_000) - 0.0004, await made(500_010) - 0.0004
+        window = {"since": datetime.fromtimestamp(since, UTC).isoformat(), "until": str(until)}
+        async with session.get("/v1/calls", params=window) as answer:
+            body = await answer.json()
+        assert [c["callNum"] for c in body["items"]] == list(range(500_009, 499_999, -1))
+        window |= {"function": "f3"}
+        async with session.get("/v1/calls", params=window) as answer:
+            assert [c["callNum"] for c in (await answer.json())["items"]] == [500_003]
+        for bad in ("yesterday", "nan", "-1", "1e300"):
+            async with session.get("/v1/calls", params={"since": bad}) as answer:
+                assert answer.status == 400, bad
+                assert (await answer.json())["error"]["code"] == "bad_request"
 
 
 @pytest.mark.parametrize(

@@ -186,9 +186,10 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/calls",
         views.list_calls,
-        "List calls, newest first, paginated",
+        "List calls, newest first, paginated; 'since'/'until': made in that window (ISO "
+        "8601 or seconds since the epoch, 'until' excluded)",
         responses=(200, 400),
-        query=("function", "status", "limit", "before", "after"),
+        query=("function", "status", "limit", "before", "after", "since", "until"),
     ),
     Route(
         "POST",

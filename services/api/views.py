@@ -255,6 +255,7 @@ def query_float(request: web.Request, name: str, default: float | None) -> float
     return value
 
 
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last time ISO 8601 writes plainly
 # Call numbers are SQLite integers: positive and below 2**63.
 MAX_CALL_NUM = (1 << 63) - 1
 
@@ -926,6 +927,27 @@ async def wait_calls(request: web.Request) -> web.Response:
     )
 
 
+def query_time(request: web.Request, name: str) -> float | None:
+    """A query parameter that is a time: ISO 8601 (with a zone, or taken as UTC) or
+    seconds since the epoch; None if absent."""
+    text = request.query.get(name)
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise BadRequest(
+                f"query parameter {name!r} must be an ISO 8601 time or seconds since the epoch"
+            ) from None
+        seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_TIME:
+        raise BadRequest(f"query parameter {name!r} is not a time fum can have stored")
+    return seconds
+
+
 async def list_calls(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
@@ -938,6 +960,8 @@ async def list_calls(request: web.Request) -> web.Response:
         before=query_int(request, "before"),
         after=query_int(request, "after"),
         limit=limit,
+        since=query_time(request, "since"),
+        until=query_time(request, "until"),
     )
     next_url = next_page(request, calls, limit, "before", calls[-1].call_num if calls else 0)
     return json_response({"items": [call_view(c) for c in calls], "next": next_url})

@@ -313,9 +313,11 @@ class DbClient:
         after: int | None = None,
         limit: int = 100,
         oldest_first: bool = False,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[Call]:
         """Calls newest first (or ``oldest_first``); ``before`` and ``after`` bound the call
-        number."""
+        number, ``since`` and ``until`` the time they were made."""
         request = ListCalls(
             func_name=func_name,
             status=status,
@@ -323,6 +325,8 @@ class DbClient:
             after=after,
             limit=limit,
             oldest_first=oldest_first,
+            since=since,
+            until=until,
         )
         return (await self._request(request, CallList)).calls
 

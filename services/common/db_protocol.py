@@ -94,7 +94,8 @@ class GetCallLogs(Message, frozen=True):
 
 class ListCalls(Message, frozen=True):
     """Calls newest first (``oldest_first``: the other way); ``before`` and ``after``
-    bound the call number (the cursor of the next page either way)."""
+    bound the call number (the cursor of the next page either way); ``since`` and
+    ``until`` the time each was made (seconds since the epoch, until excluded)."""
 
     func_name: str | None = None
     status: str | None = None
@@ -102,6 +103,8 @@ class ListCalls(Message, frozen=True):
     after: int | None = None
     limit: int = 100
     oldest_first: bool = False
+    since: float | None = None
+    until: float | None = None
 
 
 class PublishEvents(Message, frozen=True):
