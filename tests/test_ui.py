@@ -24,6 +24,7 @@ from selenium.webdriver.support import expected_conditions as seen
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fum_cli.local import LocalCluster
+from fum_client import Client
 
 from .conftest import start_cluster
 from .support import Api, targz
@@ -148,3 +149,36 @@ def test_the_dashboard_is_static_and_locked_down(cluster: LocalCluster) -> None:
         urllib.request.urlopen(f"{cluster.url}/v1/nodes", timeout=10)
     with refused.value:
         assert refused.value.code == 401
+
+
+def test_the_dashboard_draws_a_workflow_session(cluster: LocalCluster, browser: WebDriver) -> None:
+    """The appstore's hello-bye: the app's steps in columns, then a session's instances."""
+    with Client(cluster.url, cluster.api_key) as client:
+        client.deploy_app("ui-hellobye", ROOT / "tests" / "data" / "unum" / "hello-bye")
+        session = client.start_session("ui-hellobye", {"Data": {"Value": "hello"}}, timeout=60)
+    assert session.status == "DONE", session
+    browser.get(f"{cluster.url}/ui#apps")
+    if browser.find_elements(By.CSS_SELECTOR, "#key-form:not([hidden])"):  # a fresh page
+        browser.find_element(By.ID, "key").send_keys(cluster.api_key or "")
+        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait_for(browser, "#apps tr[data-app='ui-hellobye']")
+    patient = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
+    patient.until(lambda d: click(d, "#apps tr[data-app='ui-hellobye']"))
+    wait_for(browser, "#app .graph .node")
+    columns = patient.until(
+        lambda d: [c.text for c in d.find_elements(By.CSS_SELECTOR, "#app .column")]
+    )
+    assert columns[0].startswith("Start") and "World" in columns[-1], columns
+    shot(browser, "app")
+    patient.until(lambda d: click(d, f"#app tr[data-session='{session.id}']"))
+    wait_for(browser, f"#session[data-session='{session.id}'] .node")
+    nodes = patient.until(
+        lambda d: {
+            n.get_attribute("data-instance"): n.get_attribute("class")
+            for n in d.find_elements(By.CSS_SELECTOR, "#session .node")
+        }
+    )
+    assert set(nodes) == {"Start", "Hello-unumIndex-0", "World-unumIndex-0"}, nodes
+    assert all("status-DONE" in c for c in nodes.values())
+    shot(browser, "session")
+    assert console_errors(browser) == []

@@ -256,6 +256,14 @@ ROUTES: tuple[Route, ...] = (
         "Get a trigger: its context and how many times it fired",
         responses=(200, 404),
     ),
+    Route("GET", "/v1/apps", workflows.list_apps, "Workflow apps, with their steps' graph"),
+    Route(
+        "GET",
+        "/v1/apps/{name}",
+        workflows.get_app,
+        "A workflow app: its Start, functions, and the steps each may send on to",
+        responses=(200, 404),
+    ),
     Route(
         "PUT",
         "/v1/apps/{name}",

@@ -66,11 +66,34 @@ FINAL = frozenset({"DONE", "ERROR", "CANCELLED"})
 POLL = 1.0  # seconds between looks at the db while a blocking start waits (a lost word)
 
 
+class StepView(msgspec.Struct, rename="camel"):
+    """One function of an app and the steps it may send its output on (its ``Next``)."""
+
+    name: str
+    function: str
+    next: list[str]
+
+
 class AppView(msgspec.Struct, rename="camel"):
     name: str
     start: str
     functions: list[str]
     runtime: str
+    steps: list[StepView] = []
+
+
+def app_view(name: str, steps: list[Step]) -> AppView:
+    """An app as its functions' steps say it: its Start, functions and graph."""
+    return AppView(
+        name=name,
+        start=next((s.name for s in steps if s.start), ""),
+        functions=sorted(s.function for s in steps),
+        runtime=LAMBDA_RUNTIME.name,
+        steps=[
+            StepView(s.name, s.function, [n.name for n in s.next])
+            for s in sorted(steps, key=lambda s: s.name)
+        ],
+    )
 
 
 class InstanceView(msgspec.Struct, rename="camel"):
@@ -191,13 +214,7 @@ async def put_app(request: web.Request) -> web.Response:
         staged.discard()
         for _, package in built:
             package.discard()
-    view = AppView(
-        name=name,
-        start=next(step.name for step, _ in built if step.start),
-        functions=sorted(kept),
-        runtime=LAMBDA_RUNTIME.name,
-    )
-    return json_response(view, 200 if before else 201)
+    return json_response(app_view(name, [step for step, _ in built]), 200 if before else 201)
 
 
 def _differs(stored: Runtime, wanted: Runtime) -> bool:
@@ -309,6 +326,27 @@ async def get_any_session(request: web.Request) -> web.Response:
     """A session by its id alone (ids are uuids: no app needed to tell them apart)."""
     reply = await request.app[DB].get_session(request.match_info["id"])
     return json_response(session_view(reply.session, reply.instances))
+
+
+def _apps(catalog: Catalog) -> dict[str, list[Step]]:
+    apps: dict[str, list[Step]] = {}
+    for function in catalog.functions.values():
+        if function.workflow is not None:
+            apps.setdefault(function.workflow.app, []).append(function.workflow)
+    return apps
+
+
+async def list_apps(request: web.Request) -> web.Response:
+    apps = _apps(request.app[CATALOG])
+    return json_response({"items": [app_view(name, apps[name]) for name in sorted(apps)]})
+
+
+async def get_app(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    steps = _apps(request.app[CATALOG]).get(name)
+    if steps is None:
+        raise NotFound(f"no app {name!r}")
+    return json_response(app_view(name, steps))
 
 
 async def list_sessions(request: web.Request) -> web.Response:

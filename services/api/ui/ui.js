@@ -115,6 +115,55 @@ const views = {
     );
   },
 
+  async apps() {
+    const { items } = await api("/v1/apps");
+    return el(
+      "section",
+      { id: "apps" },
+      el("h2", {}, `Workflow apps (${items.length})`),
+      table(
+        ["app", "start", "functions"],
+        items.map((a) => ({ app: a.name, props: { dataset: { app: a.name } }, cells: [a.name, a.start, a.functions.length] })),
+        (row) => { location.hash = `#app/${encodeURIComponent(row.app)}`; },
+      ),
+    );
+  },
+
+  async app(name) {
+    const app = await api(`/v1/apps/${encodeURIComponent(name)}`);
+    const { items } = await api(`/v1/apps/${encodeURIComponent(name)}/sessions?limit=50`);
+    return el(
+      "section",
+      { id: "app", dataset: { app: app.name } },
+      el("h2", {}, `App ${app.name}`),
+      graph(stepColumns(app), (step) => el("div", { className: "node" }, step.name, el("div", { className: "muted" }, step.next.length ? `→ ${step.next.join(", ")}` : "ends"))),
+      el("h3", {}, "Sessions (the latest 50)"),
+      table(
+        ["session", "status", "created", "ms"],
+        items.map((x) => ({ id: x.id, props: { dataset: { session: x.id } }, cells: [x.id, status(x.status), x.createdAt, ms(x.durationMs)] })),
+        (row) => { location.hash = `#session/${encodeURIComponent(name)}/${encodeURIComponent(row.id)}`; },
+      ),
+    );
+  },
+
+  async session(name, id) {
+    const app = await api(`/v1/apps/${encodeURIComponent(name)}`);
+    const session = await api(`/v1/apps/${encodeURIComponent(name)}/sessions/${encodeURIComponent(id)}`);
+    // a step's instances are "<Name>" or "<Name>-unumIndex-<i>": one column per step
+    const byStep = {};
+    for (const i of session.instances || []) {
+      (byStep[i.name.split("-unumIndex-")[0]] ||= []).push(i);
+    }
+    const columns = stepColumns(app).map((steps) => steps.flatMap((s) => byStep[s.name] || []));
+    return el(
+      "section",
+      { id: "session", dataset: { session: session.id } },
+      el("h2", {}, `Session ${session.id}`),
+      el("dl", {}, el("dt", {}, "status"), el("dd", {}, status(session.status)), el("dt", {}, "result"), el("dd", {}, json(session.result)), el("dt", {}, "error"), el("dd", {}, session.error || "—")),
+      graph(columns, (i) => el("a", { className: `node status-${i.status}`, href: `#call/${i.callNum}`, dataset: { instance: i.name } }, i.name, el("div", { className: "muted" }, `call ${i.callNum} · ${i.status}`))),
+    );
+  },
+
   async call(num) {
     const call = await api(`/v1/calls/${encodeURIComponent(num)}`);
     const final = ["DONE", "ERROR", "TIMEOUT"].includes(call.status);
@@ -138,6 +187,34 @@ const views = {
   },
 };
 
+// An app's steps in columns: the Start, then each step after those before it (breadth
+// first over Next); steps no path reaches come last.
+function stepColumns(app) {
+  const steps = Object.fromEntries(app.steps.map((s) => [s.name, s]));
+  const placed = new Set();
+  const columns = [];
+  let front = steps[app.start] ? [steps[app.start]] : [];
+  while (front.length) {
+    front.forEach((s) => placed.add(s.name));
+    columns.push(front);
+    const next = new Map();
+    for (const s of front) for (const n of s.next) if (steps[n] && !placed.has(n)) next.set(n, steps[n]);
+    front = [...next.values()];
+  }
+  const rest = app.steps.filter((s) => !placed.has(s.name));
+  if (rest.length) columns.push(rest);
+  return columns;
+}
+
+function graph(columns, draw) {
+  const parts = [];
+  columns.forEach((column, i) => {
+    if (i) parts.push(el("div", { className: "arrow" }, "→"));
+    parts.push(el("div", { className: "column" }, ...column.map(draw)));
+  });
+  return el("div", { className: "graph" }, ...parts);
+}
+
 function limits(l) {
   return Object.entries(l || {}).filter(([, v]) => v !== null).map(([k, v]) => `${k}=${v}`).join(" ") || "—";
 }
@@ -148,14 +225,15 @@ function ms(value) {
 
 async function render() {
   clearTimeout(timer);
-  const [name, arg] = (location.hash.slice(1) || "nodes").split("/");
+  const [name, ...args] = (location.hash.slice(1) || "nodes").split("/").map(decodeURIComponent);
   const view = views[name] || views.nodes;
   for (const a of document.querySelectorAll("nav a")) {
-    a.classList.toggle("current", a.getAttribute("href") === `#${name}`);
+    const section = { app: "apps", session: "apps", call: "calls" }[name] || name;
+    a.classList.toggle("current", a.getAttribute("href") === `#${section}`);
   }
   const error = document.getElementById("error");
   try {
-    const content = await view(arg);
+    const content = await view(...args);
     document.getElementById("view").replaceChildren(content);
     error.hidden = true;
   } catch (exc) {
