@@ -6,17 +6,20 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fum_cli.local import LocalCluster
+from fum_client import Client, TriggerflowExecutor
 
 from .conftest import start_cluster
 from .keeper import kazoo_client
 from .support import Api
 
+ROOT = Path(__file__).resolve().parent.parent
 # every label any fum metric may carry: small, bounded sets
 LABELS = {"method", "route", "status", "function", "kind", "node", "state", "type", "writes"}
 LABELS |= {"op", "purpose", "le", "quantile"}
@@ -101,6 +104,10 @@ async def test_a_429_is_counted(cluster: LocalCluster) -> None:
                  route="/v1/functions/{name}/invoke", status="429") >= 1  # fmt: skip
 
 
+def coordinate(x: int) -> int:
+    return x + 1
+
+
 def targz_of(source: str) -> bytes:
     from .support import targz
 
@@ -120,7 +127,14 @@ async def test_every_service_serves_its_metrics(cluster: LocalCluster) -> None:
         assert value(keeper, "fum_keeper_watches") >= 1
         assert value(keeper, "fum_keeper_request_duration_seconds_count", op="create") >= 1
         assert value(keeper, "fum_keeper_commit_duration_seconds_count") >= 1
+    with Client(cluster.url) as client:  # a workflow session and a durable execution, done
+        client.deploy_app("metrics-hb", ROOT / "tests" / "data" / "unum" / "hello-bye")
+        assert client.start_session("metrics-hb", "bye", timeout=60).status == "DONE"
+    with TriggerflowExecutor(cluster.url) as tf:
+        assert tf.run(coordinate, 41, name="metrics-x").result(timeout=60) == 42
     db = scrape(f"http://{jobs['fum-db']}/metrics")
+    assert value(db, "fum_workflow_sessions", status="DONE") >= 1
+    assert value(db, "fum_durable_executions", status="DONE") >= 1
     assert value(db, "fum_db_transaction_duration_seconds_count", writes="true") >= 1
     assert value(db, "fum_db_batch_requests_count") >= 1
     assert value(db, "fum_db_requests_total", type="ping") >= 1

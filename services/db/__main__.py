@@ -14,10 +14,12 @@ import zmq
 from services.common import metrics, profiling
 from services.common.curve import ClusterKeys, authenticator
 from services.common.logs import setup_logging
+from services.common.metrics import register
 from services.common.rpc import close_context, make_socket
 from services.common.settings import load_settings
 from services.common.tasks import Background
 
+from . import metrics as db_metrics
 from .retention import Retention
 from .server import DbServer
 from .settings import DbSettings
@@ -62,6 +64,7 @@ async def run(settings: DbSettings) -> int:
             loop.add_signal_handler(signum, on_signal, signum)
             stack.callback(loop.remove_signal_handler, signum)
 
+        register(db_metrics.StatesCollector(settings.db_path))
         metrics.serve(settings.metrics_port, settings.metrics_host, "db")
         log.info("db.listening", bind=settings.db_bind, path=settings.db_path)
         try:
