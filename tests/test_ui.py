@@ -24,7 +24,7 @@ from selenium.webdriver.support import expected_conditions as seen
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fum_cli.local import LocalCluster
-from fum_client import Client
+from fum_client import Client, FunctionExecutor, TriggerflowExecutor
 
 from .conftest import start_cluster
 from .support import Api, targz
@@ -181,4 +181,39 @@ def test_the_dashboard_draws_a_workflow_session(cluster: LocalCluster, browser: 
     assert set(nodes) == {"Start", "Hello-unumIndex-0", "World-unumIndex-0"}, nodes
     assert all("status-DONE" in c for c in nodes.values())
     shot(browser, "session")
+    assert console_errors(browser) == []
+
+
+def twice(x: int) -> int:
+    return 2 * x
+
+
+def coordinator(n: int) -> list[int]:
+    fexec = FunctionExecutor()
+    fexec.map(twice, range(n))
+    return fexec.get_result()  # type: ignore[no-any-return]
+
+
+def test_the_dashboard_shows_an_executions_history(
+    cluster: LocalCluster, browser: WebDriver
+) -> None:
+    with TriggerflowExecutor(cluster.url, cluster.api_key) as tf:
+        execution = tf.run(coordinator, 3, name="ui-coordinator")
+        assert execution.result(timeout=90) == [0, 2, 4]
+    browser.get(f"{cluster.url}/ui#executions")
+    if browser.find_elements(By.CSS_SELECTOR, "#key-form:not([hidden])"):
+        browser.find_element(By.ID, "key").send_keys(cluster.api_key or "")
+        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    row = f"#executions tr[data-execution='{execution.id}']"
+    wait_for(browser, row)
+    patient = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
+    patient.until(lambda d: click(d, row))
+    wait_for(browser, f"#execution[data-execution='{execution.id}'] tr[data-step]")
+    steps = patient.until(
+        lambda d: [r.text for r in d.find_elements(By.CSS_SELECTOR, "#execution tr[data-step]")]
+    )
+    assert len(steps) == 1 and "map" in steps[0] and "DONE" in steps[0], steps
+    runs = browser.find_elements(By.CSS_SELECTOR, "#execution tr[data-run]")
+    assert len(runs) >= 2  # it waited once, then ran again with its history
+    shot(browser, "execution")
     assert console_errors(browser) == []

@@ -13,7 +13,16 @@ from services.triggers.events import Event, EventIn
 from services.triggers.triggers import Trigger, TriggerIn
 
 from .security import CALLER
-from .views import CATALOG, DB, iso, json_response, query_bool, query_int, read_json
+from .views import (
+    CATALOG,
+    DB,
+    iso,
+    json_response,
+    query_bool,
+    query_float,
+    query_int,
+    read_json,
+)
 
 MAX_EVENTS = 1000  # events in one publish
 
@@ -126,6 +135,32 @@ async def start_execution(request: web.Request) -> web.Response:
 async def get_execution(request: web.Request) -> web.Response:
     execution = await request.app[DB].get_execution(request.match_info["id"])
     return json_response(await execution_view(request.app, execution))
+
+
+async def list_executions(request: web.Request) -> web.Response:
+    """Executions newest first, a page at a time (``before``: the ``createdAt`` seconds
+    of the last one of the page before), without their steps."""
+    limit = query_int(request, "limit", 1, 1000) or 100
+    before = query_float(request, "before", None)
+    executions = await request.app[DB].list_executions(before, limit)
+    items = [
+        {
+            "id": x.id,
+            "name": x.name,
+            "function": x.function,
+            "status": x.status,
+            "runs": x.runs,
+            "callNum": x.call_num,
+            "error": x.error,
+            "createdAt": iso(x.created_at),
+            "finishedAt": iso(x.finished_at),
+        }
+        for x in executions
+    ]
+    full = len(executions) == limit
+    after = executions[-1].created_at if full else None
+    next_url = None if after is None else f"/v1/executions?limit={limit}&before={after!r}"
+    return json_response({"items": items, "next": next_url})
 
 
 async def execution_view(app: web.Application, x: Execution) -> dict[str, Any]:

@@ -332,6 +332,14 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
+        "/v1/executions",
+        durable_views.list_executions,
+        "Executions newest first, without their steps, paginated",
+        responses=(200, 400),
+        query=("limit", "before"),
+    ),
+    Route(
+        "GET",
         "/v1/executions/{id}",
         durable_views.get_execution,
         "An execution: status, result, runs, and each step with its calls",

@@ -32,6 +32,7 @@ from .db_protocol import (
     DeleteTrigger,
     EventList,
     EventsPublished,
+    ExecutionList,
     ExecutionReply,
     FindCalls,
     FinishInstance,
@@ -51,6 +52,7 @@ from .db_protocol import (
     InstanceState,
     ListCalls,
     ListEvents,
+    ListExecutions,
     ListFunctions,
     ListRuntimes,
     ListSessions,
@@ -384,6 +386,10 @@ class DbClient:
 
     async def get_execution(self, execution_id: str) -> Execution:
         return (await self._request(GetExecution(id=execution_id), ExecutionReply)).execution
+
+    async def list_executions(self, before: float | None, limit: int) -> list[Execution]:
+        request = ListExecutions(before=before, limit=limit)
+        return (await self._request(request, ExecutionList)).executions
 
     # ---- workflow sessions
 

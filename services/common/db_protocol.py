@@ -154,6 +154,13 @@ class GetExecution(Message, frozen=True):
     id: str
 
 
+class ListExecutions(Message, frozen=True):
+    """Executions newest first, without their steps; ``before``: made before that time."""
+
+    before: float | None = None
+    limit: int = 100
+
+
 # ---- workflow sessions (services/workflows/checkpoint.py)
 
 
@@ -279,6 +286,10 @@ class ExecutionReply(Message, frozen=True):
     placed: list[Call] = []
 
 
+class ExecutionList(Message, frozen=True):
+    executions: list[Execution]
+
+
 class CallReply(Message, frozen=True):
     call: Call
 
@@ -350,6 +361,7 @@ DB_PROTOCOL = Protocol(
     DeleteTrigger,
     StartExecution,
     GetExecution,
+    ListExecutions,
     StartSession,
     LookUpInstance,
     FinishInstances,
@@ -373,6 +385,7 @@ DB_PROTOCOL = Protocol(
     TriggerReply,
     TriggerList,
     ExecutionReply,
+    ExecutionList,
     SessionStarted,
     InstanceState,
     InstancesFinished,

@@ -48,6 +48,7 @@ from services.common.db_protocol import (
     DeleteTrigger,
     EventList,
     EventsPublished,
+    ExecutionList,
     ExecutionReply,
     FindCalls,
     FinishInstances,
@@ -65,6 +66,7 @@ from services.common.db_protocol import (
     InstanceState,
     ListCalls,
     ListEvents,
+    ListExecutions,
     ListFunctions,
     ListRuntimes,
     ListSessions,
@@ -192,6 +194,7 @@ class DbServer:
             DeleteTrigger: Handler(_one(self._delete_trigger), writes=True),
             StartExecution: Handler(_one(self._start_execution), writes=True),
             GetExecution: Handler(_one(self._get_execution), writes=False),
+            ListExecutions: Handler(_one(self._list_executions), writes=False),
             StartSession: Handler(_one(self._start_session), writes=True),
             LookUpInstance: Handler(_one(self._look_up_instance), writes=False),
             FinishInstances: Handler(_one(self._finish_instances), writes=True),
@@ -519,6 +522,11 @@ class DbServer:
 
     def _get_execution(self, request: GetExecution) -> ExecutionReply:
         return ExecutionReply(execution=self._store.coordinators.get(request.id))
+
+    def _list_executions(self, request: ListExecutions) -> ExecutionList:
+        return ExecutionList(
+            executions=self._store.coordinators.list(request.before, request.limit)
+        )
 
     # ---- workflow sessions (services/workflows/checkpoint.py)
 

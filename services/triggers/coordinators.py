@@ -364,6 +364,31 @@ class Coordinators:
             (status, result, error, t, t, execution_id),
         )
 
+    def list(self, before: float | None, limit: int) -> list[Execution]:
+        """Executions newest first (made before ``before``), without their steps."""
+        rows = self._db.execute(
+            "SELECT id, name, function, status, runs, call_num, error, step_function, "
+            "created_at, updated_at, finished_at FROM executions WHERE created_at < ? "
+            "ORDER BY created_at DESC LIMIT ?",
+            (1e300 if before is None else before, max(1, min(limit, 1000))),
+        )
+        return [
+            Execution(
+                id=r[0],
+                name=r[1],
+                function=r[2],
+                status=r[3],
+                runs=r[4],
+                call_num=r[5],
+                error=r[6],
+                step_function=r[7],
+                created_at=r[8],
+                updated_at=r[9],
+                finished_at=r[10],
+            )
+            for r in rows
+        ]
+
     def get(self, execution_id: str) -> Execution:
         row = self._db.execute(
             "SELECT id, name, function, status, runs, call_num, result, error, step_function, "

@@ -164,6 +164,37 @@ const views = {
     );
   },
 
+  async executions() {
+    const { items } = await api("/v1/executions?limit=50");
+    return el(
+      "section",
+      { id: "executions" },
+      el("h2", {}, "Durable executions (the latest 50)"),
+      table(
+        ["execution", "name", "status", "runs", "created", "finished"],
+        items.map((x) => ({ id: x.id, props: { dataset: { execution: x.id } }, cells: [x.id, x.name, status(x.status), x.runs, x.createdAt, x.finishedAt || "—"] })),
+        (row) => { location.hash = `#execution/${encodeURIComponent(row.id)}`; },
+      ),
+    );
+  },
+
+  async execution(id) {
+    const x = await api(`/v1/executions/${encodeURIComponent(id)}`);
+    return el(
+      "section",
+      { id: "execution", dataset: { execution: x.id } },
+      el("h2", {}, `Execution ${x.name} (${x.id})`),
+      el("dl", {}, ...[["status", status(x.status)], ["coordinator runs", x.runs], ["result", x.result && x.result.repr !== undefined ? x.result.repr : json(x.result)], ["error", x.error || "—"]].flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+      el("h3", {}, "History"),
+      table(
+        ["step", "kind", "function", "run", "status", "calls"],
+        x.steps.map((s) => ({ props: { dataset: { step: s.seq } }, cells: [s.seq, s.kind, s.function, s.run, status(s.status), s.calls.map((c) => `${c.callNum} ${c.status}`).join(", ")] })),
+      ),
+      el("h3", {}, "Coordinator runs"),
+      table(["call", "status"], x.runCalls.map((c) => ({ props: { dataset: { run: c.callNum } }, cells: [c.callNum, status(c.status)] }))),
+    );
+  },
+
   async call(num) {
     const call = await api(`/v1/calls/${encodeURIComponent(num)}`);
     const final = ["DONE", "ERROR", "TIMEOUT"].includes(call.status);
@@ -228,7 +259,7 @@ async function render() {
   const [name, ...args] = (location.hash.slice(1) || "nodes").split("/").map(decodeURIComponent);
   const view = views[name] || views.nodes;
   for (const a of document.querySelectorAll("nav a")) {
-    const section = { app: "apps", session: "apps", call: "calls" }[name] || name;
+    const section = { app: "apps", session: "apps", call: "calls", execution: "executions" }[name] || name;
     a.classList.toggle("current", a.getAttribute("href") === `#${section}`);
   }
   const error = document.getElementById("error");
