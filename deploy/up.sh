@@ -10,11 +10,11 @@ if [ -z "${FUM_LOCAL:-}" ] && docker info >/dev/null 2>&1; then
     profile=()
     if [ -n "${FUM_METRICS:-}" ]; then  # compose's optional Prometheus (docs/OPERATIONS.md)
         deploy/build-images.sh --only prometheus
-        profile=(--profile metrics)
+        profile=(-f deploy/metrics.yaml)
     fi
     if docker compose version >/dev/null 2>&1; then
-        exec docker compose -f deploy/compose.yaml -p fum "${profile[@]}" up
+        exec docker compose -f deploy/compose.yaml "${profile[@]}" -p fum up
     fi
-    exec docker-compose -f deploy/compose.yaml -p fum "${profile[@]}" up
+    exec docker-compose -f deploy/compose.yaml "${profile[@]}" -p fum up
 fi
 exec .venv/bin/fum up "$@"

@@ -22,13 +22,15 @@ pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
+METRICS_FILE = ROOT / "deploy" / "metrics.yaml"  # the optional Prometheus, on here
 
 
 class Compose:
     def __init__(self, project: str, env: dict[str, str]) -> None:
         self.project = project
         self.env = env
-        self.base = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", project]
+        files = ["-f", str(COMPOSE_FILE), "-f", str(METRICS_FILE)]
+        self.base = [*compose_command(), *files, "-p", project]
         self.url = f"http://127.0.0.1:{env['FUM_PORT']}"
         self.started = int(time.time())
 
@@ -83,12 +85,12 @@ def cluster(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     }
     compose = Compose(project, env)
     try:
-        compose("--profile", "metrics", "up", "-d")  # with the optional Prometheus
+        compose("up", "-d")
         wait_nodes(compose.url, 2, 120)
         yield compose
     finally:
         subprocess.run(
-            [*compose.base, "--profile", "metrics", "down", "-v", "--remove-orphans"],
+            [*compose.base, "down", "-v", "--remove-orphans"],
             env=env,
             capture_output=True,
             timeout=300,
@@ -120,7 +122,7 @@ async def test_original_curl_sequence_on_both_nodes(cluster: Compose) -> None:
 
 
 def test_prometheus_scrapes_every_service(cluster: Compose) -> None:
-    """The `metrics` profile's Prometheus finds every service's metrics up."""
+    """The optional Prometheus (deploy/metrics.yaml) finds every service's metrics up."""
     import urllib.request
 
     url = f"http://127.0.0.1:{cluster.env['FUM_PROMETHEUS_PORT']}/api/v1/targets"
@@ -319,7 +321,8 @@ async def test_functions_reach_their_miniworker_and_nothing_of_the_control_plane
     by address, and the registry's published port through its network's gateway: none
     answers; its own calls work (its miniworker is reached)."""
     control = {s: addresses(cluster, s)[cluster.project] for s in ("db", "api", "registry")}
-    assert list(addresses(cluster, "db")) == [cluster.project]  # on the control plane only
+    # on the control plane, and on the network Prometheus scrapes it on: neither is theirs
+    assert sorted(addresses(cluster, "db")) == [cluster.project, f"{cluster.project}-metrics"]
     functions = f"{cluster.project}-functions"
     gateway = docker(
         "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", functions

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -222,7 +223,12 @@ async def test_a_repeated_key_is_the_same_call(api: Api, cluster: LocalCluster) 
         made = [await client.create_calls(batch) for _ in "ab"]  # each with its own key
     assert nums[0] == nums[1]
     assert made[0] != made[1]
-    assert sorted(await calls_of(api, name)) == sorted({first, other, nums[0], *made[0], *made[1]})
+    made_here = sorted({first, other, nums[0], *made[0], *made[1]})
+    # a listing reads the db's last commit: a blocking call's worker may still be writing it
+    deadline = time.monotonic() + 10
+    while (listed := sorted(await calls_of(api, name))) != made_here:
+        assert time.monotonic() < deadline, (listed, made_here)
+        await asyncio.sleep(0.05)
 
 
 async def test_a_blocking_invoke_is_waited_for_longer_than_the_api_waits(

@@ -228,7 +228,11 @@ def legacy_call(c: Call) -> LegacyCall:
 def decode_json(body: bytes, kind: Any, what: str) -> Any:
     """``body`` decoded as ``kind``, or ``BadRequest`` saying why not."""
     try:
-        return msgspec.json.decode(body, type=kind)
+        value = msgspec.json.decode(body, type=kind)
+        msgspec.msgpack.encode(value)  # what the control plane carries: 64-bit integers
+        return value
+    except OverflowError:
+        raise BadRequest(f"a number in the {what} is beyond 64-bit integers") from None
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid {what}: {exc}") from None
     except msgspec.DecodeError as exc:

@@ -29,6 +29,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
+import msgspec
 import structlog
 import zmq
 
@@ -367,9 +368,16 @@ class DbServer:
         for request in requests:
             assert request.reply is not None
             try:
-                self._channel.send(
-                    [*request.routing, DB_PROTOCOL.encode(request.reply)], wait=False
+                payload = DB_PROTOCOL.encode(request.reply)
+            except (OverflowError, TypeError, msgspec.EncodeError) as exc:
+                # A value the wire cannot carry (an integer beyond 64 bits from a stored
+                # JSON text, say): that request fails, the db goes on.
+                log.error("db.reply_unencodable", reply=request.reply.msg_type, error=str(exc))
+                payload = DB_PROTOCOL.encode(
+                    Error(code="internal", message=f"db: the reply could not be sent: {exc}")
                 )
+            try:
+                self._channel.send([*request.routing, payload], wait=False)
             except zmq.ZMQError as exc:
                 log.warning("db.reply_undelivered", error=str(exc))
 

@@ -858,8 +858,9 @@ class Store:
         if update.result is not None and update.status != "WAITING":
             try:
                 result = msgspec.json.decode(update.result)
-            except msgspec.DecodeError:
-                result = update.result.decode(errors="replace")
+                msgspec.msgpack.encode(result)  # the wire's integers: 64 bits at most
+            except (msgspec.DecodeError, OverflowError):
+                result = update.result.decode(errors="replace")  # kept as its JSON text
         self.triggers.store_event(
             call_event(
                 update.call_num,
