@@ -72,6 +72,12 @@ def wait_for(driver: WebDriver, css: str, timeout: float = 20) -> None:
     WebDriverWait(driver, timeout).until(seen.presence_of_element_located((By.CSS_SELECTOR, css)))
 
 
+def give_key(driver: WebDriver, key: str) -> None:
+    """Answer the page's request for an API key, as a person would."""
+    driver.find_element(By.ID, "key").send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
+
+
 def click(driver: WebDriver, css: str) -> bool:
     driver.find_element(By.CSS_SELECTOR, css).click()
     return True
@@ -100,8 +106,7 @@ async def test_the_dashboard_shows_nodes_functions_and_a_call_live(
     key = {"Authorization": f"Bearer {cluster.api_key}"}
     browser.get(f"{cluster.url}/ui")
     wait_for(browser, "#key-form:not([hidden])")  # the api asks for a key: the page asks
-    browser.find_element(By.ID, "key").send_keys(cluster.api_key)
-    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    give_key(browser, cluster.api_key)
     wait_for(browser, "#nodes tr[data-node='0']")
     shot(browser, "nodes")
     assert "key" not in browser.current_url  # never in a URL
@@ -159,8 +164,7 @@ def test_the_dashboard_draws_a_workflow_session(cluster: LocalCluster, browser: 
     assert session.status == "DONE", session
     browser.get(f"{cluster.url}/ui#apps")
     if browser.find_elements(By.CSS_SELECTOR, "#key-form:not([hidden])"):  # a fresh page
-        browser.find_element(By.ID, "key").send_keys(cluster.api_key or "")
-        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        give_key(browser, cluster.api_key or "")
     wait_for(browser, "#apps tr[data-app='ui-hellobye']")
     patient = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
     patient.until(lambda d: click(d, "#apps tr[data-app='ui-hellobye']"))
@@ -201,9 +205,8 @@ def test_the_dashboard_shows_an_executions_history(
         execution = tf.run(coordinator, 3, name="ui-coordinator")
         assert execution.result(timeout=90) == [0, 2, 4]
     browser.get(f"{cluster.url}/ui#executions")
-    if browser.find_elements(By.CSS_SELECTOR, "#key-form:not([hidden])"):
-        browser.find_element(By.ID, "key").send_keys(cluster.api_key or "")
-        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    if browser.find_elements(By.CSS_SELECTOR, "#key-form:not([hidden])"):  # a fresh page
+        give_key(browser, cluster.api_key or "")
     row = f"#executions tr[data-execution='{execution.id}']"
     wait_for(browser, row)
     patient = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])

@@ -18,9 +18,11 @@ from .views import (
     DB,
     iso,
     json_response,
+    next_page,
     query_bool,
     query_float,
     query_int,
+    query_limit,
     read_json,
 )
 
@@ -74,7 +76,7 @@ async def publish_events(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    limit = query_int(request, "limit", 1, 1000) or 100
+    limit = query_limit(request)
     events = await request.app[DB].list_events(
         subject=request.query.get("subject"),
         type=request.query.get("type"),
@@ -104,7 +106,7 @@ async def delete_trigger(request: web.Request) -> web.Response:
 
 
 async def list_triggers(request: web.Request) -> web.Response:
-    limit = query_int(request, "limit", 1, 1000) or 100
+    limit = query_limit(request)
     active = query_bool(request, "active", True) if "active" in request.query else None
     triggers = await request.app[DB].list_triggers(
         active=active,
@@ -140,7 +142,7 @@ async def get_execution(request: web.Request) -> web.Response:
 async def list_executions(request: web.Request) -> web.Response:
     """Executions newest first, a page at a time (``before``: the ``createdAt`` seconds
     of the last one of the page before), without their steps."""
-    limit = query_int(request, "limit", 1, 1000) or 100
+    limit = query_limit(request)
     before = query_float(request, "before", None)
     executions = await request.app[DB].list_executions(before, limit)
     items = [
@@ -157,10 +159,8 @@ async def list_executions(request: web.Request) -> web.Response:
         }
         for x in executions
     ]
-    full = len(executions) == limit
-    after = executions[-1].created_at if full else None
-    next_url = None if after is None else f"/v1/executions?limit={limit}&before={after!r}"
-    return json_response({"items": items, "next": next_url})
+    last = executions[-1].created_at if executions else 0.0
+    return json_response({"items": items, "next": next_page(request, items, limit, "before", last)})
 
 
 async def execution_view(app: web.Application, x: Execution) -> dict[str, Any]:

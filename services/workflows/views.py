@@ -33,7 +33,7 @@ from services.api.views import (
     limits_from,
     query_bool,
     query_float,
-    query_int,
+    query_limit,
     who,
 )
 from services.common.archive import extract_package
@@ -353,7 +353,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not app_functions(request.app[CATALOG], name):
         raise NotFound(f"no app {name!r}")
-    limit = query_int(request, "limit", 1, 1000) or 100
+    limit = query_limit(request)
     sessions = await request.app[DB].list_sessions(name, limit=limit)
     return json_response({"items": [session_view(s) for s in sessions]})
 
