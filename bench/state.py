@@ -6,10 +6,11 @@ Two data folders are made once: ``empty`` (a runtime and the ``noop`` function) 
 ``full`` (the same, a million finished calls, built through the db's schema as the tests'
 fixture builds them, and 2,000 more functions registered through the api one by one,
 the worker's CPU per registration measured for the first and the last 250). Then, in
-each round, a local cluster (process driver) is started on each folder, both running,
-and measured with every request sent to each in turn (so both see the same moments of
-the host's load): start-up to ready, warm invoke p50/p99, every listing (median of its
-requests); then, one cluster at a time, the original ``GET /calls``: its time, size,
+each round: each folder's cluster (process driver) started alone, three times taking
+turns (start-up to ready); then a cluster on each folder, both running, measured with
+every request sent to each in turn, which one first alternating (so both see the same
+moments of the host's load): warm invoke p50/p99 (2,000 each), every listing (median
+of its requests); then, one cluster at a time, the original ``GET /calls``: its time, size,
 the api's peak RSS (VmHWM), and the slowest ``/healthz`` and ``/v1/calls/1`` sent
 while it streams. Printed as JSON: each figure's median over the rounds, per folder,
 and the ratio full / empty.
@@ -36,8 +37,9 @@ from bench.common import NOOP, RUNTIME, percentile
 from fum_cli.local import LocalCluster
 from tests.support import Api, build_calls_file, targz
 
-INVOKES = 300
+INVOKES = 2000  # enough that the p99 is not three samples
 REQUESTS = 50  # of each listing
+STARTS = 3  # of each folder's cluster, alone, taking turns
 BLOCK = 250  # registrations whose worker CPU is summed together
 
 
@@ -140,17 +142,38 @@ LISTINGS = {
 }
 
 
+def in_turn(names: list[str], i: int) -> list[str]:
+    """The folders in the order of turn ``i``: which goes first alternates, so neither
+    is always the one measured right after the other's request."""
+    return names if i % 2 == 0 else names[::-1]
+
+
+def start_ups(folders: dict[str, Path]) -> dict[str, float]:
+    """Seconds to ready of each folder's cluster started alone (the other stopped: a
+    running cluster's idle work, its sandboxes warming up, would slow the one starting),
+    taking turns; the median of ``STARTS`` each."""
+    times: dict[str, list[float]] = {name: [] for name in folders}
+    for i in range(STARTS):
+        for name in in_turn(list(folders), i):
+            t0 = time.perf_counter()
+            cluster = LocalCluster(folders[name], port=0).start(timeout=120)
+            times[name].append(time.perf_counter() - t0)
+            cluster.stop()
+    return {name: round(statistics.median(t), 3) for name, t in times.items()}
+
+
 async def measure(folders: dict[str, Path]) -> dict[str, dict[str, float]]:
-    """One round: a cluster on each folder, both running; every request goes to each
-    in turn, so both see the same moments of the host's load."""
+    """One round: the start-ups, then a cluster on each folder, both running; every
+    request goes to each in turn, so both see the same moments of the host's load."""
     figures: dict[str, dict[str, float]] = {name: {} for name in folders}
+    for name, seconds in (await asyncio.to_thread(start_ups, folders)).items():
+        figures[name]["start_s"] = seconds
+    names = list(folders)
     clusters: dict[str, LocalCluster] = {}
     timeout = aiohttp.ClientTimeout(total=600)
     try:
         for name, folder in folders.items():
-            t0 = time.perf_counter()
             clusters[name] = LocalCluster(folder, port=0).start(timeout=120)
-            figures[name]["start_s"] = round(time.perf_counter() - t0, 3)
         sessions = {
             name: aiohttp.ClientSession(cluster.url, timeout=timeout)
             for name, cluster in clusters.items()
@@ -160,17 +183,17 @@ async def measure(folders: dict[str, Path]) -> dict[str, dict[str, float]]:
                 for _ in range(50):  # warm-up: the sandbox, the connection
                     await invoke_ms(session, "")
             latencies: dict[str, list[float]] = {name: [] for name in folders}
-            for _ in range(INVOKES):
-                for name, session in sessions.items():
-                    latencies[name].append(await invoke_ms(session, ""))
+            for i in range(INVOKES):
+                for name in in_turn(names, i):
+                    latencies[name].append(await invoke_ms(sessions[name], ""))
             for name, times in latencies.items():
                 figures[name]["invoke_p50_ms"] = percentile(times, 50)
                 figures[name]["invoke_p99_ms"] = percentile(times, 99)
             for listing, path in LISTINGS.items():
                 times = {name: [] for name in folders}
-                for _ in range(REQUESTS):
-                    for name, session in sessions.items():
-                        times[name].append(await get_ms(session, path))
+                for i in range(REQUESTS):
+                    for name in in_turn(names, i):
+                        times[name].append(await get_ms(sessions[name], path))
                 for name in folders:
                     figures[name][f"{listing}_ms"] = round(statistics.median(times[name]), 3)
             for name, session in sessions.items():  # one at a time: the other idle
