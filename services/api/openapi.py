@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document, generated from the route table: every schema is msgspec's of
 the types the views decode and encode (``Route.body``, ``Route.reply``), so the document
-cannot drift from what the api does (docs/SECURITY.md, "The API's description")."""
+cannot drift from what the api does (docs/OPERATIONS.md, "The API's description")."""
 
 from __future__ import annotations
 
