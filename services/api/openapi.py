@@ -172,8 +172,6 @@ def _operation(route: Route, schemas: dict[Any, Any]) -> dict[str, Any]:
             "content": {"application/json": {"schema": schemas[route.body]}},
         }
     codes = {*route.responses, 403}  # any request: a foreign origin or Host name
-    if "{" in route.path:
-        codes.add(404)  # a path parameter that names nothing (or is empty: no route)
     if route.handler.__name__ not in PUBLIC:
         codes.add(401)  # when the api asks for keys
     if route.body is not None:

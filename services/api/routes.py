@@ -70,7 +70,7 @@ ROUTES: tuple[Route, ...] = (
         views.legacy_invoke,
         "Invoke a function without waiting: answers its callNum",
         views.LegacyInvoke,
-        (200, 400, 404, 422, 429),
+        (200, 400, 404, 409, 422, 429),
         tag="original",
         reply=views.LegacyInvoked,
     ),
@@ -225,7 +225,7 @@ ROUTES: tuple[Route, ...] = (
         "Invoke: the body is the params (JSON). blocking=true (default) waits up to "
         "'timeout' seconds and answers 200 with the finished call, else 202",
         "params",
-        (200, 202, 400, 404, 422, 429, 503),
+        (200, 202, 400, 404, 409, 422, 429, 503),
         ("blocking", "timeout"),
         reply=views.CallView,
     ),
@@ -245,7 +245,7 @@ ROUTES: tuple[Route, ...] = (
         views.create_calls,
         "Create many calls at once without waiting (up to 10,000): answers their callNums",
         views.BatchIn,
-        (202, 400, 404, 422, 429),
+        (202, 400, 404, 409, 422, 429),
         reply=views.CallNums,
     ),
     Route(
