@@ -69,3 +69,22 @@ def whole_suite(session: pytest.Session, deselected: int) -> bool:
 
 def show(statuses: set[Status]) -> list[str]:
     return [f"  {method} {path} {status}" for method, path, status in sorted(statuses)]
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.statuses RECORD...``: the documented statuses none of the records
+    (of partial runs) saw, and those seen that the document lacks; 1 if there are any."""
+    seen: set[Status] = set()
+    for name in argv:
+        seen |= recorded(Path(name))
+    unseen, undocumented = compare(documented(), seen)
+    for title, found in (("not seen", unseen), ("not documented", undocumented)):
+        if found:
+            print(f"{title}:", *show(found), sep="\n")
+    return 1 if unseen or undocumented else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
