@@ -7,9 +7,10 @@ the session the document's (method, path, status) are compared with it:
 - a status the api gave that the document does not name, on a route it documents, fails
   the session whatever ran (the document is wrong);
 - a documented status no test saw fails the session only when the whole suite ran: no
-  file, node or ``-k``/``-m`` selection, nothing deselected (``--lf``, ``--sw``), not
-  stopped early (``-x``, Ctrl-C). Any other run says how many it saw, and checks nothing
-  (what one file's tests see is not meant to cover the document).
+  file or node named (``pytest``, ``pytest tests``), no ``-k``/``-m`` selection, nothing
+  deselected (``--lf``, ``--sw``), not stopped early (``-x``, Ctrl-C). Any other run says
+  how many it saw, and checks nothing (what one file's tests see is not meant to cover
+  the document).
 
 Order does not matter: the record is a set, read once at the end.
 """
@@ -52,10 +53,19 @@ def compare(promised: set[Status], seen: set[Status]) -> tuple[set[Status], set[
     return promised - seen, undocumented
 
 
+def all_files(config: pytest.Config) -> bool:
+    """No file or node named: ``pytest``, or ``pytest tests`` (the testpaths)."""
+    if config.args_source == pytest.Config.ArgsSource.TESTPATHS:
+        return True
+    roots = {(config.rootpath / path).resolve() for path in config.getini("testpaths")}
+    here = config.invocation_params.dir
+    return bool(config.args) and all((here / arg).resolve() in roots for arg in config.args)
+
+
 def whole_suite(session: pytest.Session, deselected: int) -> bool:
     config = session.config
     return (
-        config.args_source == pytest.Config.ArgsSource.TESTPATHS
+        all_files(config)
         and not config.option.keyword
         and not config.option.markexpr
         and not config.getoption("lf", False)
