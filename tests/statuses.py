@@ -66,6 +66,7 @@ def whole_suite(session: pytest.Session, deselected: int) -> bool:
     config = session.config
     return (
         all_files(config)
+        and not config.option.collectonly
         and not config.option.keyword
         and not config.option.markexpr
         and not config.getoption("lf", False)
