@@ -302,12 +302,21 @@ async def test_openapi_document_matches_the_routes(api: Api, cluster: LocalClust
     assert status == 200 and doc["openapi"].startswith("3.")
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert documented == route_keys(init_app(ApiSettings()))
+    error = {"$ref": "#/components/schemas/ErrorBody"}
     for path, ops in doc["paths"].items():
         for op in ops.values():
-            assert ("{" not in path) or "404" in op["responses"], (path, op["responses"])
+            assert "403" in op["responses"], path  # the door's, on every route
+            assert ("401" in op["responses"]) == ("security" in op), path
+            for code, response in op["responses"].items():
+                content = response.get("content", {})
+                if int(code) >= 400:
+                    assert content == {"application/json": {"schema": error}}, (path, code)
+                elif code != "204":  # every answer with a body says what it holds
+                    assert content and all("schema" in c for c in content.values()), (path, code)
             for ref in json.dumps(op).split('"$ref": "')[1:]:
                 name = ref.split('"')[0].rsplit("/", 1)[1]
                 assert name in doc["components"]["schemas"]
+    assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
 
 
 async def test_batch_create_and_wait(api: Api) -> None:
