@@ -109,8 +109,8 @@ async def test_health_says_503_while_the_db_is_gone(api: Api, cluster: LocalClus
 async def test_blocking_requests_get_503_when_the_api_stops(
     api: Api, cluster: LocalCluster
 ) -> None:
-    """A blocking invoke and a blocking session start, waiting when the api is told to
-    stop: a clear 503 each at once, not a cut connection."""
+    """A blocking invoke, a blocking session start and a wait for a call, waiting when
+    the api is told to stop: a clear 503 each at once, not a cut connection."""
     await api.runtime("pyh")
     name = unique("long")
     status, body = await api.deploy(name, "pyh", targz({"main.py": SLEEPER}))
@@ -123,12 +123,17 @@ async def test_blocking_requests_get_503_when_the_api_stops(
         headers={"Content-Type": "application/gzip"},
     )
     assert status == 201, body
+    status, call = await api.invoke(name, {"s": 20}, blocking=False)
+    assert status == 202, call
     invoke = asyncio.ensure_future(api.invoke(name, {"s": 20}, timeout=60))
     session = asyncio.ensure_future(api.request("POST", f"/v1/apps/{app}/sessions", json=20))
-    await asyncio.sleep(2)  # both waiting
+    wait = asyncio.ensure_future(
+        api.request("POST", "/v1/calls/wait", json={"callNums": [call["callNum"]], "timeout": 60})
+    )
+    await asyncio.sleep(2)  # all three waiting
     await asyncio.to_thread(cluster.stop_process, "api")
     try:
-        for answer in (await invoke, await session):
+        for answer in (await invoke, await session, await wait):
             status, body = answer
             assert status == 503 and body["error"]["code"] == "unavailable", body
     finally:

@@ -255,7 +255,7 @@ ROUTES: tuple[Route, ...] = (
         "Wait up to 'timeout' seconds for any or all of the calls to finish; answers the "
         "finished ones and the numbers still pending",
         views.WaitIn,
-        (200, 400, 404),
+        (200, 400, 404, 503),
         reply=views.Waited,
     ),
     Route(
