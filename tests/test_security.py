@@ -433,6 +433,7 @@ async def test_a_repeated_idempotency_key_is_the_same_call(
     for path, body in [
         (f"/v1/functions/{echo}/invoke", {"c": 2}),
         (f"/v1/functions/{sleepy}/invoke", {"c": 1}),
+        ("/invokeFunction", {"funcName": echo, "params": {"c": 3}}),
     ]:
         status, err = await api.request("POST", path, json=body, headers=h)
         assert error_of(status, err, 422) == "idempotency_mismatch"
