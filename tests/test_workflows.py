@@ -40,6 +40,7 @@ async def test_the_appstore_hello_bye_branches(apps: Apps) -> None:
     created = await apps.deployed("hellobye", pack(DATA / "hello-bye"))
     assert created["start"] == "Start"
     assert created["functions"] == [f"hellobye.{n}" for n in ("Bye", "Hello", "Start", "World")]
+    assert await apps.deploy("hellobye", pack(DATA / "hello-bye")) == (200, created)  # again
     for word, expected in (("hello", "Hello world!"), ("bye", "Bye world!")):
         done = await apps.finished("hellobye", {"Data": {"Source": "http", "Value": word}})
         assert (done["status"], done["result"]) == ("DONE", expected), done
