@@ -214,7 +214,7 @@ const views = {
     ];
     const data = !node.readable
       ? "(not readable without credentials: its ACL)"
-      : `${node.data}${node.truncated ? " …" : ""}`;
+      : node.data === "" ? "(empty)" : `${node.data}${node.truncated ? " …" : ""}`;
     return el(
       "section",
       { id: "keeper", dataset: { path: node.path } },
