@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,11 +17,70 @@ import pytest
 
 from fum_cli.local import LocalCluster
 
+from . import statuses
 from .keeper import SERVERS, Server, start_server
 from .support import Api
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = ["process", pytest.param("docker", marks=pytest.mark.docker)]
+RECORD = "FUM_STATUS_RECORD"
+
+
+# ---- every documented status seen by a test (tests/statuses.py)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every api of the session records its answers to one file (an outer FUM_STATUS_RECORD
+    is kept: several sessions may add to one record; an empty one turns it off)."""
+    if RECORD not in os.environ:
+        handle, name = tempfile.mkstemp(prefix="fum-statuses-", suffix=".txt")
+        os.close(handle)
+        os.environ[RECORD] = name
+        config.stash[OWN_RECORD] = Path(name)
+    config.stash[DESELECTED] = 0
+    config.stash[STATUS_REPORT] = []
+
+
+OWN_RECORD = pytest.StashKey[Path]()
+DESELECTED = pytest.StashKey[int]()
+STATUS_REPORT = pytest.StashKey[list[str]]()
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if items:
+        items[0].config.stash[DESELECTED] += len(items)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not os.environ.get(RECORD):  # FUM_STATUS_RECORD= : nothing recorded, nothing checked
+        return
+    record = Path(os.environ[RECORD])
+    promised = statuses.documented()
+    unseen, undocumented = statuses.compare(promised, statuses.recorded(record))
+    report = session.config.stash[STATUS_REPORT]
+    if undocumented:
+        report += ["answered, on a documented route, a status the document lacks:"]
+        report += statuses.show(undocumented)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    whole = statuses.whole_suite(session, session.config.stash[DESELECTED])
+    if whole and unseen:
+        report += ["documented, and no test saw the api answer it:"]
+        report += statuses.show(unseen)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    seen = len(promised) - len(unseen)
+    checked = "checked" if whole else "not checked: only a run of the whole suite is"
+    report.append(f"{seen} of the {len(promised)} documented statuses seen ({checked})")
+    own = session.config.stash.get(OWN_RECORD, None)
+    if own is not None:
+        own.unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    report = terminalreporter.config.stash.get(STATUS_REPORT, [])
+    if report:
+        terminalreporter.section("OpenAPI statuses")
+        for line in report:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

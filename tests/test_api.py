@@ -302,12 +302,21 @@ async def test_openapi_document_matches_the_routes(api: Api, cluster: LocalClust
     assert status == 200 and doc["openapi"].startswith("3.")
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert documented == route_keys(init_app(ApiSettings()))
+    error = {"$ref": "#/components/schemas/ErrorBody"}
     for path, ops in doc["paths"].items():
         for op in ops.values():
-            assert ("{" not in path) or "404" in op["responses"], (path, op["responses"])
+            assert "403" in op["responses"], path  # the door's, on every route
+            assert ("401" in op["responses"]) == ("security" in op), path
+            for code, response in op["responses"].items():
+                content = response.get("content", {})
+                if int(code) >= 400:
+                    assert content == {"application/json": {"schema": error}}, (path, code)
+                elif code != "204":  # every answer with a body says what it holds
+                    assert content and all("schema" in c for c in content.values()), (path, code)
             for ref in json.dumps(op).split('"$ref": "')[1:]:
                 name = ref.split('"')[0].rsplit("/", 1)[1]
                 assert name in doc["components"]["schemas"]
+    assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
 
 
 async def test_batch_create_and_wait(api: Api) -> None:
@@ -408,3 +417,73 @@ async def test_functions_and_runtimes_are_paginated(
     async with AsyncClient(cluster.url) as aclient:
         listed = await aclient.list_runtimes()
         assert [r.name for r in listed if r.name.startswith(prefix)] == runtimes
+
+
+async def test_the_keepers_tree_is_read_through_the_api(api: Api, cluster: LocalCluster) -> None:
+    """GET /v1/keeper/nodes: a znode's stat, data preview and children, as kazoo made them;
+    then, the keeper gone, a 503, and its tree again once it is back."""
+    import base64
+
+    from kazoo.security import make_digest_acl
+
+    from .keeper import kazoo_client
+
+    base = "/" + unique("api-tree")
+    blob = bytes(range(256)) * 8  # not UTF-8, and longer than the preview
+    with kazoo_client(cluster.keeper_hosts) as zk:
+        zk.create(f"{base}/config", "héllo".encode(), makepath=True)
+        zk.set(f"{base}/config", "héllo, again".encode())
+        zk.create(f"{base}/blob", blob)
+        zk.create(f"{base}/owned", b"mine", ephemeral=True)
+        zk.create(f"{base}/secret", b"s", acl=[make_digest_acl("someone", "pw", all=True)])
+        owner = zk.client_id[0]
+
+        status, root = await api.request("GET", "/v1/keeper/nodes")  # the root by default
+        assert status == 200 and root["path"] == "/" and base[1:] in root["children"], root
+        status, node = await api.request("GET", "/v1/keeper/nodes", params={"path": base})
+        assert status == 200, node
+        assert node["children"] == ["blob", "config", "owned", "secret"]
+        assert node["stat"]["numChildren"] == 4 and node["stat"]["ephemeralOwner"] is None
+
+        status, config = await api.request("GET", "/v1/keeper/nodes?path=" + f"{base}/config")
+        assert status == 200, config
+        assert (config["data"], config["encoding"], config["truncated"]) == (
+            "héllo, again",
+            "utf-8",
+            False,
+        )
+        assert config["stat"]["version"] == 1 and config["stat"]["dataLength"] == 13
+        assert config["readable"] and config["children"] == []
+
+        status, node = await api.request("GET", "/v1/keeper/nodes", params={"path": f"{base}/blob"})
+        assert status == 200 and node["encoding"] == "base64" and node["truncated"], node
+        assert base64.b64decode(node["data"]) == blob[:1024]
+        assert node["stat"]["dataLength"] == len(blob)
+
+        status, node = await api.request(
+            "GET", "/v1/keeper/nodes", params={"path": f"{base}/owned"}
+        )
+        assert status == 200 and node["stat"]["ephemeralOwner"] == hex(owner), node
+
+        status, node = await api.request(
+            "GET", "/v1/keeper/nodes", params={"path": f"{base}/secret"}
+        )
+        assert status == 200 and not node["readable"] and node["data"] is None, node
+        assert node["stat"]["dataLength"] == 1  # the stat is anyone's to read
+
+    status, body = await api.request("GET", "/v1/keeper/nodes", params={"path": f"{base}/owned"})
+    assert status == 404 and body["error"]["code"] == "not_found"  # its session ended
+    for bad in ("relative", f"{base}/", f"{base}//config", f"{base}/../x", "/a\x01b"):
+        status, body = await api.request("GET", "/v1/keeper/nodes", params={"path": bad})
+        assert status == 400 and body["error"]["code"] == "bad_request", (bad, body)
+
+    cluster.stop_process("keeper")
+    try:
+        status, body = await api.request("GET", "/v1/keeper/nodes", params={"path": base})
+        assert status == 503 and body["error"]["code"] == "unavailable", body
+    finally:
+        cluster.start_keeper("keep")
+    deadline = time.monotonic() + 30
+    while (await api.request("GET", "/v1/keeper/nodes", params={"path": base}))[0] != 200:
+        assert time.monotonic() < deadline, "the api never read the keeper again"
+        await asyncio.sleep(0.2)

@@ -161,6 +161,7 @@ async def test_a_broken_requirement_fails_the_build_and_its_calls_get_409(api: A
         api.invoke(name, {}),
         api.invoke(name, {}, blocking=False),
         api.request("POST", "/invokeFunction", json={"funcName": name, "params": {}}),
+        api.request("POST", "/v1/calls", json={"calls": [{"function": name}]}),
     ):
         status, answer = await invoke
         assert status == 409, answer

@@ -100,7 +100,7 @@ def cluster(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         left = docker("ps", "-aq", "--filter", f"label=fum.network={functions}").split()
         volumes = docker("volume", "ls", "-q", "--filter", f"name={project}_").split()
         subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
-        for network in (project, functions, f"{project}-metrics"):
+        for network in (project, functions, f"{project}-metrics", f"{project}-keeper"):
             subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
         assert left == [], "the workers left function containers behind"
         assert volumes == [], "compose down -v left volumes"
@@ -263,6 +263,9 @@ async def test_functions_reach_the_keeper_which_keeps_its_tree(cluster: Compose)
             status, call = await api.invoke(f"{cluster.project}-keeper", {"path": path})
             assert status == 200 and call["status"] == "DONE", call
             assert call["result"] == [["keeper", 2181]]
+        # the api reads the same tree, on the network it shares with the keeper alone
+        status, node = await api.request("GET", "/v1/keeper/nodes", params={"path": path})
+        assert status == 200 and "count" in node["children"], node
     cluster("restart", "keeper")  # its SQLite file is in a volume
     deadline = time.monotonic() + 60
     while "healthy" not in docker("inspect", "-f", "{{.State.Health.Status}}", keeper_id(cluster)):

@@ -139,6 +139,11 @@ async def test_join_of_subjects_and_publish(api: Api) -> None:
     assert joined["data"]["events"] == [sent[0]["id"], sent[2]["id"], sent[3]["id"]]
     _, body = await api.request("GET", "/v1/triggers/abc")
     assert body["fired"] == 1 and body["active"]  # not transient: it joins again
+    # put again: replaced (200), with the context it is given
+    status, body = await api.request(
+        "PUT", "/v1/triggers/abc", json={**trigger, "context": {"v": 2}}
+    )
+    assert status == 200 and body["context"] == {"v": 2}, body
 
 
 async def test_unmatched_event_is_kept(api: Api) -> None:

@@ -220,3 +220,30 @@ def test_the_dashboard_shows_an_executions_history(
     assert len(runs) >= 2  # it waited once, then ran again with its history
     shot(browser, "execution")
     assert console_errors(browser) == []
+
+
+def test_the_dashboard_shows_the_keepers_tree(cluster: LocalCluster, browser: WebDriver) -> None:
+    """A znode made through kazoo: in its parent's children, then its data and stat."""
+    from .keeper import kazoo_client
+
+    with kazoo_client(cluster.keeper_hosts) as zk:
+        zk.create("/ui-tree/config", b"<b>shown as text</b>", makepath=True)
+        zk.create("/ui-tree/owned", b"", ephemeral=True)
+        owner = hex(zk.client_id[0])
+        browser.get(f"{cluster.url}/ui#keeper")
+        if browser.find_elements(By.CSS_SELECTOR, "#key-form:not([hidden])"):  # a fresh page
+            give_key(browser, cluster.api_key or "")
+        wait_for(browser, "#keeper tr[data-znode='/ui-tree']")
+        patient = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
+        patient.until(lambda d: click(d, "#keeper tr[data-znode='/ui-tree']"))
+        wait_for(browser, "#keeper[data-path='/ui-tree'] tr[data-znode='/ui-tree/owned']")
+        shot(browser, "keeper-tree")
+        patient.until(lambda d: click(d, "#keeper tr[data-znode='/ui-tree/owned']"))
+        wait_for(browser, "#keeper[data-path='/ui-tree/owned']")
+        assert patient.until(lambda d: text_with(d, "stat", owner))  # its session
+        browser.get(f"{cluster.url}/ui#keeper/%2Fui-tree%2Fconfig")
+        data = patient.until(lambda d: text_with(d, "znode-data", "shown as text"))
+        assert data == "<b>shown as text</b>"  # as text, not as markup
+        assert browser.find_elements(By.CSS_SELECTOR, "#znode-data b") == []
+        shot(browser, "keeper")
+    assert console_errors(browser) == []

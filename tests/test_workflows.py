@@ -40,6 +40,7 @@ async def test_the_appstore_hello_bye_branches(apps: Apps) -> None:
     created = await apps.deployed("hellobye", pack(DATA / "hello-bye"))
     assert created["start"] == "Start"
     assert created["functions"] == [f"hellobye.{n}" for n in ("Bye", "Hello", "Start", "World")]
+    assert await apps.deploy("hellobye", pack(DATA / "hello-bye")) == (200, created)  # again
     for word, expected in (("hello", "Hello world!"), ("bye", "Bye world!")):
         done = await apps.finished("hellobye", {"Data": {"Source": "http", "Value": word}})
         assert (done["status"], done["result"]) == ("DONE", expected), done
@@ -188,6 +189,27 @@ async def test_bad_apps_are_refused_and_nothing_is_stored(
     assert after == before
     status, _ = await apps.run("bad", 1)
     assert status == 404
+
+
+async def test_a_bad_event_or_listing_of_an_app_is_refused(apps: Apps) -> None:
+    await apps.deployed("badevent", app_archive({"A": ({"Start": True}, IDENTITY)}))
+    for event, part in [
+        (b'{"Data": ', "malformed JSON"),
+        (b'{"Data": {"Source": "s3", "Value": 1}}', "Data.Source"),
+        (b'{"Data": {"Value": 1}, "Extra": 2}', "unknown fields"),
+        (b'{"Data": 7}', "Data must be an object"),
+    ]:
+        status, body = await apps.api.request(
+            "POST",
+            "/v1/apps/badevent/sessions",
+            data=event,
+            headers={"Content-Type": "application/json"},
+        )
+        assert status == 400 and part in body["error"]["message"], (event, body)
+    status, body = await apps.api.request("GET", "/v1/apps/badevent/sessions?limit=0")
+    assert status == 400 and "limit" in body["error"]["message"], body
+    _, listed = await apps.api.request("GET", "/v1/apps/badevent/sessions")
+    assert listed["items"] == []  # nothing was started
 
 
 async def test_an_app_without_app_py_is_refused(apps: Apps) -> None:

@@ -8,9 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
+from services.common.models import Limits
+from services.triggers.coordinators import ExecutionIn
+from services.triggers.events import EventIn
+from services.triggers.triggers import TriggerIn
 from services.workflows import views as workflows
 
-from . import durable_views, views
+from . import durable_views, keeper_views, views
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -21,10 +25,15 @@ class Route:
     path: str
     handler: Handler
     summary: str
-    body: str | None = None  # "json:<Schema>", "multipart", "params", "archive", "binary"
+    # The request body: a type (JSON decoded as that type), or "params" (any JSON),
+    # "multipart" (a package upload), "archive" (a tar.gz or zip), "binary" (a file).
+    body: Any = None
     responses: tuple[int, ...] = (200,)
     query: tuple[str, ...] = ()
     tag: str = "v1"
+    # What a 2xx answer (but a 204) holds: the type the view encodes as JSON, a tuple of
+    # such types (one of them), or a tuple of media types (not JSON).
+    reply: Any = None
 
 
 async def openapi_view(request: web.Request) -> web.Response:
@@ -40,9 +49,10 @@ ROUTES: tuple[Route, ...] = (
         "/registerRuntime",
         views.legacy_register_runtime,
         "Register (or replace) a runtime; its name is its image",
-        "json:RuntimeIn",
+        views.RuntimeIn,
         (200, 400),
         tag="original",
+        reply=views.RuntimeView,
     ),
     Route(
         "POST",
@@ -52,19 +62,37 @@ ROUTES: tuple[Route, ...] = (
         "multipart",
         (200, 400, 404, 413),
         tag="original",
+        reply=views.FunctionView,
     ),
     Route(
         "POST",
         "/invokeFunction",
         views.legacy_invoke,
         "Invoke a function without waiting: answers its callNum",
-        "json:LegacyInvoke",
-        (200, 400, 404, 422, 429),
+        views.LegacyInvoke,
+        (200, 400, 404, 409, 422, 429),
         tag="original",
+        reply=views.LegacyInvoked,
     ),
-    Route("GET", "/runtimes", views.legacy_runtimes, "Runtime names", tag="original"),
-    Route("GET", "/functions", views.legacy_functions, "Function names", tag="original"),
-    Route("GET", "/calls", views.legacy_calls, "Every call, keyed c<callNum>", tag="original"),
+    Route(
+        "GET", "/runtimes", views.legacy_runtimes, "Runtime names", tag="original", reply=list[str]
+    ),
+    Route(
+        "GET",
+        "/functions",
+        views.legacy_functions,
+        "Function names",
+        tag="original",
+        reply=list[str],
+    ),
+    Route(
+        "GET",
+        "/calls",
+        views.legacy_calls,
+        "Every call, keyed c<callNum>",
+        tag="original",
+        reply=dict[str, views.LegacyCall],
+    ),
     Route(
         "GET",
         "/call/{callNum}",
@@ -72,6 +100,7 @@ ROUTES: tuple[Route, ...] = (
         "One call",
         responses=(200, 404),
         tag="original",
+        reply=views.LegacyCall,
     ),
     # v1
     Route(
@@ -80,9 +109,10 @@ ROUTES: tuple[Route, ...] = (
         views.healthz,
         "Liveness: the api and its db answer",
         responses=(200, 503),
+        reply=views.Health,
     ),
-    Route("GET", "/v1/openapi.json", openapi_view, "This document"),
-    Route("GET", "/ui", views.ui_page, "The dashboard", tag="operations"),
+    Route("GET", "/v1/openapi.json", openapi_view, "This document", reply=dict[str, Any]),
+    Route("GET", "/ui", views.ui_page, "The dashboard", tag="operations", reply=("text/html",)),
     Route(
         "GET",
         "/ui/{file}",
@@ -90,6 +120,7 @@ ROUTES: tuple[Route, ...] = (
         "A file of the dashboard",
         responses=(200, 404),
         tag="operations",
+        reply=("text/html", "text/javascript", "text/css"),
     ),
     Route(
         "GET",
@@ -97,6 +128,7 @@ ROUTES: tuple[Route, ...] = (
         views.metrics_view,
         "The api's metrics, Prometheus text format",
         tag="operations",
+        reply=("text/plain",),
     ),
     Route(
         "GET",
@@ -105,23 +137,33 @@ ROUTES: tuple[Route, ...] = (
         "List runtimes in name order, paginated",
         responses=(200, 400),
         query=("limit", "after"),
+        reply=views.RuntimePage,
     ),
     Route(
         "POST",
         "/v1/runtimes",
         views.create_runtime,
         "Create a runtime",
-        "json:RuntimeIn",
+        views.RuntimeIn,
         (201, 400, 409),
+        reply=views.RuntimeView,
     ),
-    Route("GET", "/v1/runtimes/{name}", views.get_runtime, "Get a runtime", responses=(200, 404)),
+    Route(
+        "GET",
+        "/v1/runtimes/{name}",
+        views.get_runtime,
+        "Get a runtime",
+        responses=(200, 404),
+        reply=views.RuntimeView,
+    ),
     Route(
         "PUT",
         "/v1/runtimes/{name}",
         views.put_runtime,
         "Create or replace a runtime",
-        "json:RuntimeIn",
+        views.RuntimeIn,
         (200, 201, 400),
+        reply=views.RuntimeView,
     ),
     Route(
         "DELETE",
@@ -137,6 +179,7 @@ ROUTES: tuple[Route, ...] = (
         "List functions in name order, paginated",
         responses=(200, 400),
         query=("limit", "after"),
+        reply=views.FunctionPage,
     ),
     Route(
         "GET",
@@ -146,6 +189,7 @@ ROUTES: tuple[Route, ...] = (
         "wait=S answers once the build is over, or after S seconds (at most 60)",
         responses=(200, 400, 404),
         query=("wait",),
+        reply=views.FunctionView,
     ),
     Route(
         "PUT",
@@ -156,14 +200,16 @@ ROUTES: tuple[Route, ...] = (
         "maxContainers)",
         "multipart",
         (200, 201, 400, 404, 413),
+        reply=views.FunctionView,
     ),
     Route(
         "PATCH",
         "/v1/functions/{name}",
         views.patch_function,
         "Update a function's limits",
-        "json:Limits",
+        Limits,
         (200, 400, 404),
+        reply=views.FunctionView,
     ),
     Route(
         "DELETE",
@@ -179,8 +225,9 @@ ROUTES: tuple[Route, ...] = (
         "Invoke: the body is the params (JSON). blocking=true (default) waits up to "
         "'timeout' seconds and answers 200 with the finished call, else 202",
         "params",
-        (200, 202, 400, 404, 422, 429, 503),
+        (200, 202, 400, 404, 409, 422, 429, 503),
         ("blocking", "timeout"),
+        reply=views.CallView,
     ),
     Route(
         "GET",
@@ -190,14 +237,16 @@ ROUTES: tuple[Route, ...] = (
         "8601 or seconds since the epoch, 'until' excluded)",
         responses=(200, 400),
         query=("function", "status", "limit", "before", "after", "since", "until"),
+        reply=views.CallPage,
     ),
     Route(
         "POST",
         "/v1/calls",
         views.create_calls,
         "Create many calls at once without waiting (up to 10,000): answers their callNums",
-        "json:BatchIn",
-        (202, 400, 404, 422, 429),
+        views.BatchIn,
+        (202, 400, 404, 409, 422, 429),
+        reply=views.CallNums,
     ),
     Route(
         "POST",
@@ -205,16 +254,25 @@ ROUTES: tuple[Route, ...] = (
         views.wait_calls,
         "Wait up to 'timeout' seconds for any or all of the calls to finish; answers the "
         "finished ones and the numbers still pending",
-        "json:WaitIn",
-        (200, 400, 404),
+        views.WaitIn,
+        (200, 400, 404, 503),
+        reply=views.Waited,
     ),
-    Route("GET", "/v1/calls/{callNum}", views.get_call, "Get a call", responses=(200, 404)),
+    Route(
+        "GET",
+        "/v1/calls/{callNum}",
+        views.get_call,
+        "Get a call",
+        responses=(200, 404),
+        reply=views.CallView,
+    ),
     Route(
         "GET",
         "/v1/calls/{callNum}/logs",
         views.get_call_logs,
         "The output the function printed during the call",
         responses=(200, 404),
+        reply=views.CallLogs,
     ),
     Route(
         "POST",
@@ -222,8 +280,9 @@ ROUTES: tuple[Route, ...] = (
         durable_views.publish_events,
         "Publish one CloudEvent or a list: stored, and run through the triggers they "
         "activate, before the answer",
-        "json:EventsIn",
+        EventIn | list[EventIn],
         (201, 400),
+        reply=(durable_views.EventView, durable_views.EventsPublished),
     ),
     Route(
         "GET",
@@ -232,6 +291,7 @@ ROUTES: tuple[Route, ...] = (
         "List stored events (call ends and published ones), newest first, paginated",
         responses=(200, 400),
         query=("subject", "type", "limit", "before"),
+        reply=durable_views.EventPage,
     ),
     Route(
         "GET",
@@ -240,14 +300,16 @@ ROUTES: tuple[Route, ...] = (
         "List triggers by id, paginated; 'subject': those its events activate",
         responses=(200, 400),
         query=("active", "subject", "execution", "limit", "after"),
+        reply=durable_views.TriggerPage,
     ),
     Route(
         "PUT",
         "/v1/triggers/{id}",
         durable_views.put_trigger,
         "Create or replace a trigger: activation events, condition, action, context",
-        "json:TriggerIn",
+        TriggerIn,
         (200, 201, 400, 404),
+        reply=durable_views.TriggerView,
     ),
     Route(
         "GET",
@@ -255,14 +317,22 @@ ROUTES: tuple[Route, ...] = (
         durable_views.get_trigger,
         "Get a trigger: its context and how many times it fired",
         responses=(200, 404),
+        reply=durable_views.TriggerView,
     ),
-    Route("GET", "/v1/apps", workflows.list_apps, "Workflow apps, with their steps' graph"),
+    Route(
+        "GET",
+        "/v1/apps",
+        workflows.list_apps,
+        "Workflow apps, with their steps' graph",
+        reply=workflows.AppList,
+    ),
     Route(
         "GET",
         "/v1/apps/{name}",
         workflows.get_app,
         "A workflow app: its Start, functions, and the steps each may send on to",
         responses=(200, 404),
+        reply=workflows.AppView,
     ),
     Route(
         "PUT",
@@ -273,6 +343,7 @@ ROUTES: tuple[Route, ...] = (
         "<app>.<Function>",
         "archive",
         (200, 201, 400),
+        reply=workflows.AppView,
     ),
     Route(
         "POST",
@@ -284,6 +355,7 @@ ROUTES: tuple[Route, ...] = (
         "params",
         (200, 202, 400, 404, 429, 503),
         ("blocking", "timeout"),
+        reply=workflows.SessionView,
     ),
     Route(
         "GET",
@@ -292,6 +364,7 @@ ROUTES: tuple[Route, ...] = (
         "An app's sessions, newest first",
         responses=(200, 400, 404),
         query=("limit",),
+        reply=workflows.SessionList,
     ),
     Route(
         "GET",
@@ -299,6 +372,7 @@ ROUTES: tuple[Route, ...] = (
         workflows.get_session,
         "A session: its status, result, and every instance with its call",
         responses=(200, 404),
+        reply=workflows.SessionView,
     ),
     Route(
         "GET",
@@ -306,6 +380,7 @@ ROUTES: tuple[Route, ...] = (
         workflows.get_any_session,
         "A session by its id, whatever its app",
         responses=(200, 404),
+        reply=workflows.SessionView,
     ),
     Route(
         "DELETE",
@@ -313,6 +388,7 @@ ROUTES: tuple[Route, ...] = (
         workflows.cancel_session,
         "Cancel a running session: its instances not started yet do not run",
         responses=(200, 404),
+        reply=workflows.SessionView,
     ),
     Route(
         "DELETE",
@@ -327,8 +403,9 @@ ROUTES: tuple[Route, ...] = (
         durable_views.start_execution,
         "Start a durable coordinator: a function run again, with its history, each time "
         "the calls it waits for end (an id started already: 200 and that execution)",
-        "json:ExecutionIn",
+        ExecutionIn,
         (200, 201, 400, 404),
+        reply=durable_views.ExecutionView,
     ),
     Route(
         "GET",
@@ -337,6 +414,7 @@ ROUTES: tuple[Route, ...] = (
         "Executions newest first, without their steps, paginated",
         responses=(200, 400),
         query=("limit", "before"),
+        reply=durable_views.ExecutionPage,
     ),
     Route(
         "GET",
@@ -344,14 +422,33 @@ ROUTES: tuple[Route, ...] = (
         durable_views.get_execution,
         "An execution: status, result, runs, and each step with its calls",
         responses=(200, 404),
+        reply=durable_views.ExecutionView,
     ),
-    Route("GET", "/v1/nodes", views.list_nodes, "Live workers, their load and warm sandboxes"),
+    Route(
+        "GET",
+        "/v1/nodes",
+        views.list_nodes,
+        "Live workers, their load and warm sandboxes",
+        reply=views.NodeList,
+    ),
+    Route(
+        "GET",
+        "/v1/keeper/nodes",
+        keeper_views.get_keeper_node,
+        "A znode of the keeper's tree (read-only): its stat, the first KiB of its data, "
+        "its children's names; 'path' (default /)",
+        responses=(200, 400, 404, 503),
+        query=("path",),
+        tag="operations",
+        reply=keeper_views.Znode,
+    ),
     Route(
         "GET",
         "/v1/packages/{sha256}",
         views.get_package,
         "A function package or build artifact by sha256 (workers fetch them here)",
         responses=(200, 404),
+        reply=("application/octet-stream",),
     ),
     Route(
         "PUT",
@@ -361,6 +458,7 @@ ROUTES: tuple[Route, ...] = (
         "the package limits)",
         "binary",
         (200, 201, 400, 413, 415),
+        reply=views.PackageStored,
     ),
 )
 

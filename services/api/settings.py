@@ -41,4 +41,12 @@ class ApiSettings(PackageLimits, frozen=True, kw_only=True):
     api_keys: str = ""
     max_json_mb: int = 32  # largest JSON body (a batch of calls, say); 413 beyond
     log_level: str = "info"
-    keeper_hosts: str = ""  # the keeper as clients reach it, told by /healthz ("": none)
+    # The keeper (or ZooKeeper ensemble) as the api reaches it, to read its tree for
+    # GET /v1/keeper/nodes ("": none), and as clients reach it, told by /healthz
+    # (default: the same; compose: keeper:2181 inside, 127.0.0.1:2181 on the host).
+    keeper_hosts: str = ""
+    keeper_client_hosts: str = ""
+    # A file the api appends each new (method, route template, status) it answers to, one
+    # "METHOD TEMPLATE STATUS" line each ("": none). The tests set it, to check every
+    # status the OpenAPI document promises is one a test has seen (tests/conftest.py).
+    status_record: str = ""

@@ -68,7 +68,30 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-# ---- representations
+# ---- representations: every JSON body the api answers is one of these Structs (or a
+# list or dict of them), so the OpenAPI document's schemas are the encoder's own
+# (services/api/openapi.py).
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str  # bad_request, not_found, unauthorized, ... (services/common/errors.py)
+    message: str
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error answer (4xx, 5xx): what went wrong, for a program and for a person."""
+
+    error: ErrorDetail
+
+
+def error_body(code: str, message: str) -> ErrorBody:
+    return ErrorBody(ErrorDetail(code, message))
+
+
+class Health(msgspec.Struct, omit_defaults=True):
+    status: str  # "ok"
+    nodes: int  # live workers
+    keeper: str | None = None  # the keeper as clients reach it (FUM_KEEPER_CLIENT_HOSTS)
 
 
 # What runtime fields may hold: an image reference, an absolute path, shell commands.
@@ -107,6 +130,11 @@ class RuntimeView(msgspec.Struct, rename="camel"):
     updated_at: str | None
 
 
+class RuntimePage(msgspec.Struct):
+    items: list[RuntimeView]
+    next: str | None  # the URL of the next page, if this one is full
+
+
 def runtime_view(r: Runtime) -> RuntimeView:
     return RuntimeView(
         r.name, r.image, r.path, r.dependencies, r.run, iso(r.created_at), iso(r.updated_at)
@@ -137,6 +165,11 @@ class FunctionView(msgspec.Struct, rename="camel"):
     created_at: str | None
     updated_at: str | None
     build: BuildView | None  # None: its runtime installs nothing, so there is no build
+
+
+class FunctionPage(msgspec.Struct):
+    items: list[FunctionView]
+    next: str | None
 
 
 def build_view(b: Build | None) -> BuildView | None:
@@ -178,6 +211,59 @@ class CallView(msgspec.Struct, rename="camel"):
     duration_ms: float | None  # started -> finished
     wait_ms: float | None  # created -> started
     caller: str | None  # the name of the API key that created it
+
+
+class CallPage(msgspec.Struct):
+    items: list[CallView]
+    next: str | None
+
+
+class CallNums(msgspec.Struct, rename="camel"):
+    call_nums: list[int]
+
+
+class LegacyInvoked(msgspec.Struct, rename="camel"):
+    call_num: int
+
+
+class Waited(msgspec.Struct):
+    """The calls waited for that are finished, and the numbers of the others."""
+
+    done: list[CallView]
+    pending: list[int]
+
+
+class CallLogs(msgspec.Struct, rename="camel"):
+    call_num: int
+    logs: str
+
+
+class NodeView(msgspec.Struct, rename="camel"):
+    """A live worker as its heartbeats tell the api: load, and per function (or runtime)
+    its sandboxes and what placement estimates from (services/common/estimate.py)."""
+
+    node_id: int
+    capacity: int
+    preload: str
+    driver: str
+    busy: int
+    queued: int
+    in_flight: int
+    idle: dict[str, int]  # function -> idle warm sandboxes
+    generic: dict[str, int]  # runtime -> idle generic sandboxes
+    sandboxes: dict[str, int]
+    durations: dict[str, float]
+    starts: dict[str, float]
+    registered_at: str | None
+    heard_at: str | None
+
+
+class NodeList(msgspec.Struct):
+    items: list[NodeView]
+
+
+class PackageStored(msgspec.Struct):
+    sha256: str
 
 
 def call_view(c: Call) -> CallView:
@@ -544,7 +630,7 @@ async def legacy_invoke(request: web.Request) -> web.Response:
     body = await read_json(request, LegacyInvoke)
     params = check_params(bytes(body.params))
     call = await invoke(request.app, body.funcName, params, None, *who(request))
-    return json_response({"callNum": call.call_num})
+    return json_response(LegacyInvoked(call.call_num))
 
 
 async def legacy_runtimes(request: web.Request) -> web.Response:
@@ -607,10 +693,8 @@ async def legacy_call_get(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     await request.app[DB].ping()
-    health = {"status": "ok", "nodes": len(request.app[DISPATCHER].nodes)}
-    if request.app[SETTINGS].keeper_hosts:
-        health["keeper"] = request.app[SETTINGS].keeper_hosts
-    return json_response(health)
+    keeper = request.app[SETTINGS].keeper_client_hosts or request.app[SETTINGS].keeper_hosts
+    return json_response(Health("ok", len(request.app[DISPATCHER].nodes), keeper or None))
 
 
 UI_DIR = Path(__file__).parent / "ui"
@@ -670,7 +754,7 @@ async def list_runtimes(request: web.Request) -> web.Response:
     limit = query_limit(request)
     page = request.app[CATALOG].runtime_page(request.query.get("after"), limit)
     next_url = next_page(request, page, limit, "after", page[-1].name if page else "")
-    return json_response({"items": [runtime_view(r) for r in page], "next": next_url})
+    return json_response(RuntimePage([runtime_view(r) for r in page], next_url))
 
 
 async def create_runtime(request: web.Request) -> web.Response:
@@ -704,7 +788,7 @@ async def list_functions(request: web.Request) -> web.Response:
     limit = query_limit(request)
     page = request.app[CATALOG].function_page(request.query.get("after"), limit)
     next_url = next_page(request, page, limit, "after", page[-1].name if page else "")
-    return json_response({"items": [function_view(f) for f in page], "next": next_url})
+    return json_response(FunctionPage([function_view(f) for f in page], next_url))
 
 
 async def put_function(request: web.Request) -> web.Response:
@@ -768,7 +852,7 @@ async def put_package(request: web.Request) -> web.Response:
     except NotFound:
         raise BadRequest(f"{sha!r} is not a sha256 (64 lowercase hex digits)") from None
     if path.exists():
-        return json_response({"sha256": sha}, 200)
+        return json_response(PackageStored(sha), 200)
     limit = request.app[SETTINGS].max_package_mb * 1024 * 1024
     staged = store.stage()
     try:
@@ -781,7 +865,7 @@ async def put_package(request: web.Request) -> web.Response:
         await asyncio.to_thread(store.keep, staged)
     finally:
         staged.discard()
-    return json_response({"sha256": sha}, 201)
+    return json_response(PackageStored(sha), 201)
 
 
 async def invoke_function(request: web.Request) -> web.Response:
@@ -863,7 +947,7 @@ async def create_calls(request: web.Request) -> web.Response:
                 ):
                     raise mismatch(key)
                 calls = [by_uuid[n.uuid] for n in new]
-    return json_response({"callNums": [c.call_num for c in calls]}, 202)
+    return json_response(CallNums([c.call_num for c in calls]), 202)
 
 
 async def create_batch(app: web.Application, new: list[NewCall]) -> list[Call]:
@@ -924,10 +1008,10 @@ async def wait_calls(request: web.Request) -> web.Response:
         for num, future in futures.items():
             dispatcher.forget(num, future)
     return json_response(
-        {
-            "done": [call_view(done[n]) for n in wanted if n in done],
-            "pending": [n for n in wanted if n not in done],
-        }
+        Waited(
+            [call_view(done[n]) for n in wanted if n in done],
+            [n for n in wanted if n not in done],
+        )
     )
 
 
@@ -968,7 +1052,7 @@ async def list_calls(request: web.Request) -> web.Response:
         until=query_time(request, "until"),
     )
     next_url = next_page(request, calls, limit, "before", calls[-1].call_num if calls else 0)
-    return json_response({"items": [call_view(c) for c in calls], "next": next_url})
+    return json_response(CallPage([call_view(c) for c in calls], next_url))
 
 
 async def get_call(request: web.Request) -> web.Response:
@@ -989,28 +1073,27 @@ async def get_call_logs(request: web.Request) -> web.Response:
                     break
             await asyncio.sleep(0.005)
     logs = await db.get_call_logs(num)
-    return json_response({"callNum": num, "logs": logs})
+    return json_response(CallLogs(num, logs))
 
 
 async def list_nodes(request: web.Request) -> web.Response:
     nodes = [
-        {
-            "nodeId": n.node_id,
-            "capacity": n.capacity,
-            "preload": n.preload,
-            "driver": n.driver,
-            "busy": n.busy,
-            "queued": n.queued,
-            "inFlight": len(n.calls),
-            "idle": n.idle,
-            "generic": n.generic,
-            # what placement estimates from (services/common/estimate.py), per function
-            "sandboxes": n.sandboxes,
-            "durations": n.durations,
-            "starts": n.starts,
-            "registeredAt": iso(n.registered_at),
-            "heardAt": iso(n.heard_at),
-        }
+        NodeView(
+            node_id=n.node_id,
+            capacity=n.capacity,
+            preload=n.preload,
+            driver=n.driver,
+            busy=n.busy,
+            queued=n.queued,
+            in_flight=len(n.calls),
+            idle=n.idle,
+            generic=n.generic,
+            sandboxes=n.sandboxes,
+            durations=n.durations,
+            starts=n.starts,
+            registered_at=iso(n.registered_at),
+            heard_at=iso(n.heard_at),
+        )
         for n in sorted(request.app[DISPATCHER].nodes.values(), key=lambda n: n.node_id)
     ]
-    return json_response({"items": nodes})
+    return json_response(NodeList(nodes))

@@ -82,6 +82,10 @@ class AppView(msgspec.Struct, rename="camel"):
     steps: list[StepView] = []
 
 
+class AppList(msgspec.Struct):
+    items: list[AppView]
+
+
 def app_view(name: str, steps: list[Step]) -> AppView:
     """An app as its functions' steps say it: its Start, functions and graph."""
     return AppView(
@@ -116,6 +120,10 @@ class SessionView(msgspec.Struct, rename="camel"):
     finished_at: str | None
     duration_ms: float | None
     instances: list[InstanceView] | None = None
+
+
+class SessionList(msgspec.Struct):
+    items: list[SessionView]  # without their instances
 
 
 def session_view(s: Session, instances: list[SessionInstance] | None = None) -> SessionView:
@@ -338,7 +346,7 @@ def _apps(catalog: Catalog) -> dict[str, list[Step]]:
 
 async def list_apps(request: web.Request) -> web.Response:
     apps = _apps(request.app[CATALOG])
-    return json_response({"items": [app_view(name, apps[name]) for name in sorted(apps)]})
+    return json_response(AppList([app_view(name, apps[name]) for name in sorted(apps)]))
 
 
 async def get_app(request: web.Request) -> web.Response:
@@ -355,7 +363,7 @@ async def list_sessions(request: web.Request) -> web.Response:
         raise NotFound(f"no app {name!r}")
     limit = query_limit(request)
     sessions = await request.app[DB].list_sessions(name, limit=limit)
-    return json_response({"items": [session_view(s) for s in sessions]})
+    return json_response(SessionList([session_view(s) for s in sessions]))
 
 
 async def cancel_session(request: web.Request) -> web.Response:

@@ -195,6 +195,42 @@ const views = {
     );
   },
 
+  async keeper(path = "/") {
+    const node = await api(`/v1/keeper/nodes?path=${encodeURIComponent(path)}`);
+    const child = (name) => (node.path === "/" ? `/${name}` : `${node.path}/${name}`);
+    const s = node.stat;
+    // the path's ancestors, each a link: / a / b
+    const parts = node.path.split("/").filter(Boolean);
+    const crumbs = [el("a", { href: "#keeper" }, "/")];
+    parts.forEach((part, i) => {
+      if (i) crumbs.push(" / ");
+      crumbs.push(el("a", { href: `#keeper/${encodeURIComponent("/" + parts.slice(0, i + 1).join("/"))}` }, part));
+    });
+    const fields = [
+      ["version", s.version], ["children's version", s.cversion], ["ACL version", s.aversion],
+      ["ephemeral owner", s.ephemeralOwner || "— (persistent)"], ["data length", s.dataLength],
+      ["children", s.numChildren], ["created", s.ctime], ["modified", s.mtime],
+      ["czxid", s.czxid], ["mzxid", s.mzxid],
+    ];
+    const data = !node.readable
+      ? "(not readable without credentials: its ACL)"
+      : node.data === "" ? "(empty)" : `${node.data}${node.truncated ? " …" : ""}`;
+    return el(
+      "section",
+      { id: "keeper", dataset: { path: node.path } },
+      el("h2", {}, "Keeper ", ...crumbs),
+      el("dl", { id: "stat" }, ...fields.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+      el("h3", {}, node.encoding === "base64" ? "Data (base64: not UTF-8)" : "Data"),
+      el("pre", { id: "znode-data" }, data),
+      el("h3", {}, `Children (${s.numChildren})`),
+      table(
+        ["name"],
+        node.children.map((name) => ({ path: child(name), props: { dataset: { znode: child(name) } }, cells: [name] })),
+        (row) => { location.hash = `#keeper/${encodeURIComponent(row.path)}`; },
+      ),
+    );
+  },
+
   async call(num) {
     const call = await api(`/v1/calls/${encodeURIComponent(num)}`);
     const final = ["DONE", "ERROR", "TIMEOUT"].includes(call.status);
