@@ -9,9 +9,10 @@ SAVEPOINT, so one that fails leaves the rest of its batch intact; a lone writer 
 (on failure the transaction holds nothing else and is rolled back). Consecutive
 ``CreateCalls`` (or ``UpdateCalls``) of a batch share one call of the store.
 
-The whole batch, from BEGIN to COMMIT or ROLLBACK, is one synchronous function run on the
-store's connection thread (``Store.run``): one thread trip per batch, not one per
-statement. So the handlers are synchronous, and run on that thread.
+The whole batch, from BEGIN to COMMIT or ROLLBACK, is one synchronous function given to
+``Store.write``, which runs it on this thread when its commit costs no fsync and on the
+store's connection thread otherwise: at most one thread trip per batch, never one per
+statement. So the handlers are synchronous.
 
 Listings are taken out of their batch and run on the store's reader (``Store.read``),
 beside the batches: a page of a million calls never waits behind writes, nor holds up a
@@ -259,7 +260,7 @@ class DbServer:
         writers = sum(handler.writes for handler, _ in units)
         try:
             if any(handler.store for handler, _ in units):
-                await self._store.run(self._run_units, units, writers)
+                await self._store.write(self._run_units, units, writers)
             else:
                 self._run_units(units, writers)  # pings: no need to wake the store's thread
         except Exception as exc:
@@ -326,8 +327,8 @@ class DbServer:
         return units
 
     def _run_units(self, units: list[tuple[Handler, list[_Request]]], writers: int) -> None:
-        """Run a batch's units in order and set their replies: on the store's thread, unless
-        the batch does not touch the store (pings).
+        """Run a batch's units in order and set their replies (through ``Store.write``,
+        unless the batch does not touch the store: pings).
 
         With any writer, all in one transaction: committed at the end, or rolled back if
         anything raises out of a unit (or the commit fails), which fails the whole batch.
@@ -381,7 +382,7 @@ class DbServer:
             except zmq.ZMQError as exc:
                 log.warning("db.reply_undelivered", error=str(exc))
 
-    # ---- handlers: synchronous, run on the store's thread within the batch's transaction
+    # ---- handlers: synchronous, run by ``Store.write`` within the batch's transaction
 
     def _ping(self, _: Ping) -> Pong:
         return Pong(started_at=self.started_at)
