@@ -934,12 +934,13 @@ class Store:
         Python condition's), then its event."""
         self.triggers.evaluated(uuid, update.status, update.result)
         run = run_of(uuid)
-        if run is not None and self.coordinators.current(*run):
+        current, caller = (False, None) if run is None else self.coordinators.current(*run)
+        if run is not None and current:
             execution = run[0]
             if update.status == "WAITING":
                 suspension = suspension_of(update.result)
                 assert suspension is not None and not isinstance(suspension, str)
-                error = self.coordinators.suspend(execution, run[1], suspension)
+                error = self.coordinators.suspend(execution, run[1], suspension, caller)
                 if error is not None:
                     self.coordinators.finish(execution, "ERROR", None, error)
                     self._db.execute(
