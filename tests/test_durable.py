@@ -73,6 +73,24 @@ def test_a_twenty_step_chain(tf: TriggerflowExecutor) -> None:
     assert len(set(inc_calls)) == 20  # each step's call made once
 
 
+def test_a_run_waits_on_steps_an_earlier_run_issued(tf: TriggerflowExecutor) -> None:
+    """The first run issues three calls and waits for one; the later runs ask for the
+    others, which the first issued: each waits (WAITING, a join of what is still
+    running) until they have ended, and none is made twice."""
+    execution = tf.run(co.waits_on_earlier_steps, {"slow": 1.0, "slower": 3.0})
+    assert execution.result(timeout=120) == [0.0, 1.0, 3.0]
+    x = execution.history()
+    assert [s["run"] for s in x["steps"]] == [1, 1, 1]
+    assert [len(s["calls"]) for s in x["steps"]] == [1, 1, 1]
+    slower = x["steps"][2]["calls"][0]
+    assert 3 <= x["runs"] <= 4
+    runs = x["runCalls"]
+    assert all(r["status"] == "WAITING" for r in runs[:-1]) and runs[-1]["status"] == "DONE"
+    # The run before the last asked for the slower call, issued by the first, and ended
+    # before it did; the last started after it.
+    assert runs[-2]["finishedAt"] < slower["finishedAt"] < runs[-1]["startedAt"]
+
+
 def test_a_map_of_a_thousand_joined_by_one_trigger(tf: TriggerflowExecutor) -> None:
     execution = tf.run(co.big_map, {"n": 1000})
     assert execution.result(timeout=300) == sum(i * i for i in range(1000))
