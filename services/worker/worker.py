@@ -380,7 +380,7 @@ class Worker:
             function is None
             or function.limits.concurrency is not None
             or not self._registered.is_set()
-            or self.pool.load().idle.get(function.name, 0) == 0
+            or not self.pool.has_idle(function.name)
         ):
             return None
         return function
