@@ -123,3 +123,8 @@ def waits_on_earlier_steps(args):  # type: ignore[no-untyped-def]
     slower = fexec.call_async(doze, args["slower"])
     first = fexec.get_result(fast)
     return [first, fexec.get_result(slow), fexec.get_result(slower)]
+
+
+def one_nap(args):  # type: ignore[no-untyped-def]
+    fexec = FunctionExecutor()
+    return fexec.get_result(fexec.call_async(nap, 1))
