@@ -282,12 +282,14 @@ class Worker:
 
     def _write_running(self, update: CallUpdate) -> None:
         self._running_writes.pop(update.call_num, None)
-        self._write_deferred(update.call_num)
         self._background.spawn(self._write(update))
+        self._write_deferred(update.call_num)
 
     def _write_deferred(self, step: int) -> None:
-        """The end of the run whose lone step is ``step``, written in the same db request as
-        the step's write that follows (its RUNNING or its end): one transaction."""
+        """The end of the run whose lone step is ``step``, written right after the step's
+        write (its RUNNING or its end): in the same db request, one transaction. After it,
+        as the db must find the call made when it reads the run's suspension (or it would
+        make the step's call itself)."""
         deferred = self._deferred.pop(step, None)
         if deferred is not None:
             self._background.spawn(self._report(deferred.final, deferred.update, early=False))
@@ -331,10 +333,10 @@ class Worker:
             return
         if self._run_step(final, update):
             return
-        self._write_deferred(call.call_num)
         if source.early:  # nothing else can have run it: the api hears at once, the db follows
             self._tell_api(final)
         self._background.spawn(self._report(final, update, source.early))
+        self._write_deferred(call.call_num)
 
     def _run_step(self, final: Call, update: CallUpdate) -> bool:
         """A coordinator's run that ends waiting for one new step of one call: that call
