@@ -1020,3 +1020,43 @@ async def test_batches_that_fsync_run_on_the_writers_thread(tmp_path: Path) -> N
         assert names == ["db-writer_0"] * 3
     finally:
         await store.close()
+
+
+async def test_a_large_batch_runs_on_the_writers_thread(tmp_path: Path) -> None:
+    """A small batch runs on the loop's thread; one of more than INLINE_BYTES (a map's
+    calls) on the writer's, so the listings ending meanwhile are answered."""
+    import threading
+
+    from services.db import server as server_module
+    from services.db.settings import DbSettings
+    from services.db.store import Store
+
+    store = await Store.open(DbSettings(db_path=str(tmp_path / "fum.sqlite3")))
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind("inproc://db")
+    server = server_module.DbServer(sock, store)
+    ran: list[str] = []
+    run_units = server._run_units
+
+    def recorded(*args: Any) -> None:
+        ran.append(threading.current_thread().name)
+        run_units(*args)
+
+    server._run_units = recorded  # type: ignore[method-assign]
+    try:
+        await server._run_batch([[b"me", DB_PROTOCOL.encode(PutRuntime(runtime=runtime()))]])
+        await server._run_batch([[b"me", DB_PROTOCOL.encode(PutFunction(function=function()))]])
+        big = b'{"pad": "%s"}' % (b"x" * 1000)
+        calls = [
+            NewCall(uuid=str(uuid.uuid4()), func_name="hello", params=big, created_at=1.0)
+            for _ in range(100)
+        ]
+        await server._run_batch([[b"me", DB_PROTOCOL.encode(CreateCalls(calls=calls))]])
+        assert ran == [threading.current_thread().name] * 2 + ["db-writer_0"]
+        assert len(store.get_calls(list(range(1, 101)))) == 100
+    finally:
+        server.close()
+        ctx.term()
+        await store.close()

@@ -11,8 +11,9 @@ SAVEPOINT, so one that fails leaves the rest of its batch intact; a lone writer 
 
 The whole batch, from BEGIN to COMMIT or ROLLBACK, is one synchronous function given to
 ``Store.write``, which runs it on this thread when its commit costs no fsync and on the
-store's connection thread otherwise: at most one thread trip per batch, never one per
-statement. So the handlers are synchronous.
+store's connection thread otherwise (and so does a batch of more than ``INLINE_BYTES``):
+at most one thread trip per batch, never one per statement. So the handlers are
+synchronous.
 
 Listings are taken out of their batch and run on the store's reader (``Store.read``),
 beside the batches: a page of a million calls never waits behind writes, nor holds up a
@@ -106,6 +107,8 @@ log = structlog.get_logger()
 MAX_BATCH = 1024
 # Bounds the work (and so the reply latency) of one batch when requests are large.
 MAX_BATCH_BYTES = 2 * 1024 * 1024
+# A batch up to this size may run on the loop's thread (``Store.write``).
+INLINE_BYTES = 64 * 1024
 
 # What a handler gives for each request: its reply, or the exception that failed it.
 Outcome = Message | Exception
@@ -258,9 +261,13 @@ class DbServer:
             read.add_done_callback(self._reads.discard)
             requests = [request for request in requests if not request.apart]
         writers = sum(handler.writes for handler, _ in units)
+        # A large batch (a map's calls, say) runs on the store's thread all the same: the
+        # listings that end on the reader's meanwhile are answered without waiting for it.
+        small = sum(len(frames[-1]) for frames in batch) <= INLINE_BYTES
         try:
             if any(handler.store for handler, _ in units):
-                await self._store.write(self._run_units, units, writers)
+                run = self._store.write if small else self._store.run
+                await run(self._run_units, units, writers)
             else:
                 self._run_units(units, writers)  # pings: no need to wake the store's thread
         except Exception as exc:
