@@ -107,3 +107,24 @@ def napping_map(args):  # type: ignore[no-untyped-def]
     fexec = FunctionExecutor()
     fexec.map(nap, range(args["n"]))
     return fexec.get_result()
+
+
+def doze(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+def waits_on_earlier_steps(args):  # type: ignore[no-untyped-def]
+    """Issues a slow call, a fast one and a slower one, waits for the fast one, then (in
+    later runs) for the others, issued by the first run."""
+    fexec = FunctionExecutor()
+    slow = fexec.call_async(doze, args["slow"])
+    fast = fexec.call_async(doze, 0.0)
+    slower = fexec.call_async(doze, args["slower"])
+    first = fexec.get_result(fast)
+    return [first, fexec.get_result(slow), fexec.get_result(slower)]
+
+
+def one_nap(args):  # type: ignore[no-untyped-def]
+    fexec = FunctionExecutor()
+    return fexec.get_result(fexec.call_async(nap, 1))

@@ -945,3 +945,118 @@ async def test_retention_by_age_never_gives_a_number_again(
 async def test_retention_settings_are_checked(launcher: DbLauncher) -> None:
     with pytest.raises(pytest.fail.Exception, match="db_keep_calls"):
         await launcher.start(settings={"FUM_DB_KEEP_CALLS": "-1"})
+
+
+# ---- the writer's connection: batches on the loop's thread, checkpoints beside them
+
+
+async def test_batches_run_on_the_loop_and_checkpoints_keep_the_wal_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``normal`` a batch runs on the calling thread; the WAL is copied into the file
+    beside the writes (SQLite's own checkpoint is off), and as those copies never catch
+    up with writes that go on, the writer copies the rest once the WAL outgrows WAL_LIMIT:
+    it starts afresh instead of growing with every commit."""
+    import threading
+
+    from services.db import store as store_module
+    from services.db.settings import DbSettings
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_CHANGES", 20)
+    monkeypatch.setattr(store_module, "WAL_LIMIT", 40)
+    seen: list[tuple[str, int]] = []
+    checkpoint = store_module._wal_checkpoint
+
+    def slow(db: sqlite3.Connection) -> tuple[int, int]:
+        frames, copied = checkpoint(db)
+        seen.append((threading.current_thread().name, frames))
+        if threading.current_thread().name.startswith("db-checkpoint"):
+            time.sleep(0.02)  # writes go on meanwhile
+        return frames, copied
+
+    monkeypatch.setattr(store_module, "_wal_checkpoint", slow)
+    store = await store_module.Store.open(DbSettings(db_path=str(tmp_path / "fum.sqlite3")))
+    threads: list[str] = []
+
+    def batch(n: int) -> None:
+        threads.append(threading.current_thread().name)
+        with store.transaction():
+            store.put_runtime(runtime(f"r{n}"))
+
+    try:
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        for n in range(400):
+            await store.write(batch, n)
+            await asyncio.sleep(0.001)
+        while store._checkpointing is not None:
+            await store._checkpointing
+        on_loop = threads.count(threading.current_thread().name)
+        assert on_loop > 300  # the others waited for a copy by the writer, and ran there
+        assert set(threads) <= {threading.current_thread().name, "db-writer_0"}
+        passes = [frames for thread, frames in seen if thread.startswith("db-checkpoint")]
+        by_writer = [frames for thread, frames in seen if thread == "db-writer_0"]
+        assert len(passes) >= 10 and by_writer
+        # Without the writer's copies the WAL would hold every commit's pages (a thousand
+        # frames and more); with them it starts afresh every WAL_LIMIT or so.
+        assert max(passes) < 300, seen
+    finally:
+        await store.close()
+    reopened = sqlite3.connect(tmp_path / "fum.sqlite3")
+    try:
+        assert reopened.execute("SELECT count(*) FROM runtimes").fetchone() == (400,)
+    finally:
+        reopened.close()
+
+
+async def test_batches_that_fsync_run_on_the_writers_thread(tmp_path: Path) -> None:
+    import threading
+
+    from services.db.settings import DbSettings
+    from services.db.store import Store
+
+    store = await Store.open(DbSettings(db_path=str(tmp_path / "fum.sqlite3"), db_sync="full"))
+    try:
+        names = [await store.write(lambda: threading.current_thread().name) for _ in range(3)]
+        assert names == ["db-writer_0"] * 3
+    finally:
+        await store.close()
+
+
+async def test_a_large_batch_runs_on_the_writers_thread(tmp_path: Path) -> None:
+    """A small batch runs on the loop's thread; one of more than INLINE_BYTES (a map's
+    calls) on the writer's, so the listings ending meanwhile are answered."""
+    import threading
+
+    from services.db import server as server_module
+    from services.db.settings import DbSettings
+    from services.db.store import Store
+
+    store = await Store.open(DbSettings(db_path=str(tmp_path / "fum.sqlite3")))
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind("inproc://db")
+    server = server_module.DbServer(sock, store)
+    ran: list[str] = []
+    run_units = server._run_units
+
+    def recorded(*args: Any) -> None:
+        ran.append(threading.current_thread().name)
+        run_units(*args)
+
+    server._run_units = recorded  # type: ignore[method-assign]
+    try:
+        await server._run_batch([[b"me", DB_PROTOCOL.encode(PutRuntime(runtime=runtime()))]])
+        await server._run_batch([[b"me", DB_PROTOCOL.encode(PutFunction(function=function()))]])
+        big = b'{"pad": "%s"}' % (b"x" * 1000)
+        calls = [
+            NewCall(uuid=str(uuid.uuid4()), func_name="hello", params=big, created_at=1.0)
+            for _ in range(100)
+        ]
+        await server._run_batch([[b"me", DB_PROTOCOL.encode(CreateCalls(calls=calls))]])
+        assert ran == [threading.current_thread().name] * 2 + ["db-writer_0"]
+        assert len(store.get_calls(list(range(1, 101)))) == 100
+    finally:
+        server.close()
+        ctx.term()
+        await store.close()

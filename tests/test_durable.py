@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -71,6 +73,68 @@ def test_a_twenty_step_chain(tf: TriggerflowExecutor) -> None:
     assert len(calls_named(tf.client, x["function"], "inc")) >= 20
     inc_calls = [s["calls"][0]["callNum"] for s in x["steps"]]
     assert len(set(inc_calls)) == 20  # each step's call made once
+
+
+def test_a_run_waits_on_steps_an_earlier_run_issued(tf: TriggerflowExecutor) -> None:
+    """The first run issues three calls and waits for one; the later runs ask for the
+    others, which the first issued: each waits (WAITING, a join of what is still
+    running) until they have ended, and none is made twice."""
+    execution = tf.run(co.waits_on_earlier_steps, {"slow": 1.0, "slower": 3.0})
+    assert execution.result(timeout=120) == [0.0, 1.0, 3.0]
+    x = execution.history()
+    assert [s["run"] for s in x["steps"]] == [1, 1, 1]
+    assert [len(s["calls"]) for s in x["steps"]] == [1, 1, 1]
+    slower = x["steps"][2]["calls"][0]
+    assert 3 <= x["runs"] <= 4
+    runs = x["runCalls"]
+    assert all(r["status"] == "WAITING" for r in runs[:-1]) and runs[-1]["status"] == "DONE"
+    # The run before the last asked for the slower call, issued by the first, and ended
+    # before it did; the last started after it.
+    assert runs[-2]["finishedAt"] < slower["finishedAt"] < runs[-1]["startedAt"]
+
+
+def db_requests(local: LocalCluster, kind: str) -> float:
+    """The db's count of requests of ``kind`` answered (its metrics)."""
+    port = local.metrics_ports["db"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    line = f'fum_db_requests_total{{type="{kind}"}} '
+    return sum(float(row[len(line) :]) for row in text.splitlines() if row.startswith(line))
+
+
+def test_a_lone_step_costs_one_db_request(local: LocalCluster, tf: TriggerflowExecutor) -> None:
+    """A run that waits for one call of one new step: the worker runs the call at once and
+    writes the run's end with the call's, so a step of a chain is one db request (one
+    transaction: the run's end, the step, its end, and the next run), not two."""
+    tf.run(co.chain, {"steps": 3}).result(timeout=60)  # the worker's numbers set aside
+    before = db_requests(local, "updateCalls")
+    execution = tf.run(co.chain, {"steps": 20})
+    assert execution.result(timeout=180) == 20
+    assert db_requests(local, "updateCalls") - before <= 24  # 21 runs, 20 steps
+    x = execution.history()
+    assert [c["status"] for c in x["runCalls"]] == ["WAITING"] * 20 + ["DONE"]
+    assert all(s["calls"][0]["attempts"] == 1 for s in x["steps"])
+
+
+def test_a_run_is_waiting_while_its_lone_step_runs(tf: TriggerflowExecutor) -> None:
+    """The run's end waits for its lone step's first write (its RUNNING, a moment after
+    it starts), not for its end: a long step shows the execution WAITING meanwhile."""
+    tf.run(co.chain, {"steps": 2}).result(timeout=60)  # the worker's numbers set aside
+    execution = tf.run(co.one_nap)
+    deadline = time.monotonic() + 60
+    while True:
+        x = execution.history()
+        calls = [c for s in x["steps"] for c in s["calls"]]
+        if calls and calls[0]["status"] == "RUNNING":
+            break
+        assert not calls or calls[0]["status"] == "PENDING", x
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert x["status"] == "WAITING" and x["runCalls"][0]["status"] == "WAITING"
+    assert execution.result(timeout=60) == 2
+    step = execution.history()["steps"][0]["calls"][0]
+    ran = datetime.fromisoformat(step["finishedAt"]) - datetime.fromisoformat(step["startedAt"])
+    assert ran.total_seconds() > 1.5  # seen WAITING while it ran
 
 
 def test_a_map_of_a_thousand_joined_by_one_trigger(tf: TriggerflowExecutor) -> None:

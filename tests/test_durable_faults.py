@@ -82,3 +82,34 @@ def test_a_calls_worker_killed(two_workers: LocalCluster) -> None:
         again = client.get_call(victim.call_num)
         assert again.status == "DONE" and again.attempts >= 2
         assert again.node_id != victim.node_id
+
+
+def test_the_worker_of_a_lone_step_killed(two_workers: LocalCluster) -> None:
+    """A run that waits for one call: its worker runs the call at once and writes the
+    run's end with the call's RUNNING (docs/DURABLE.md). Killed while the call runs, the
+    call runs again on the other worker, and the execution goes on from its result."""
+    with TriggerflowExecutor(two_workers.url) as tf:
+        for _ in range(4):  # both workers set call numbers aside (a first run does)
+            assert tf.run(co.chain, {"steps": 2}).result(timeout=60) == 2
+        execution = tf.run(co.one_nap)
+        client = tf.client
+
+        def the_step_running() -> Any:
+            x = execution.history()
+            if not x["steps"] or x["status"] != "WAITING":
+                return None
+            call = client.get_call(x["steps"][0]["calls"][0]["callNum"])
+            return call if call.status == "RUNNING" and call.node_id is not None else None
+
+        victim = wait_for(the_step_running)
+        (run,) = execution.history()["runCalls"]
+        assert run["status"] == "WAITING"
+        two_workers.stop_process(f"worker-{victim.node_id}", signal.SIGKILL)
+        assert execution.result(timeout=120) == 2
+        x = execution.history()
+        (step,) = x["steps"]
+        assert step["calls"][0]["callNum"] == victim.call_num  # the same call, run again
+        again = client.get_call(victim.call_num)
+        assert again.status == "DONE" and again.attempts >= 2
+        assert again.node_id != victim.node_id
+        assert x["runs"] == 2

@@ -74,8 +74,9 @@ async def run(settings: DbSettings) -> int:
             if not server.stopping:
                 raise
             log.warning("db.stopped_without_draining")
-            # The batch in hand still ends on the store's thread (commit or rollback), with
-            # no replies: its clients time out and retry (creates are idempotent by uuid).
+            # The batch in hand still ends (commit or rollback) on the store's thread (one
+            # run on the loop's has ended already), with no replies: its clients time out
+            # and retry (creates are idempotent by uuid).
             return 1
         server.close(REPLY_LINGER_MS)  # the last replies get a moment to leave
     log.info("db.stopped")

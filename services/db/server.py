@@ -9,9 +9,11 @@ SAVEPOINT, so one that fails leaves the rest of its batch intact; a lone writer 
 (on failure the transaction holds nothing else and is rolled back). Consecutive
 ``CreateCalls`` (or ``UpdateCalls``) of a batch share one call of the store.
 
-The whole batch, from BEGIN to COMMIT or ROLLBACK, is one synchronous function run on the
-store's connection thread (``Store.run``): one thread trip per batch, not one per
-statement. So the handlers are synchronous, and run on that thread.
+The whole batch, from BEGIN to COMMIT or ROLLBACK, is one synchronous function given to
+``Store.write``, which runs it on this thread when its commit costs no fsync and on the
+store's connection thread otherwise (and so does a batch of more than ``INLINE_BYTES``):
+at most one thread trip per batch, never one per statement. So the handlers are
+synchronous.
 
 Listings are taken out of their batch and run on the store's reader (``Store.read``),
 beside the batches: a page of a million calls never waits behind writes, nor holds up a
@@ -105,6 +107,8 @@ log = structlog.get_logger()
 MAX_BATCH = 1024
 # Bounds the work (and so the reply latency) of one batch when requests are large.
 MAX_BATCH_BYTES = 2 * 1024 * 1024
+# A batch up to this size may run on the loop's thread (``Store.write``).
+INLINE_BYTES = 64 * 1024
 
 # What a handler gives for each request: its reply, or the exception that failed it.
 Outcome = Message | Exception
@@ -257,9 +261,13 @@ class DbServer:
             read.add_done_callback(self._reads.discard)
             requests = [request for request in requests if not request.apart]
         writers = sum(handler.writes for handler, _ in units)
+        # A large batch (a map's calls, say) runs on the store's thread all the same: the
+        # listings that end on the reader's meanwhile are answered without waiting for it.
+        small = sum(len(frames[-1]) for frames in batch) <= INLINE_BYTES
         try:
             if any(handler.store for handler, _ in units):
-                await self._store.run(self._run_units, units, writers)
+                run = self._store.write if small else self._store.run
+                await run(self._run_units, units, writers)
             else:
                 self._run_units(units, writers)  # pings: no need to wake the store's thread
         except Exception as exc:
@@ -326,8 +334,8 @@ class DbServer:
         return units
 
     def _run_units(self, units: list[tuple[Handler, list[_Request]]], writers: int) -> None:
-        """Run a batch's units in order and set their replies: on the store's thread, unless
-        the batch does not touch the store (pings).
+        """Run a batch's units in order and set their replies (through ``Store.write``,
+        unless the batch does not touch the store: pings).
 
         With any writer, all in one transaction: committed at the end, or rolled back if
         anything raises out of a unit (or the commit fails), which fails the whole batch.
@@ -381,7 +389,7 @@ class DbServer:
             except zmq.ZMQError as exc:
                 log.warning("db.reply_undelivered", error=str(exc))
 
-    # ---- handlers: synchronous, run on the store's thread within the batch's transaction
+    # ---- handlers: synchronous, run by ``Store.write`` within the batch's transaction
 
     def _ping(self, _: Ping) -> Pong:
         return Pong(started_at=self.started_at)

@@ -1,12 +1,20 @@
 """The SQLite store of runtimes, functions and calls.
 
-This process is the only writer. Its sqlite3 connection lives on a thread of its own
-(``SqliteThread``), and every trip there (queue, thread wake-up, wake-up of the loop back)
-costs far more than the SQL of a typical request. So nothing here awaits statement by
-statement: the server hands a whole batch to ``Store.run``, one trip, and on that thread
-the batch calls the plain synchronous methods here, from BEGIN to COMMIT or ROLLBACK.
-Those methods may only run there: sqlite3 refuses a connection used off the thread that
-opened it.
+This process is the only writer, through one sqlite3 connection used by one thread at a
+time. Nothing here awaits statement by statement: the server hands a whole batch to
+``Store.write``, which calls the plain synchronous methods here from BEGIN to COMMIT or
+ROLLBACK. A commit that costs no fsync (``db_sync=normal``) takes tens of microseconds,
+less than the trip to a thread and back (queue, thread wake-up, wake-up of the loop:
+each can cost milliseconds on a busy machine), so such a batch runs on the event loop's
+thread; with ``full`` (an fsync per commit) it runs on the writer's own thread
+(``SqliteThread``), and so does all other work of the writer (``Store.run``: retention),
+one at a time.
+
+The WAL is copied into the file (a checkpoint, with its fsyncs: milliseconds) on a third
+connection with a thread of its own, beside the writes, not by SQLite inside a commit
+(which holds up the replies of its batch). Such a copy cannot start the WAL afresh while
+writes go on, so when it has grown beyond ``WAL_LIMIT`` the writer copies the rest
+itself, between two batches (module constants).
 
 Listings (``list_calls``, ``list_functions``, ``list_runtimes``) run on a second
 connection with a thread of its own (``Store.read``): under WAL a reader sees the last
@@ -28,6 +36,7 @@ import contextvars
 import functools
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -362,6 +371,13 @@ _UPDATE_CALL = f"""
 """
 
 MAX_LIST = 1000
+# The WAL is copied into the file (module docstring) after so many rows changed, a
+# rough measure of the pages written (SQLite's own checkpoint comes every 1,000 pages,
+# a few to a few hundred commits); the writer copies the rest itself, which starts the
+# WAL afresh, only when it holds more than WAL_LIMIT frames (pages): the copies beside
+# the writes can never finish it while writes go on, but they need no gap to go on.
+CHECKPOINT_CHANGES = 2_000
+WAL_LIMIT = 8_192
 _INCREMENTAL = 2  # PRAGMA auto_vacuum: free pages stay in the file until incremental_vacuum
 
 _json = msgspec.json.Encoder()
@@ -446,8 +462,12 @@ class SqliteThread:
         assert self._db is not None, "not open"
         return self._db
 
-    async def open(self, path: str) -> None:
-        self._db = await self.run(sqlite3.connect, path, isolation_level=None)
+    async def open(self, path: str, shared: bool = False) -> None:
+        """``shared``: the connection may also be used on the caller's thread (never at
+        the same time as on this one)."""
+        self._db = await self.run(
+            sqlite3.connect, path, isolation_level=None, check_same_thread=not shared
+        )
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
@@ -463,18 +483,32 @@ class SqliteThread:
 class Store:
     """Runtimes, functions and calls in one SQLite file (WAL, foreign keys on).
 
-    Every method but ``open``, ``close``, ``run`` and ``read`` is synchronous: the
-    listings run on the reader's thread, inside a function given to ``read``; the rest on
-    the writer's, inside a function given to ``run``; so does every change to the call
-    counter.
+    Every method but ``open``, ``close``, ``run``, ``write`` and ``read`` is synchronous:
+    the listings run on the reader's thread, inside a function given to ``read``; the rest
+    inside a function given to ``write`` (a batch) or ``run`` (on the writer's thread); so
+    does every change to the call counter.
     """
 
-    def __init__(self, writer: SqliteThread, reader: SqliteThread, next_call_num: int) -> None:
+    def __init__(
+        self,
+        writer: SqliteThread,
+        reader: SqliteThread,
+        next_call_num: int,
+        checkpointer: SqliteThread | None = None,
+        inline: bool = False,
+    ) -> None:
         self._writer = writer
         self._reader = reader
         self._db = writer.db
         self._rdb = reader.db
         self._next_call_num = next_call_num
+        # Without one (":memory:"), SQLite checkpoints in the commits, as by default.
+        self._checkpointer = checkpointer
+        self._inline = inline  # batches may run on the loop's thread (``write``)
+        self._turn = asyncio.Lock()  # held while the writer's thread has the connection
+        self._changes = 0  # the connection's total_changes at the last checkpoint
+        self.checkpoints = 0
+        self._checkpointing: asyncio.Task[None] | None = None
         # Calls made PENDING by triggers' actions in the running request, for the api to
         # place (the server hands them back in the reply: CallsUpdated.placed, ...).
         self.placed: list[Call] = []
@@ -508,15 +542,21 @@ class Store:
         writer = SqliteThread("db-writer")
         # A second connection to ":memory:" would be a second, empty database.
         reader = writer if memory else SqliteThread("db-reader")
+        checkpointer = None if memory else SqliteThread("db-checkpoint")
         try:
-            await writer.open(settings.db_path)
+            await writer.open(settings.db_path, shared=not memory)
             version, next_call_num = await writer.run(_prepare, writer.db, settings)
+            if checkpointer is not None:
+                await writer.run(writer.db.execute, "PRAGMA wal_autocheckpoint = 0")
+                await checkpointer.open(settings.db_path)
             if reader is not writer:
                 await reader.open(settings.db_path)
                 await reader.run(_prepare_reader, reader.db)
         except BaseException:
             await writer.close()
             await reader.close()
+            if checkpointer is not None:
+                await checkpointer.close()
             raise
         log.info(
             "db.store_opened",
@@ -526,16 +566,73 @@ class Store:
             sync=settings.db_sync,
             next_call_num=next_call_num,
         )
-        return cls(writer, reader, next_call_num)
+        return cls(
+            writer,
+            reader,
+            next_call_num,
+            checkpointer,
+            inline=not memory and settings.db_sync == "normal",
+        )
 
     async def close(self) -> None:
+        if self._checkpointing is not None:
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
         await self._reader.close()
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
         await self._writer.close()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the writer's thread and give its result: one trip there,
         however many statements ``fn`` runs through this store's methods."""
-        return await self._writer.run(fn, *args, **kwargs)
+        async with self._turn:
+            result = await self._writer.run(fn, *args, **kwargs)
+        self._after_commits()
+        return result
+
+    async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a batch of requests (as ``run``): on this thread if its commit costs no
+        fsync and the writer's thread does not have the connection, else there."""
+        if not self._inline or self._turn.locked():
+            return await self.run(fn, *args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._after_commits()
+
+    def _after_commits(self) -> None:
+        if (
+            self._checkpointer is None
+            or self._db.total_changes - self._changes < CHECKPOINT_CHANGES
+            or self._checkpointing is not None
+        ):
+            return
+        self._changes = self._db.total_changes
+        self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the file beside the writes (what was committed when the copy
+        began); if the WAL has grown beyond WAL_LIMIT, copy the rest on the writer's
+        thread between two batches, so that the next commit starts it afresh."""
+        assert self._checkpointer is not None
+        started = time.perf_counter()
+        try:
+            frames, copied = await self._checkpointer.run(_wal_checkpoint, self._checkpointer.db)
+            writer = frames > WAL_LIMIT
+            if writer:
+                frames, copied = await self.run(_wal_checkpoint, self._db)
+            self.checkpoints += 1
+            log.debug(
+                "db.checkpoint",
+                frames=frames,
+                copied=copied,
+                writer=writer,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+        except sqlite3.Error as exc:  # the next one tries again; the WAL grows meanwhile
+            log.warning("db.checkpoint_failed", error=str(exc))
+        finally:
+            self._checkpointing = None
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn``, which may only use the listings, on the reader's thread: it sees
@@ -837,12 +934,13 @@ class Store:
         Python condition's), then its event."""
         self.triggers.evaluated(uuid, update.status, update.result)
         run = run_of(uuid)
-        if run is not None and self.coordinators.current(*run):
+        current, caller = (False, None) if run is None else self.coordinators.current(*run)
+        if run is not None and current:
             execution = run[0]
             if update.status == "WAITING":
                 suspension = suspension_of(update.result)
                 assert suspension is not None and not isinstance(suspension, str)
-                error = self.coordinators.suspend(execution, run[1], suspension)
+                error = self.coordinators.suspend(execution, run[1], suspension, caller)
                 if error is not None:
                     self.coordinators.finish(execution, "ERROR", None, error)
                     self._db.execute(
@@ -1010,6 +1108,13 @@ def _prepare(db: sqlite3.Connection, settings: DbSettings) -> tuple[int, int]:
         _wipe(db)
     db.execute("PRAGMA foreign_keys = ON")
     return _migrate(db), _first_free_call_num(db)
+
+
+def _wal_checkpoint(db: sqlite3.Connection) -> tuple[int, int]:
+    """A passive checkpoint (it never waits for the writer): the WAL's frames, how many
+    of them are in the file now."""
+    _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(frames), int(copied)
 
 
 def _prepare_reader(db: sqlite3.Connection) -> None:

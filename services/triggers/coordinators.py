@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from services.db.store import Store
 
 SUSPEND_KEY = "fum.durable"
+_FINAL_SQL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
 MAX_STEP_CALLS = 100_000
 RUN_PREFIX = "x."
 
@@ -261,32 +262,40 @@ class Coordinators:
             for seq, kind, identity, nums in rows
         ]
 
-    def current(self, execution_id: str, run: int) -> bool:
+    def current(self, execution_id: str, run: int) -> tuple[bool, str | None]:
+        """Whether ``run`` is the execution's latest and running; and the execution's
+        starter (whose calls its steps are)."""
         row = self._db.execute(
-            "SELECT runs, status FROM executions WHERE id = ?", (execution_id,)
+            "SELECT runs, status, caller FROM executions WHERE id = ?", (execution_id,)
         ).fetchone()
-        return row is not None and row[0] == run and row[1] == "RUNNING"
+        if row is None:
+            return False, None
+        return row[0] == run and row[1] == "RUNNING", row[2]
 
-    def suspend(self, execution_id: str, run: int, suspension: Suspension) -> str | None:
+    def suspend(
+        self, execution_id: str, run: int, suspension: Suspension, caller: str | None
+    ) -> str | None:
         """Record a run's new steps, make their calls and wait for those it waits on;
-        the error that fails the execution instead, if any."""
+        the error that fails the execution instead, if any. Only the steps the run names
+        are read (not the whole history), with their calls' numbers."""
+        named = {step.seq for step in suspension.steps} | set(suspension.wait)
         known = {
-            seq: identity
-            for seq, identity in self._db.execute(
-                "SELECT seq, identity FROM execution_steps WHERE execution = ?", (execution_id,)
+            seq: (identity, msgspec.json.decode(call_nums))
+            for seq, identity, call_nums in self._db.execute(
+                "SELECT seq, identity, call_nums FROM execution_steps WHERE execution = ? "
+                "AND seq IN (SELECT value FROM json_each(?))",
+                (execution_id, _json.encode(sorted(named)).decode()),
             )
         }
-        (caller,) = self._db.execute(
-            "SELECT caller FROM executions WHERE id = ?", (execution_id,)
-        ).fetchone()
         total = sum(len(step.params) for step in suspension.steps)
         if total > MAX_STEP_CALLS:
             return f"a coordinator may issue at most {MAX_STEP_CALLS} calls at once"
+        open_calls: set[int] = set()  # of the steps made now: none has ended yet
         for step in suspension.steps:
             if step.seq in known:
-                if known[step.seq] != step.identity:
+                if known[step.seq][0] != step.identity:
                     return (
-                        f"non-determinism: step {step.seq} was {known[step.seq]} and is now "
+                        f"non-determinism: step {step.seq} was {known[step.seq][0]} and is now "
                         f"{step.identity}"
                     )
                 continue
@@ -306,6 +315,7 @@ class Coordinators:
                     for index, params in enumerate(step.params)
                 ]
             )
+            nums = [c.call_num for c in calls]
             self._db.execute(
                 "INSERT INTO execution_steps (execution, seq, kind, identity, function, "
                 "call_nums, run, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -315,33 +325,36 @@ class Coordinators:
                     step.kind,
                     step.identity,
                     step.function,
-                    _json.encode([c.call_num for c in calls]),
+                    _json.encode(nums),
                     run,
                     now(),
                 ),
             )
-            known[step.seq] = step.identity
+            known[step.seq] = (step.identity, nums)
+            open_calls.update(c.call_num for c in calls if c.status not in FINAL_STATUSES)
         missing = [seq for seq in suspension.wait if seq not in known]
         if missing:
             return f"the coordinator waits for steps it never issued: {missing}"
-        awaited: list[int] = []
-        for (call_nums,) in self._db.execute(
-            "SELECT call_nums FROM execution_steps WHERE execution = ? AND seq IN "
-            "(SELECT value FROM json_each(?))",
-            (execution_id, _json.encode(suspension.wait)),
-        ).fetchall():
-            awaited.extend(msgspec.json.decode(call_nums))
-        open_calls = [
-            c.call_num for c in self._store.get_calls(awaited) if c.status not in FINAL_STATUSES
-        ]
+        awaited = [num for seq in suspension.wait for num in known[seq][1]]
+        earlier = [num for num in awaited if num not in open_calls]
+        if earlier:  # steps of earlier runs (or made twice): which of their calls go on
+            open_calls.update(
+                num
+                for (num,) in self._db.execute(
+                    "SELECT call_num FROM calls WHERE call_num IN "
+                    f"(SELECT value FROM json_each(?)) AND status NOT IN ({_FINAL_SQL})",
+                    (_json.encode(earlier).decode(),),
+                )
+            )
         self._db.execute(
             "UPDATE executions SET status = 'WAITING', updated_at = ? WHERE id = ?",
             (now(), execution_id),
         )
-        if not open_calls:
+        waited = [num for num in awaited if num in open_calls]
+        if not waited:
             self.resume(execution_id)
             return None
-        subjects = [call_subject(num) for num in open_calls]
+        subjects = [call_subject(num) for num in waited]
         self._store.triggers.put_trigger(
             f"{RUN_PREFIX}{execution_id}.w{run}",
             TriggerIn(

@@ -226,6 +226,13 @@ class Pool:
             states[slot.state] = states.get(slot.state, 0) + 1
         return states, sum(len(q) for q in self._queues.values())
 
+    def has_idle(self, function: str) -> bool:
+        """Whether a sandbox set up for ``function`` is idle (``load``'s ``idle``)."""
+        return any(
+            slot.state == "idle" and slot.function is not None and slot.function.name == function
+            for slot in self._slots.values()
+        )
+
     def load(self) -> Heartbeat:
         """What the node's heartbeat says: busy slots, waiting calls, idle sandboxes."""
         busy = sum(1 for s in self._slots.values() if s.state == "busy")

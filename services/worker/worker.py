@@ -40,6 +40,7 @@ from services.common.protocol import Message
 from services.common.rpc import Client, close_context
 from services.common.tasks import Background, retrying
 from services.miniworker.settings import PASSTHROUGH
+from services.triggers.coordinators import RUN_PREFIX, Suspension, run_of, suspension_of
 from services.workflows.continuation import Continuations
 
 from .builds import Builder
@@ -50,6 +51,15 @@ from .settings import WorkerSettings
 log = structlog.get_logger()
 
 RESULT_DEADLINE = 120.0  # seconds a result waits for a db that does not answer (a restart)
+STEP_NUMBERS = 256  # call numbers reserved at a time for coordinators' lone steps
+
+
+@dataclasses.dataclass
+class _Deferred:
+    """A coordinator's run whose end is written with its lone step's first write."""
+
+    final: Call
+    update: CallUpdate
 
 
 class Worker:
@@ -59,6 +69,11 @@ class Worker:
         self._registered = asyncio.Event()
         self._background = Background()
         self._running_writes: dict[int, asyncio.TimerHandle] = {}
+        # Coordinators' lone steps run here at once (``_run_step``): the runs' ends, by
+        # the step's call number; and numbers set aside in the db for those calls.
+        self._deferred: dict[int, _Deferred] = {}
+        self._step_numbers = range(0)
+        self._reserving = False
         self._handlers = {
             Dispatch: self._on_dispatch,
             CatalogSynced: lambda m: self.pool.sync(m.runtimes, m.functions),
@@ -268,6 +283,16 @@ class Worker:
     def _write_running(self, update: CallUpdate) -> None:
         self._running_writes.pop(update.call_num, None)
         self._background.spawn(self._write(update))
+        self._write_deferred(update.call_num)
+
+    def _write_deferred(self, step: int) -> None:
+        """The end of the run whose lone step is ``step``, written right after the step's
+        write (its RUNNING or its end): in the same db request, one transaction. After it,
+        as the db must find the call made when it reads the run's suspension (or it would
+        make the step's call itself)."""
+        deferred = self._deferred.pop(step, None)
+        if deferred is not None:
+            self._background.spawn(self._report(deferred.final, deferred.update, early=False))
 
     def _on_outcome(self, job: Job, outcome: Outcome) -> None:
         if outcome.retryable and job.retries > 0:
@@ -306,9 +331,66 @@ class Worker:
         if as_step and function is not None and function.workflow is not None:
             self._background.spawn(self._report_step(function, final, update))
             return
+        if self._run_step(final, update):
+            return
         if source.early:  # nothing else can have run it: the api hears at once, the db follows
             self._tell_api(final)
         self._background.spawn(self._report(final, update, source.early))
+        self._write_deferred(call.call_num)
+
+    def _run_step(self, final: Call, update: CallUpdate) -> bool:
+        """A coordinator's run that ends waiting for one new step of one call: that call
+        runs here at once, numbered here, and the run's end is written with the call's
+        first write, in one db transaction (the db would otherwise store the run's end,
+        make the call, and hand it back: a trip and a commit more). Only a run's first
+        attempt (a later one may repeat a step the db holds), and only when an idle
+        sandbox here is set up for the step's function; whether it did."""
+        if final.status != "DONE" or final.attempts != 1 or run_of(final.uuid) is None:
+            return False
+        suspension = suspension_of(final.result)
+        if not isinstance(suspension, Suspension) or len(suspension.steps) != 1:
+            return False
+        (step,) = suspension.steps
+        if len(step.params) != 1 or suspension.wait != [step.seq]:
+            return False
+        execution, _ = run_of(final.uuid) or ("", 0)
+        call = Call(
+            call_num=0,
+            uuid=f"{RUN_PREFIX}{execution}.s{step.seq}.0",  # as the db names it
+            func_name=step.function,
+            params=bytes(step.params[0]),
+            created_at=time.time(),
+            caller=final.caller,  # the steps are the execution's starter's calls
+        )
+        function = self._function_here(call)
+        if function is None or not self._step_numbers:
+            if not self._step_numbers:
+                self._reserve_step_numbers()
+            return False
+        num, self._step_numbers = self._step_numbers[0], self._step_numbers[1:]
+        call = msgspec.structs.replace(call, call_num=num)
+        self._deferred[num] = _Deferred(final, update)
+        with contextlib.suppress(zmq.ZMQError):  # the api places it again if this node dies
+            self.api.send_event(HoldCalls(calls=[call]))
+        held = msgspec.structs.replace(call, attempts=1)
+        self._on_dispatch(Dispatch(call=held, timeout=function.limits.timeout, stored=False))
+        return True
+
+    def _reserve_step_numbers(self) -> None:
+        if self._reserving:
+            return
+        self._reserving = True
+
+        async def reserve() -> None:
+            try:
+                first = await self.db.reserve_call_nums(STEP_NUMBERS)
+                self._step_numbers = range(first, first + STEP_NUMBERS)
+            except FumError as exc:
+                log.warning("worker.reserve_failed", error=str(exc))
+            finally:
+                self._reserving = False
+
+        self._background.spawn(reserve())
 
     async def _report_step(self, function: Function, final: Call, update: CallUpdate) -> None:
         """The checkpoint first, with what the step sends on; then the api hears."""
@@ -380,7 +462,7 @@ class Worker:
             function is None
             or function.limits.concurrency is not None
             or not self._registered.is_set()
-            or self.pool.load().idle.get(function.name, 0) == 0
+            or not self.pool.has_idle(function.name)
         ):
             return None
         return function
