@@ -40,7 +40,7 @@ from services.common.protocol import Message
 from services.common.rpc import Client, close_context
 from services.common.tasks import Background, retrying
 from services.miniworker.settings import PASSTHROUGH
-from services.workflows.continuation import Continuations
+from services.workflows.continuation import Continuations, Verdict
 
 from .builds import Builder
 from .packages import PackageCache
@@ -160,18 +160,26 @@ class Worker:
             self._background.spawn(self._learn_then_submit(message))
             return
         if function.workflow is not None:
-            self._background.spawn(self._dispatch_step(message, function))
+            # A workflow step that may be a duplicate looks for its checkpoint before it
+            # runs (services/workflows); the first dispatch of its own call runs at once.
+            verdict = self.steps.before(function.workflow, call)
+            if verdict is None:
+                self._background.spawn(self._look_then_run(message, function))
+            else:
+                self._run_step(message, function, verdict)
             return
         self._submit(message, function)
 
-    async def _dispatch_step(self, message: Dispatch, function: Function) -> None:
-        """A workflow step looks for its checkpoint before it runs (services/workflows)."""
+    async def _look_then_run(self, message: Dispatch, function: Function) -> None:
         assert function.workflow is not None
         try:
-            verdict = await self.steps.before(function.workflow, message.call)
+            verdict = await self.steps.look(function.workflow, message.call)
         except FumError as exc:
             log.error("worker.step_look_up_failed", call=message.call.call_num, error=str(exc))
             return  # the call stays unfinished: the api dispatches it again when due
+        self._run_step(message, function, verdict)
+
+    def _run_step(self, message: Dispatch, function: Function, verdict: Verdict) -> None:
         if verdict.run:
             self._submit(message, function)
             return
