@@ -156,7 +156,7 @@ def _plan(step: Step, instance: Instance, output: Any) -> Plan:
                     fan_out["OuterLoop"] = post
                 calls.append(_next_call(step, nxt, session, make(item, session, fan_out)))
         else:
-            me = instance_name(step.name, own)
+            me = instance.name
             place = fan_in_slot(nxt.values, own, me)
             if place is None:
                 raise ContinuationError(

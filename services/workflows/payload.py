@@ -101,6 +101,9 @@ def apply_modifiers(fan_out: FanOut | None, modifiers: list[Modifier]) -> FanOut
 
 
 def _substituted(name: str, found: list[int]) -> str:
+    if "$" not in name and "(" not in name:
+        return name  # a plain name or a glob: nothing to evaluate
+
     def positional(match: re.Match[str]) -> str:
         i = int(match.group(1))
         if i >= len(found):
