@@ -13,9 +13,10 @@ store's own methods), so each request is atomic. ``finish_instance`` is the hear
    outputs of the instances that sent nothing on, and its checkpoints and sets are
    removed (unum's GC), unless ``keep`` (a setting, for debugging).
 
-The steps of one ``FinishInstances`` message (those that returned together on a worker)
-are done together (``finish_instances``, ``_Group``), each with the outcome it would have
-had done alone, one after the other: what they read is read once for all of them and
+The steps that reach the db together (the ``FinishInstances`` messages one db batch
+reads: the steps that returned together on each worker) are done together
+(``finish_instances``, ``_Group``), each with the outcome it would have had done alone,
+one after the other: what they read is read once for all of them and
 what they write is one executemany a table. A step that ends its session or fills a
 fan-in's set goes alone, through ``finish_instance``, on what the steps before it wrote.
 """
@@ -112,11 +113,11 @@ def look_up(store: Store, session_id: str, instance: str) -> InstanceState:
 def finish_instances(
     store: Store, requests: list[FinishInstance], keep: bool
 ) -> list[InstanceFinished]:
-    """The steps of one message in order, each with the outcome ``finish_instance`` gives
-    it one after the other, done in groups (``_Group``): the leading steps that neither
-    end a session nor fill a fan-in's set go together; the one that does goes alone, on
-    the state they left, and the next group starts after it. A step whose session does
-    not exist gets its error alone."""
+    """The steps in order, each with the outcome ``finish_instance`` gives it one after
+    the other, done in groups (``_Group``): the leading steps that neither end a session
+    nor fill a fan-in's set go together; the one that does goes alone, on the state they
+    left, and the next group starts after it. A step whose session does not exist gets
+    its error alone."""
     finished: list[InstanceFinished] = []
     while len(finished) < len(requests):
         finished.extend(_Group(store, requests[len(finished) :]).run())
@@ -160,7 +161,7 @@ class _Step:
 
 
 class _Group:
-    """Steps of one message done together as they would be one after the other: what
+    """Steps done together as they would be one after the other: what
     they read (their sessions, checkpoints, instances, fan-in slots and sets) is read
     once for all of them, their outcomes are worked out on it in order, and their writes
     are one executemany a table (their sessions' counts one row each).
