@@ -210,25 +210,10 @@ class _Group:
             )
         }
         slots = [[r.session, f.target.instance, f.slot] for r in requests for f in r.fan_ins]
-        self._slots: set[tuple[str, str, int]] = {
-            (row[0], row[1], row[2])
-            for row in db.execute(
-                "SELECT s.session, s.target, s.slot FROM json_each(?) j "
-                "JOIN fan_in_slots s ON s.session = json_extract(j.value, '$[0]') "
-                "AND s.target = json_extract(j.value, '$[1]') "
-                "AND s.slot = json_extract(j.value, '$[2]')",
-                (_json.encode(slots).decode(),),
-            )
-        }
-        self._filled: dict[tuple[str, str], tuple[int, int]] = {
-            (row[0], row[1]): (row[2], row[3])
-            for row in db.execute(
-                "SELECT f.session, f.target, f.filled, f.size FROM json_each(?) j "
-                "JOIN fan_ins f ON f.session = json_extract(j.value, '$[0]') "
-                "AND f.target = json_extract(j.value, '$[1]')",
-                (_json.encode([s[:2] for s in slots]).decode(),),
-            )
-        }
+        self._slots: set[tuple[str, str, int]] = set()
+        self._filled: dict[tuple[str, str], tuple[int, int]] = {}
+        if slots:  # (a chain's steps feed no fan-in)
+            self._read_sets(db, slots)
         # what the group writes
         self._updates: list[CallUpdate] = []
         self._new: list[NextInstance] = []
@@ -238,6 +223,28 @@ class _Group:
         self._sets: dict[tuple[str, str], tuple[int, int]] = {}  # fan-ins' sets, as filled
         self._counted: set[str] = set()  # sessions whose count changed
         self._winners: list[_Step] = []
+
+    def _read_sets(self, db: sqlite3.Connection, slots: list[list[Any]]) -> None:
+        """The fan-in slots among ``slots`` taken already, and their sets as filled."""
+        self._slots = {
+            (row[0], row[1], row[2])
+            for row in db.execute(
+                "SELECT s.session, s.target, s.slot FROM json_each(?) j "
+                "JOIN fan_in_slots s ON s.session = json_extract(j.value, '$[0]') "
+                "AND s.target = json_extract(j.value, '$[1]') "
+                "AND s.slot = json_extract(j.value, '$[2]')",
+                (_json.encode(slots).decode(),),
+            )
+        }
+        self._filled = {
+            (row[0], row[1]): (row[2], row[3])
+            for row in db.execute(
+                "SELECT f.session, f.target, f.filled, f.size FROM json_each(?) j "
+                "JOIN fan_ins f ON f.session = json_extract(j.value, '$[0]') "
+                "AND f.target = json_extract(j.value, '$[1]')",
+                (_json.encode([s[:2] for s in slots]).decode(),),
+            )
+        }
 
     def run(self) -> list[InstanceFinished]:
         """Take the leading steps that go together, write them, and their replies."""
