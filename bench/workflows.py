@@ -3,8 +3,8 @@
     .venv/bin/python bench/workflows.py [--steps 10] [--items 1000] [--rounds 3]
 
 Starts a local cluster (process driver, ``function`` preload, room for every function's
-sandboxes: Work on up to ``--work-sandboxes``), deploys two unum apps and
-measures, in rounds that take turns so that both sides see the same machine:
+sandboxes: Work keeps ``--work-sandboxes`` warm, all up before the warm-up), deploys two
+unum apps and measures, in rounds that take turns so that both sides see the same machine:
 
 - a chain: a self-loop of ``steps`` steps (``$0 < $size-1``, ``$0=$0+1``) as one
   session, per step; beside it the same function called ``steps`` times in a row from
