@@ -29,8 +29,11 @@ from services.common.db_protocol import (
     CallsUpdated,
     CreateCalls,
     DeleteFunction,
+    FinishInstance,
+    FinishInstances,
     GetCall,
     GetRuntime,
+    InstancesFinished,
     Ping,
     Pong,
     PutFunction,
@@ -39,7 +42,15 @@ from services.common.db_protocol import (
     UpdateCalls,
 )
 from services.common.errors import BadRequest, Conflict, NotFound, Unavailable
-from services.common.models import CallUpdate, Function, Limits, NewCall, Runtime
+from services.common.models import (
+    CallUpdate,
+    Function,
+    Limits,
+    NewCall,
+    NextInstance,
+    Runtime,
+    Session,
+)
 from services.common.proc import python_module
 from services.common.protocol import Error, Message
 from services.db.store import MIGRATIONS, SCHEMA_VERSION
@@ -602,6 +613,54 @@ async def test_failing_request_leaves_its_batch_intact(
     assert (await client.create_call(new_call())).call_num == len(created) + 1
     # Logged after the replies went, but before the db read the next request.
     assert 60 in db.batch_sizes(), "the requests ran as one batch"
+
+
+async def test_finish_instances_of_one_batch_go_together_each_answered(
+    client: DbClient, dealer: zmq.asyncio.Socket, db: DbProcess
+) -> None:
+    """Workers' FinishInstances that the db reads together are done as one group, in
+    order (a step of one message loses to the same instance's in an earlier one), and
+    each message gets its own steps back; a malformed one fails alone."""
+    session = Session(id=uuid.uuid4().hex, app="m", created_at=time.time())
+    start = await client.start_session(session, "Start", new_call("m.Start"))
+    nexts = [
+        NextInstance(instance=name, uuid=uuid.uuid4().hex, func_name="m.Next", params=b"{}")
+        for name in ("A", "B")
+    ]
+    (started,) = await client.finish_instances(
+        [
+            FinishInstance(
+                session=session.id,
+                instance="Start",
+                update=CallUpdate(call_num=start.call_num, status="DONE", result=b"0"),
+                calls=nexts,
+            )
+        ]
+    )
+    a, b = started.sent
+
+    def done(instance: str, call_num: int, result: bytes, status: str = "DONE") -> FinishInstance:
+        update = CallUpdate(call_num=call_num, status=status, result=result)
+        return FinishInstance(session=session.id, instance=instance, update=update)
+
+    replies = await request_one_batch(
+        db,
+        dealer,
+        [
+            FinishInstances(steps=[done("A", a.call_num, b"1")]),
+            FinishInstances(steps=[done("B", b.call_num, b"2", status="FINE")]),
+            FinishInstances(steps=[done("A", a.call_num, b"3"), done("B", b.call_num, b"2")]),
+        ],
+    )
+    assert 3 in db.batch_sizes(), "the requests ran as one batch"
+    first, malformed, last = replies
+    assert isinstance(first, InstancesFinished) and [s.won for s in first.steps] == [True]
+    assert isinstance(malformed, Error) and malformed.code == "bad_request"
+    assert isinstance(last, InstancesFinished)
+    lost, ended = last.steps
+    assert not lost.won and lost.call is not None and lost.call.result == b"1"
+    assert ended.won and ended.session is not None
+    assert (ended.session.status, ended.session.result) == ("DONE", b"[1,2]")
 
 
 def deferred_call_check(path: Path) -> None:

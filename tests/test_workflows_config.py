@@ -13,7 +13,13 @@ import pytest
 
 from services.common.errors import BadRequest
 from services.workflows.config import load_app
-from services.workflows.continuation import ContinuationError, Instance, instance_of, plan
+from services.workflows.continuation import (
+    ContinuationError,
+    Instance,
+    call_uuid,
+    instance_of,
+    plan,
+)
 from services.workflows.expressions import Expression, ExpressionError, Modifier
 from services.workflows.payload import apply_modifiers, expand_names, fan_in_slot, instance_name
 
@@ -140,8 +146,16 @@ def test_modifiers_and_names() -> None:
     bumped = apply_modifiers(inner, [Modifier("$0=$0+1"), Modifier("$size=$size-1")])
     assert (bumped or {})["Index"] == 3 and (bumped or {})["Size"] == 4
     assert inner["Index"] == 2  # a copy: the input payload is left as it was
+    popped = apply_modifiers(inner, [Modifier("Pop"), Modifier("$0=$0+1")])
+    assert popped == {"Type": "Map", "Index": 2, "Size": 3}
+    assert inner["OuterLoop"] == {"Type": "Map", "Index": 1, "Size": 3}
     assert expand_names(["C-unumIndex-*.$1"], inner) == [f"C-unumIndex-{i}.1" for i in range(5)]
     assert expand_names(["x-unumIndex-($0-1)"], inner) == ["x-unumIndex-1"]
+
+
+def test_an_instance_call_uuid_is_uuid5_of_session_and_name() -> None:
+    # uuid.uuid5(the namespace, "s/Work-unumIndex-3"): calls made before a restart keep theirs
+    assert call_uuid("s", "Work-unumIndex-3") == "20430da475da5c9bbaee109a9a3b3427"
 
 
 def steps_of(tmp_path: Path, configs: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -202,7 +202,7 @@ class DbServer:
             ListExecutions: Handler(_one(self._list_executions), writes=False),
             StartSession: Handler(_one(self._start_session), writes=True),
             LookUpInstance: Handler(_one(self._look_up_instance), writes=False),
-            FinishInstances: Handler(_one(self._finish_instances), writes=True),
+            FinishInstances: Handler(self._finish_instances, writes=True, groups=True),
             GetSession: Handler(_one(self._get_session), writes=False),
             ListSessions: Handler(_one(self._list_sessions), writes=False),
             CancelSession: Handler(_one(self._cancel_session), writes=True),
@@ -555,11 +555,30 @@ class DbServer:
     def _look_up_instance(self, request: LookUpInstance) -> InstanceState:
         return checkpoint.look_up(self._store, request.session, request.instance)
 
-    def _finish_instances(self, request: FinishInstances) -> InstancesFinished:
-        for step in request.steps:
-            check_status(step.update.status)
-        steps = checkpoint.finish_instances(self._store, request.steps, self._keep_checkpoints)
-        return InstancesFinished(steps=steps)
+    def _finish_instances(self, requests: list[FinishInstances]) -> list[Outcome]:
+        """The steps of a group's messages (the workers' that came together) done together,
+        in order, each message answered with its own; a malformed one fails alone."""
+        errors = _check_each(
+            requests, lambda request: [check_status(step.update.status) for step in request.steps]
+        )
+        steps = iter(
+            checkpoint.finish_instances(
+                self._store,
+                [
+                    step
+                    for request, error in zip(requests, errors, strict=True)
+                    if error is None
+                    for step in request.steps
+                ],
+                self._keep_checkpoints,
+            )
+        )
+        return [
+            InstancesFinished(steps=[next(steps) for _ in request.steps])
+            if error is None
+            else error
+            for request, error in zip(requests, errors, strict=True)
+        ]
 
     def _get_session(self, request: GetSession) -> SessionReply:
         return checkpoint.get_session(self._store, request.session)

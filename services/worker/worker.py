@@ -41,7 +41,7 @@ from services.common.rpc import Client, close_context
 from services.common.tasks import Background, retrying
 from services.miniworker.settings import PASSTHROUGH
 from services.triggers.coordinators import RUN_PREFIX, Suspension, run_of, suspension_of
-from services.workflows.continuation import Continuations
+from services.workflows.continuation import Continuations, Verdict
 
 from .builds import Builder
 from .packages import PackageCache
@@ -69,7 +69,7 @@ class Worker:
         self._registered = asyncio.Event()
         self._background = Background()
         self._running_writes: dict[int, asyncio.TimerHandle] = {}
-        # Coordinators' lone steps run here at once (``_run_step``): the runs' ends, by
+        # Coordinators' lone steps run here at once (``_run_lone_step``): the runs' ends, by
         # the step's call number; and numbers set aside in the db for those calls.
         self._deferred: dict[int, _Deferred] = {}
         self._step_numbers = range(0)
@@ -175,18 +175,26 @@ class Worker:
             self._background.spawn(self._learn_then_submit(message))
             return
         if function.workflow is not None:
-            self._background.spawn(self._dispatch_step(message, function))
+            # A workflow step that may be a duplicate looks for its checkpoint before it
+            # runs (services/workflows); the first dispatch of its own call runs at once.
+            verdict = self.steps.before(function.workflow, call)
+            if verdict is None:
+                self._background.spawn(self._look_then_run(message, function))
+            else:
+                self._run_step(message, function, verdict)
             return
         self._submit(message, function)
 
-    async def _dispatch_step(self, message: Dispatch, function: Function) -> None:
-        """A workflow step looks for its checkpoint before it runs (services/workflows)."""
+    async def _look_then_run(self, message: Dispatch, function: Function) -> None:
         assert function.workflow is not None
         try:
-            verdict = await self.steps.before(function.workflow, message.call)
+            verdict = await self.steps.look(function.workflow, message.call)
         except FumError as exc:
             log.error("worker.step_look_up_failed", call=message.call.call_num, error=str(exc))
             return  # the call stays unfinished: the api dispatches it again when due
+        self._run_step(message, function, verdict)
+
+    def _run_step(self, message: Dispatch, function: Function, verdict: Verdict) -> None:
         if verdict.run:
             self._submit(message, function)
             return
@@ -331,14 +339,14 @@ class Worker:
         if as_step and function is not None and function.workflow is not None:
             self._background.spawn(self._report_step(function, final, update))
             return
-        if self._run_step(final, update):
+        if self._run_lone_step(final, update):
             return
         if source.early:  # nothing else can have run it: the api hears at once, the db follows
             self._tell_api(final)
         self._background.spawn(self._report(final, update, source.early))
         self._write_deferred(call.call_num)
 
-    def _run_step(self, final: Call, update: CallUpdate) -> bool:
+    def _run_lone_step(self, final: Call, update: CallUpdate) -> bool:
         """A coordinator's run that ends waiting for one new step of one call: that call
         runs here at once, numbered here, and the run's end is written with the call's
         first write, in one db transaction (the db would otherwise store the run's end,

@@ -12,12 +12,20 @@ store's own methods), so each request is atomic. ``finish_instance`` is the hear
 3. the session counts its open instances; when none is left it is DONE, its result the
    outputs of the instances that sent nothing on, and its checkpoints and sets are
    removed (unum's GC), unless ``keep`` (a setting, for debugging).
+
+The steps that reach the db together (the ``FinishInstances`` messages one db batch
+reads: the steps that returned together on each worker) are done together
+(``finish_instances``, ``_Group``), each with the outcome it would have had done alone,
+one after the other: what they read is read once for all of them and
+what they write is one executemany a table. A step that ends its session or fills a
+fan-in's set goes alone, through ``finish_instance``, on what the steps before it wrote.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -33,6 +41,7 @@ from services.common.models import (
     Call,
     CallUpdate,
     NewCall,
+    NextInstance,
     Session,
     SessionInstance,
     check_name,
@@ -84,8 +93,8 @@ def start_session(store: Store, session: Session, instance: str, new: NewCall) -
     return call
 
 
-def _sent_pending(store: Store, sent: str) -> list[Call]:
-    return [c for c in store.get_calls(json.loads(sent)) if c.status == "PENDING"]
+def _sent_pending(store: Store, sent: list[int]) -> list[Call]:
+    return [c for c in store.get_calls(sent) if c.status == "PENDING"] if sent else []
 
 
 def look_up(store: Store, session_id: str, instance: str) -> InstanceState:
@@ -97,23 +106,305 @@ def look_up(store: Store, session_id: str, instance: str) -> InstanceState:
     if row is None:
         return InstanceState(status=session.status)
     return InstanceState(
-        status=session.status, checkpoint=row[0], sent=_sent_pending(store, row[1])
+        status=session.status, checkpoint=row[0], sent=_sent_pending(store, json.loads(row[1]))
     )
 
 
 def finish_instances(
     store: Store, requests: list[FinishInstance], keep: bool
 ) -> list[InstanceFinished]:
-    """Each step in turn; one whose session does not exist gets its error alone."""
-    finished = []
-    for request in requests:
-        try:
-            finished.append(finish_instance(store, request, keep))
-        except NotFound as exc:
-            finished.append(
-                InstanceFinished(won=False, call=None, sent=[], session=None, error=exc.message)
-            )
+    """The steps in order, each with the outcome ``finish_instance`` gives it one after
+    the other, done in groups (``_Group``): the leading steps that neither end a session
+    nor fill a fan-in's set go together; the one that does goes alone, on the state they
+    left, and the next group starts after it. A step whose session does not exist gets
+    its error alone."""
+    finished: list[InstanceFinished] = []
+    while len(finished) < len(requests):
+        finished.extend(_Group(store, requests[len(finished) :]).run())
+        if len(finished) < len(requests):
+            finished.append(_alone(store, requests[len(finished)], keep))
     return finished
+
+
+def _alone(store: Store, request: FinishInstance, keep: bool) -> InstanceFinished:
+    try:
+        return finish_instance(store, request, keep)
+    except NotFound as exc:
+        return _no_session(exc.message)
+
+
+def _no_session(error: str) -> InstanceFinished:
+    return InstanceFinished(won=False, call=None, sent=[], session=None, error=error)
+
+
+class _Open:
+    """A session of the group: as read, and how many instances it has open."""
+
+    def __init__(self, session: Session, count: int) -> None:
+        self.session = session
+        self.count = count
+
+
+class _Step:
+    """A step the group took, and what it did (replied once the group is written)."""
+
+    def __init__(self, request: FinishInstance, session: Session | None) -> None:
+        self.request = request
+        self.session = session
+        self.error: str | None = None  # its session does not exist
+        self.won = False
+        self.result = b"null"  # won: the instance's one result
+        self.update = -1  # its call's update among the group's
+        self.sent = (0, 0)  # won: the slice of the group's new calls it made
+        self.lost_to: _Step | None = None  # lost to a step of this group...
+        self.kept_sent: list[int] = []  # ... or to a checkpoint stored, which sent these
+
+
+class _Group:
+    """Steps done together as they would be one after the other: what
+    they read (their sessions, checkpoints, instances, fan-in slots and sets) is read
+    once for all of them, their outcomes are worked out on it in order, and their writes
+    are one executemany a table (their sessions' counts one row each).
+
+    The checkpoint stays a conditional insert: a step wins it only where neither the db
+    (read in this transaction, on the db's only writing connection) nor an earlier step
+    of the group holds one, and the insert has no ON CONFLICT: were that bookkeeping ever
+    wrong, the insert would fail the request rather than keep two results.
+
+    ``run`` stops before the first step that would end its session (its call failed, or
+    its session has nothing left open) or fill a fan-in's set: that step needs the state
+    the group leaves written (the fan-in's inputs, the session's result), so
+    ``finish_instances`` does it alone, after the group's writes."""
+
+    def __init__(self, store: Store, requests: list[FinishInstance]) -> None:
+        self._store = store
+        self._requests = requests
+        db = store.db
+        self._sessions = {
+            row[0]: _Open(_session(row), row[7])
+            for row in db.execute(
+                f"SELECT {_SESSION_COLUMNS}, open FROM sessions "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                (_json.encode(sorted({r.session for r in requests})).decode(),),
+            )
+        }
+        own = [[r.session, r.instance] for r in requests]
+        names = own + [[r.session, n.instance] for r in requests for n in r.calls]
+        self._checkpoints: dict[tuple[str, str], _Step] = {}
+        self._stored: dict[tuple[str, str], tuple[bytes, str]] = {
+            (row[0], row[1]): (row[2], row[3])
+            for row in db.execute(
+                "SELECT c.session, c.instance, c.result, c.sent FROM json_each(?) j "
+                "JOIN checkpoints c ON c.session = json_extract(j.value, '$[0]') "
+                "AND c.instance = json_extract(j.value, '$[1]')",
+                (_json.encode(own).decode(),),
+            )
+        }
+        self._finished: dict[tuple[str, str], int] = {
+            (row[0], row[1]): row[2]
+            for row in db.execute(
+                "SELECT i.session, i.name, i.finished FROM json_each(?) j "
+                "JOIN instances i ON i.session = json_extract(j.value, '$[0]') "
+                "AND i.name = json_extract(j.value, '$[1]')",
+                (_json.encode(names).decode(),),
+            )
+        }
+        slots = [[r.session, f.target.instance, f.slot] for r in requests for f in r.fan_ins]
+        self._slots: set[tuple[str, str, int]] = set()
+        self._filled: dict[tuple[str, str], tuple[int, int]] = {}
+        if slots:  # (a chain's steps feed no fan-in)
+            self._read_sets(db, slots)
+        # what the group writes
+        self._updates: list[CallUpdate] = []
+        self._new: list[NextInstance] = []
+        self._instances: list[tuple[str, str, int]] = []  # (session, name, index in _new)
+        self._finishing: list[tuple[bool, str, str]] = []
+        self._taken: list[tuple[str, str, int, str]] = []
+        self._sets: dict[tuple[str, str], tuple[int, int]] = {}  # fan-ins' sets, as filled
+        self._counted: set[str] = set()  # sessions whose count changed
+        self._winners: list[_Step] = []
+
+    def _read_sets(self, db: sqlite3.Connection, slots: list[list[Any]]) -> None:
+        """The fan-in slots among ``slots`` taken already, and their sets as filled."""
+        self._slots = {
+            (row[0], row[1], row[2])
+            for row in db.execute(
+                "SELECT s.session, s.target, s.slot FROM json_each(?) j "
+                "JOIN fan_in_slots s ON s.session = json_extract(j.value, '$[0]') "
+                "AND s.target = json_extract(j.value, '$[1]') "
+                "AND s.slot = json_extract(j.value, '$[2]')",
+                (_json.encode(slots).decode(),),
+            )
+        }
+        self._filled = {
+            (row[0], row[1]): (row[2], row[3])
+            for row in db.execute(
+                "SELECT f.session, f.target, f.filled, f.size FROM json_each(?) j "
+                "JOIN fan_ins f ON f.session = json_extract(j.value, '$[0]') "
+                "AND f.target = json_extract(j.value, '$[1]')",
+                (_json.encode([s[:2] for s in slots]).decode(),),
+            )
+        }
+
+    def run(self) -> list[InstanceFinished]:
+        """Take the leading steps that go together, write them, and their replies."""
+        steps: list[_Step] = []
+        for request in self._requests:
+            step = self._take(request)
+            if step is None:
+                break
+            steps.append(step)
+        if not steps:
+            return []
+        applied, calls = self._write()
+        return [self._reply(step, applied, calls) for step in steps]
+
+    def _update(self, step: _Step, update: CallUpdate) -> _Step:
+        step.update = len(self._updates)
+        self._updates.append(update)
+        return step
+
+    def _take(self, request: FinishInstance) -> _Step | None:
+        """The step's outcome, as ``finish_instance`` would find it here; None (and
+        nothing changed) if it must go alone."""
+        found = self._sessions.get(request.session)
+        if found is None:
+            step = _Step(request, None)
+            step.error = f"no session {request.session!r}"
+            return step
+        session, update = found.session, request.update
+        if update.status != "DONE":
+            if session.status == "RUNNING":
+                return None  # it ends its session ERROR
+            return self._update(_Step(request, session), update)
+        key = (request.session, request.instance)
+        step = _Step(request, session)
+        winner, stored = self._checkpoints.get(key), self._stored.get(key)
+        if winner is not None or stored is not None:
+            # A duplicate run lost: its call says the one result; it re-sends what the
+            # winner sent (still PENDING: the winner's worker may have died before it could).
+            step.lost_to = winner
+            if stored is not None:
+                kept, sent = stored
+                step.kept_sent = json.loads(sent)
+            else:
+                assert winner is not None
+                kept = winner.result
+            return self._update(step, msgspec.structs.replace(update, result=kept))
+        # Worked out first, written only if the step goes in the group.
+        ends = not request.calls and not request.fan_ins
+        finishes = self._finished.get(key) == 0
+        opened = -1 if finishes else 0
+        nexts: list[NextInstance] = []
+        taken: list[tuple[str, str, int]] = []
+        filled: dict[tuple[str, str], tuple[int, int]] = {}
+        created: dict[tuple[str, str], int] = {}
+        if session.status == "RUNNING" and not ends:
+            nexts = list(request.calls)
+            for fan_in in request.fan_ins:
+                slot = (request.session, fan_in.target.instance, fan_in.slot)
+                if slot in self._slots or slot in taken:
+                    continue
+                target = slot[:2]
+                count, size = filled.get(target) or self._filled.get(target) or (0, fan_in.size)
+                if count + 1 == fan_in.size:
+                    return None  # it completes the set: it alone sends the fan-in's call
+                taken.append(slot)
+                filled[target] = (count + 1, size)
+            for i, nxt in enumerate(nexts):
+                name = (request.session, nxt.instance)
+                if name not in self._finished and name not in created:
+                    created[name] = len(self._new) + i
+            opened += len(created)
+        if found.count + opened <= 0 and session.status == "RUNNING":
+            return None  # nothing left open: it ends its session
+        # The step goes in the group: its writes.
+        if opened:
+            found.count += opened
+            self._counted.add(request.session)
+        step.won, step.result = True, update.result if update.result is not None else b"null"
+        self._checkpoints[key] = step
+        self._winners.append(step)
+        self._update(step, update)
+        if finishes:
+            self._finished[key] = 1
+            self._finishing.append((ends, *key))
+        for slot in taken:
+            self._slots.add(slot)
+            self._taken.append((*slot, request.instance))
+        self._filled.update(filled)
+        self._sets.update(filled)
+        for name, index in created.items():
+            self._finished[name] = 0
+            self._instances.append((*name, index))
+        step.sent = (len(self._new), len(self._new) + len(nexts))
+        self._new.extend(nexts)
+        return step
+
+    def _write(self) -> tuple[list[bool], list[Call]]:
+        store, db = self._store, self._store.db
+        applied = store.update_calls(self._updates)
+        created_at = now()
+        calls = store.create_calls(
+            [
+                NewCall(uuid=n.uuid, func_name=n.func_name, params=n.params, created_at=created_at)
+                for n in self._new
+            ]
+        )
+        writes: dict[str, Sequence[tuple[Any, ...]]] = {
+            "INSERT INTO checkpoints (session, instance, result, sent) VALUES (?, ?, ?, ?)": [
+                (
+                    s.request.session,
+                    s.request.instance,
+                    s.result,
+                    _json.encode([c.call_num for c in calls[s.sent[0] : s.sent[1]]]).decode(),
+                )
+                for s in self._winners
+            ],
+            "UPDATE instances SET finished = 1, ends = ? WHERE session = ? AND name = ? "
+            "AND finished = 0": self._finishing,
+            "INSERT INTO instances (session, name, call_num) VALUES (?, ?, ?)": [
+                (session, name, calls[i].call_num) for session, name, i in self._instances
+            ],
+            "INSERT INTO fan_in_slots (session, target, slot, instance) VALUES (?, ?, ?, ?)": (
+                self._taken
+            ),
+            "INSERT INTO fan_ins (session, target, filled, size) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT DO UPDATE SET filled = excluded.filled": [
+                (*target, count, size) for target, (count, size) in self._sets.items()
+            ],
+            "UPDATE sessions SET open = ? WHERE id = ?": [
+                (self._sessions[session_id].count, session_id) for session_id in self._counted
+            ],
+        }
+        for sql, rows in writes.items():
+            if rows:
+                db.executemany(sql, rows)
+        return applied, calls
+
+    def _reply(self, step: _Step, applied: list[bool], calls: list[Call]) -> InstanceFinished:
+        if step.error is not None:
+            return _no_session(step.error)
+        store, update = self._store, self._updates[step.update]
+        try:
+            if step.won:
+                return InstanceFinished(
+                    won=True,
+                    call=None if applied[step.update] else store.get_call(update.call_num),
+                    sent=[c for c in calls[step.sent[0] : step.sent[1]] if c.status == "PENDING"],
+                    session=step.session,
+                )
+            sent = step.kept_sent
+            if step.lost_to is not None:
+                sent = [c.call_num for c in calls[step.lost_to.sent[0] : step.lost_to.sent[1]]]
+            return InstanceFinished(
+                won=False,
+                call=store.get_call(update.call_num),
+                sent=_sent_pending(store, sent),
+                session=step.session,
+            )
+        except NotFound as exc:
+            return _no_session(exc.message)
 
 
 def finish_instance(store: Store, request: FinishInstance, keep: bool) -> InstanceFinished:
@@ -145,7 +436,7 @@ def finish_instance(store: Store, request: FinishInstance, keep: bool) -> Instan
         return InstanceFinished(
             won=False,
             call=store.get_call(update.call_num),
-            sent=_sent_pending(store, was_sent),
+            sent=_sent_pending(store, json.loads(was_sent)),
             session=session,
         )
     (applied,) = store.update_calls([update])

@@ -71,14 +71,17 @@ def check_fan_out(fan_out: Any) -> FanOut | None:
 
 
 def apply_modifiers(fan_out: FanOut | None, modifiers: list[Modifier]) -> FanOut | None:
-    """The fan-out sent on after the Next Payload Modifiers (a copy)."""
-    fan_out = copy.deepcopy(fan_out)
+    """The fan-out sent on after the Next Payload Modifiers: ``fan_out`` is left as it was
+    (what a modifier changes is a copy; a ``Pop`` alone takes the outer loop as it is)."""
+    copied = False
     for modifier in modifiers:
         if not fan_out:
             return None
         if modifier.pop:
             fan_out = fan_out.get("OuterLoop")
             continue
+        if not copied:
+            fan_out, copied = copy.deepcopy(fan_out), True
         assert modifier.value is not None and modifier.target is not None
         env = {f"i{i}": index for i, index in enumerate(indexes(fan_out))}
         env["size"] = int(fan_out["Size"])
@@ -98,6 +101,9 @@ def apply_modifiers(fan_out: FanOut | None, modifiers: list[Modifier]) -> FanOut
 
 
 def _substituted(name: str, found: list[int]) -> str:
+    if "$" not in name and "(" not in name:
+        return name  # a plain name or a glob: nothing to evaluate
+
     def positional(match: re.Match[str]) -> str:
         i = int(match.group(1))
         if i >= len(found):
