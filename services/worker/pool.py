@@ -426,7 +426,7 @@ class Pool:
             # idle before the results are reported: the next call finds it warm
             function = slot.function
             ready = Ready(runtime=slot.runtime.name, function=function.name, sha256=function.sha256)
-            self._on_ready(slot, ready, settled=not unrun)
+            self._on_ready(slot, ready, settled=not unrun and not slot.setting_up)
         for job, outcome in finished:
             self._on_outcome(job, outcome)
 
@@ -624,7 +624,8 @@ class Pool:
                 if not self._worth_starting(job.function, len(queue)):
                     break  # sooner served by one of its sandboxes than by a new one
                 if slot is not None:  # a generic one, specialised for the call
-                    changed = True
+                    # Its replacement (the preload policy's) starts once the call is
+                    # over: starting a container now would compete with its set-up.
                     self._run(slot, self._batch(slot, queue))
                     continue
                 if not self._make_room(job.function):
