@@ -4,8 +4,9 @@ The container is started from the runtime's image with an idle main process, so 
 exist before it knows its function (the ``runtime`` preload). Its runtime's ``path`` is a
 folder of the node bound read-only (``code``, beside its input and output folders), empty
 until installing makes the function's files (its build's artifact, or its package)
-appear there as hard links to the node's store, where they were unpacked once: no file
-is copied into a container, and the container cannot change them. A build (one
+appear there as hard links to the node's store, where they were unpacked once (a farm
+of such links made ahead by the worker is moved in): no file is copied into a
+container, and the container cannot change them. A build (one
 container, at deploy time, with no such bind) gets the package through the Docker API
 (a tar), runs the ``dependencies`` command in the path and reads it back. Launching
 execs the ``run`` command with the FUM environment, its stdout and stderr to a log file
