@@ -107,13 +107,14 @@ def docker_run_ms(rounds: int) -> list[float]:
 
 
 async def deployed(api: Api, name: str, runtime: str, package: bytes) -> str:
-    """Deploy, and wait for its build (if any) as fum fn deploy does; when it was over."""
+    """Deploy, and wait for its build (if any) as fum fn deploy does; when it was over (a
+    build shared with an earlier function is over at once: then when it was deployed)."""
     status, body = await api.deploy(name, runtime, package)
     assert status == 201, body
     while body["build"] is not None and body["build"]["status"] == "building":
         _, body = await api.request("GET", f"/v1/functions/{name}", params={"wait": 30})
     assert body["build"] is None or body["build"]["status"] == "ready", body
-    return str(body["build"]["finishedAt"] if body["build"] else body["updatedAt"])
+    return max(str(body["updatedAt"]), str(body["build"]["finishedAt"] if body["build"] else ""))
 
 
 async def generic_ready(api: Api, runtime: str | None, after: str) -> None:

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import json
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +146,104 @@ async def test_a_requirement_is_built_once_for_every_node_and_sandbox(
     assert final["build"]["runs"] == 1
     if driver == "process":
         assert counter.read_text().splitlines() == ["built"]  # one run of the command, ever
+
+
+# tries to change its own files and its dependency's; says what happened
+WRITES = """
+    import os
+
+    import fumtinydep
+
+    def handle(params):
+        tried = {}
+        for path in ("main.py", fumtinydep.__file__):
+            try:
+                with open(path, "a") as f:
+                    f.write("# changed by a call\\n")
+                tried[os.path.basename(path)] = "written"
+            except OSError as exc:
+                tried[os.path.basename(path)] = exc.strerror
+        return {"value": fumtinydep.VALUE, "tried": tried, "cwd": os.getcwd()}
+    """
+
+
+def docker_out(*args: str) -> str:
+    out = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+async def test_sandboxes_are_set_up_from_the_node_store_which_they_cannot_change(
+    api: Api, cluster: LocalCluster, driver: str
+) -> None:
+    """Each node unpacks the artifact once into its store; a container's files are links
+    to it in a folder bound read-only at the runtime's path (no copy), a process
+    sandbox's a copy; whatever a call writes, the store is unchanged. Deleting the
+    function removes its entries from every node."""
+    runtime = unique("pip")
+    await api.runtime(runtime, pip_runtime())
+    name = unique("writes")
+    main = WRITES + f"    # {name}\n"  # an artifact of its own
+    status, body = await api.deploy(
+        name, runtime, package_with(f"./wheels/{WHEEL}\n", main), minWarm=1
+    )
+    assert status == 201, body
+    build = (await built(api, name))["build"]
+    assert build["status"] == "ready", build
+    artifact, package = build["artifact"], body["sha256"]
+    await api.wait_nodes(lambda nodes: [n["idle"].get(name) for n in nodes] == [1, 1])
+    answers = [await api.invoke(name, {}) for _ in range(2)]  # round-robin: one a node
+    assert {call["nodeId"] for _, call in answers} == {0, 1}, answers
+    for status, call in answers:
+        assert status == 200 and call["status"] == "DONE", call
+        assert call["result"]["value"] == "tiny"
+        expected = "Read-only file system" if driver == "docker" else "written"
+        assert call["result"]["tried"] == {"main.py": expected, "__init__.py": expected}, call
+    for node in (0, 1):
+        files = cluster.data_dir / f"node-{node}" / "store" / artifact / "files"
+        for changed in (files / "main.py", files / "fumtinydep" / "__init__.py"):
+            assert not changed.read_text().endswith("# changed by a call\n"), changed
+        links = (files / "fumtinydep" / "__init__.py").stat().st_nlink
+        # a container's file is the store's (another link to it), a process sandbox's a copy
+        assert links >= 2 if driver == "docker" else links == 1, links
+        if driver == "docker":  # two spare link farms, made again after the sandbox took one
+            spare = files.parent / "spare"
+            for _ in range(100):
+                farms = [p.name for p in spare.iterdir() if not p.name.startswith(".")]
+                if len(farms) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(farms) == 2, farms
+    if driver == "docker":
+        ids = docker_out(
+            "ps", "-q", "--filter", f"label=fum.network={cluster.docker_network}"
+        ).split()
+        mounts = [
+            m
+            for info in json.loads(docker_out("inspect", *ids))
+            for m in info["Mounts"]
+            if m["Destination"] == "/ws"
+        ]
+        assert mounts and all(not m["RW"] and m["Type"] == "bind" for m in mounts), mounts
+        assert all(m["Source"].endswith("/code") for m in mounts), mounts
+    status, _ = await api.request("DELETE", f"/v1/functions/{name}")
+    assert status in (200, 204)
+    for node in (0, 1):
+        node_dir = cluster.data_dir / f"node-{node}"
+        for _ in range(100):
+            left = [
+                p
+                for p in (
+                    node_dir / "store" / artifact,
+                    node_dir / "packages" / artifact,
+                    node_dir / "packages" / package,
+                )
+                if p.exists()
+            ]
+            if not left:
+                break
+            await asyncio.sleep(0.1)
+        assert not left, left
 
 
 async def test_a_broken_requirement_fails_the_build_and_its_calls_get_409(api: Api) -> None:

@@ -144,9 +144,10 @@ def test_prometheus_scrapes_every_service(cluster: Compose) -> None:
     assert [float(r["value"][1]) for r in result] == [2.0]
 
 
-def execs_since(since: int, network: str) -> list[dict[str, str]]:
+def execs_since(since: int, network: str, event: str = "exec_start") -> list[dict[str, str]]:
     """What the engine exec'd in the function containers of ``network`` since ``since``
-    (docker events: the command, and the container's miniworker label)."""
+    (docker events: the command, and the container's miniworker label); with ``event``,
+    those events instead (``extract-to-dir``: a tar put into a container)."""
     out = docker(
         "events",
         "--since",
@@ -156,7 +157,7 @@ def execs_since(since: int, network: str) -> list[dict[str, str]]:
         "--filter",
         "type=container",
         "--filter",
-        "event=exec_start",
+        f"event={event}",
         "--filter",
         f"label=fum.network={network}",
         "--format",
@@ -207,6 +208,17 @@ async def test_the_seed_runtime_first_call_is_specialised_with_no_install(
     assert len(installs) == 1, execs  # one build for dice and dice-first (the same key)
     assert installs[0]["miniworker"].startswith("build-"), installs
     assert any(not e["miniworker"].startswith("build-") for e in execs), execs
+    # the package went into the build's container, and nothing into the others: they
+    # have the node's store's files through a read-only bind at the runtime's path
+    puts = execs_since(cluster.started, f"{cluster.project}-functions", "extract-to-dir")
+    assert puts and all(e["miniworker"].startswith("build-") for e in puts), puts
+    network = f"label=fum.network={cluster.project}-functions"
+    ids = docker("ps", "-q", "--filter", network).split()
+    mounts = [
+        [m for m in info["Mounts"] if m["Destination"] == "/ws"]
+        for info in json.loads(docker("inspect", *ids))
+    ]
+    assert mounts and all(len(m) == 1 and not m[0]["RW"] for m in mounts), mounts
 
 
 def iso_seconds(stamp: str) -> float:

@@ -65,7 +65,8 @@ class Prepare(Message, frozen=True):
 
     runtime: Runtime
     function: Function | None = None
-    package: str | None = None  # path of the verified package on this node
+    # the folder of the node's store holding its files (its package, or build's artifact)
+    package: str | None = None
 
 
 class Run(Message, frozen=True):
@@ -76,7 +77,7 @@ class Run(Message, frozen=True):
     timeout: float
     runtime: Runtime
     function: Function
-    package: str
+    package: str  # as in Prepare
 
 
 class Stop(Message, frozen=True):

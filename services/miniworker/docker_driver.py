@@ -1,15 +1,19 @@
 """The docker driver: one persistent container per miniworker, through aiodocker.
 
 The container is started from the runtime's image with an idle main process, so it can
-exist before it knows its function (the ``runtime`` preload). Installing puts the
-function's files (its build's artifact, or its package) in the runtime's ``path`` (a tar
-through the Docker API, no shared volume); a build (one container, at deploy time) runs
-the ``dependencies`` command there and reads the path back; launching execs the ``run`` command
-with the FUM environment, its stdout and stderr to a log file in a folder bound from the
-node (read to its end after each call: exact per-call output, where Docker's own stream
-can deliver the last lines after the call's ``ok``). A crash or a timeout kills the
-container; the next launch starts it again, with its files (code and installed
-dependencies) as they were.
+exist before it knows its function (the ``runtime`` preload). Its runtime's ``path`` is a
+folder of the node bound read-only (``code``, beside its input and output folders), empty
+until installing makes the function's files (its build's artifact, or its package)
+appear there as hard links to the node's store, where they were unpacked once (a farm
+of such links made ahead by the worker is moved in): no file is copied into a
+container, and the container cannot change them. A build (one
+container, at deploy time, with no such bind) gets the package through the Docker API
+(a tar), runs the ``dependencies`` command in the path and reads it back. Launching
+execs the ``run`` command with the FUM environment, its stdout and stderr to a log file
+in a folder bound from the node (read to its end after each call: exact per-call output,
+where Docker's own stream can deliver the last lines after the call's ``ok``). A crash
+or a timeout kills the container; the next launch starts it again, with its files (code
+and installed dependencies) as they were.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from services.common.archive import package_as_tar, rebase_tar
 from services.common.errors import FumError
 from services.common.models import Function, Limits, Runtime
 
-from .sandbox import Driver, OutputBuffer, Sandbox, SandboxFailed, tail
+from .sandbox import Driver, OutputBuffer, Sandbox, SandboxFailed, link_tree, tail, take_spare
 from .settings import MiniworkerSettings
 
 log = structlog.get_logger()
@@ -123,6 +127,7 @@ class DockerSandbox(Sandbox):
         limits: Limits | None,
         docker: aiodocker.Docker,
         host_ip: str,
+        build: bool = False,
     ) -> None:
         super().__init__(runtime, Path(settings.sandbox_dir) / "log" / "run.log")
         self.settings = settings
@@ -130,6 +135,8 @@ class DockerSandbox(Sandbox):
         self.host_ip = host_ip
         self.host_bind_ip = bind_ip(host_ip)
         self.root = Path(settings.sandbox_dir)
+        # bound read-only at the runtime's path (a build's path is the container's own)
+        self.code_dir = None if build else self.root / "code"
         self._docker = docker
         self._container: Any = None
         self._ip = ""
@@ -159,6 +166,10 @@ class DockerSandbox(Sandbox):
             f"{self.root / 'output'}:/output",
             f"{self.log_path.parent}:{LOG_DIR}",
         ]
+        if self.code_dir is not None:
+            self.code_dir.mkdir()
+            self.code_dir.chmod(0o755)
+            binds.append(f"{self.code_dir}:{self.runtime.path}:ro")
         config: dict[str, Any] = {
             "Image": self.runtime.image,
             "Cmd": IDLE,
@@ -248,7 +259,16 @@ class DockerSandbox(Sandbox):
             workdir=self.runtime.path,
         )
 
-    async def install(self, function: Function, package: Path) -> None:
+    async def install(self, function: Function, files: Path) -> None:
+        if self.code_dir is None:
+            raise SandboxFailed("a build's container takes no installed function")
+        try:
+            if not take_spare(files, self.code_dir, self.root / "spare"):
+                await asyncio.to_thread(link_tree, files, self.code_dir)
+        except OSError as exc:
+            raise SandboxFailed(f"placing the code in {self.runtime.path}: {exc}") from None
+
+    async def _put(self, package: Path) -> None:
         # The package's files as a tar under the runtime's path, read within the package
         # limits (as the process driver unpacks), spooled to disk, streamed to the engine.
         with tempfile.TemporaryFile() as tar:
@@ -262,7 +282,7 @@ class DockerSandbox(Sandbox):
                 ) from None
 
     async def build(self, function: Function, package: Path, artifact: Path) -> str:
-        await self.install(function, package)
+        await self._put(package)
         output = OutputBuffer()
         try:
             execution = await self._run(
@@ -429,8 +449,8 @@ class DockerDriver(Driver):
         # (compose), the worker says its own address on the network.
         return cls(settings, docker, settings.docker_host_ip or gateway)
 
-    def sandbox(self, runtime: Runtime, limits: Limits | None) -> Sandbox:
-        return DockerSandbox(runtime, self.settings, limits, self.docker, self.host_ip)
+    def sandbox(self, runtime: Runtime, limits: Limits | None, build: bool = False) -> Sandbox:
+        return DockerSandbox(runtime, self.settings, limits, self.docker, self.host_ip, build)
 
     async def close(self) -> None:
         await self.docker.close()

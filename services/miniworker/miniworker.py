@@ -161,9 +161,9 @@ class Miniworker:
             await self._sandbox.destroy()
         self._sandbox, self._started, self._function = None, False, None
 
-    async def _specialise(self, function: Function, package: Path) -> None:
+    async def _specialise(self, function: Function, files: Path) -> None:
         assert self._sandbox is not None
-        await self._sandbox.install(function, package)
+        await self._sandbox.install(function, files)
         self._function = function
         await self._launch()
 

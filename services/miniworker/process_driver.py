@@ -153,13 +153,16 @@ class ProcessSandbox(Sandbox):
         site = next(self.venv.glob("lib/python*/site-packages"))
         (site / "fum-sandbox-lib.pth").write_text(f"{lib}\n")
 
-    async def install(self, function: Function, package: Path) -> None:
+    async def install(self, function: Function, files: Path) -> None:
+        # A copy (as fum's user, the function could change a link's file for every
+        # sandbox of it); modification times kept, so compiled files stay valid.
+        shutil.rmtree(self.code_dir, ignore_errors=True)
+        await asyncio.to_thread(shutil.copytree, files, self.code_dir)
+
+    async def build(self, function: Function, package: Path, artifact: Path) -> str:
         shutil.rmtree(self.code_dir, ignore_errors=True)
         self.code_dir.mkdir()
         await asyncio.to_thread(extract_package, package, self.code_dir, self.package_limits)
-
-    async def build(self, function: Function, package: Path, artifact: Path) -> str:
-        await self.install(function, package)
         command = ["/bin/sh", "-c", self.runtime.dependencies]
         output = await self._exec(command, "dependencies", {"PIP_TARGET": str(self.code_dir)})
         await asyncio.to_thread(archive_folder, self.code_dir, artifact)
@@ -246,7 +249,7 @@ class ProcessDriver(Driver):
         self.node_dir = node_dir
         self.passthrough_env = passthrough_env
 
-    def sandbox(self, runtime: Runtime, limits: Limits | None) -> Sandbox:
+    def sandbox(self, runtime: Runtime, limits: Limits | None, build: bool = False) -> Sandbox:
         return ProcessSandbox(
             runtime,
             self.sandbox_dir,

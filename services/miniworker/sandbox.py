@@ -60,6 +60,46 @@ def clear(folder: Path) -> None:
             entry.unlink()
 
 
+def link_tree(source: Path, dest: Path) -> None:
+    """Make ``source``'s files (a package's in the node's store) appear in the empty
+    folder ``dest`` as hard links: folders are made, no file's data is copied (a file
+    that cannot be linked, on another file system, is copied)."""
+    root = str(source)
+    for here, folders, files in os.walk(root):
+        rel = os.path.relpath(here, root)
+        target = str(dest) if rel == "." else os.path.join(dest, rel)
+        for name in folders:
+            os.mkdir(os.path.join(target, name))
+            os.chmod(os.path.join(target, name), 0o755)
+        for name in files:
+            try:
+                os.link(os.path.join(here, name), os.path.join(target, name))
+            except OSError:
+                shutil.copy2(os.path.join(here, name), os.path.join(target, name))
+
+
+def take_spare(files: Path, dest: Path, claimed: Path) -> bool:
+    """Move the entries of one of the spare link farms made ahead of ``files`` (its
+    store entry's ``spare`` folder) into the empty folder ``dest``: a few renames
+    where ``link_tree`` makes a link per file. Each farm is taken whole, by one sandbox
+    (renamed first to ``claimed``, a path of its own). False when none is left."""
+    spare = files.parent / "spare"
+    try:
+        names = [name for name in os.listdir(spare) if not name.startswith(".")]
+    except FileNotFoundError:
+        return False
+    for name in names:
+        try:
+            os.rename(spare / name, claimed)
+        except OSError:  # taken by another sandbox meanwhile
+            continue
+        for entry in os.listdir(claimed):
+            os.rename(claimed / entry, dest / entry)
+        os.rmdir(claimed)
+        return True
+    return False
+
+
 def tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -98,17 +138,19 @@ class Sandbox(abc.ABC):
         """Make the generic sandbox of the runtime, ready to take a function's code."""
 
     @abc.abstractmethod
-    async def install(self, function: Function, package: Path) -> None:
-        """Place the package's files in the runtime's path: the function's own package, or
-        (a function with a build) its build's artifact, code and dependencies together.
-        Nothing is installed here: a call never waits for an installer."""
+    async def install(self, function: Function, files: Path) -> None:
+        """Make the function's files appear in the runtime's path: ``files`` is the folder
+        of the node's store they were unpacked in once (the function's own package, or
+        its build's artifact, code and dependencies together). Nothing is installed
+        here: a call never waits for an installer."""
 
     @abc.abstractmethod
     async def build(self, function: Function, package: Path, artifact: Path) -> str:
-        """Place the package's files in the runtime's path, run the runtime's dependencies
-        command there (``PIP_TARGET`` pointed at that path: what pip installs lands beside
-        the code) and write the path as it is then to ``artifact`` (a tar.gz); return the
-        command's output. ``SandboxFailed`` (with the output's tail) when the command fails."""
+        """Place the files of the package (its archive) in the runtime's path, run the
+        runtime's dependencies command there (``PIP_TARGET`` pointed at that path: what pip
+        installs lands beside the code) and write the path as it is then to ``artifact``
+        (a tar.gz); return the command's output. ``SandboxFailed`` (with the output's
+        tail) when the command fails."""
 
     @abc.abstractmethod
     async def launch(self, env: dict[str, str]) -> tuple[str, int]:
@@ -170,8 +212,9 @@ class Driver(abc.ABC):
     """Makes the sandboxes of one kind (processes, containers) for a miniworker."""
 
     @abc.abstractmethod
-    def sandbox(self, runtime: Runtime, limits: Limits | None) -> Sandbox:
-        """A new, not yet started, sandbox of ``runtime``."""
+    def sandbox(self, runtime: Runtime, limits: Limits | None, build: bool = False) -> Sandbox:
+        """A new, not yet started, sandbox of ``runtime``; ``build``: one for a build
+        (``Sandbox.build``), whose runtime's path is its own to write in."""
 
     async def close(self) -> None:  # noqa: B027 - most drivers hold nothing
         """Release what the driver holds (a Docker client, say)."""

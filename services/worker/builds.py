@@ -62,9 +62,9 @@ class Builder:
         except Exception as exc:  # no engine, say: the build fails, saying why
             shutil.rmtree(folder, ignore_errors=True)
             return BuildFinished(key=key, artifact=None, log=f"no sandbox for the build: {exc}")
-        sandbox = driver.sandbox(message.runtime, function.limits)
+        sandbox = driver.sandbox(message.runtime, function.limits, build=True)
         try:
-            package = await self.packages.get(function.sha256)
+            package = await self.packages.archive(function.sha256)
             await sandbox.start()
             artifact = folder / "artifact.tar.gz"
             output = await asyncio.wait_for(

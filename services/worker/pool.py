@@ -68,7 +68,7 @@ class Job:
     call: Call
     timeout: float
     function: Function
-    package: Path | None  # what its sandbox is set up from; None until its build is ready
+    package: Path | None  # its files in the node's store; None until its build is ready
     retries: int = 0  # runs left if its sandbox dies under it
     early: bool = False  # dispatched once only: the api may hear the result before the db
     stored: bool = True  # False: the db may not hold the call; the writes carry it
@@ -91,6 +91,12 @@ class Slot:
     def warm_for(self, function: Function) -> bool:
         f = self.function
         return f is not None and f.name == function.name and f.sha256 == function.sha256
+
+
+def _files_of(function: Function) -> set[str]:
+    """The sha256s of what a node keeps for a function: its package, its build's artifact."""
+    archive = function.setup_archive()
+    return {function.sha256} if archive is None else {function.sha256, archive}
 
 
 def default_pool_bind(node_dir: Path) -> str:
@@ -186,6 +192,7 @@ class Pool:
         self.runtimes = {r.name: r for r in runtimes}
         self.functions = {f.name: f for f in functions}
         self._retire_stale()
+        self._collect()
         self._schedule()
 
     def put_runtime(self, runtime: Runtime) -> None:
@@ -196,12 +203,16 @@ class Pool:
     def put_function(self, function: Function) -> None:
         """Take a function registered (or changed): work for it alone, however many
         functions the node knows (a catalogue of thousands is registered one by one)."""
+        before = self.functions.get(function.name)
         self.functions[function.name] = function
         self._broken.pop(function.name, None)
         for job in self._queues.get(function.name, ()):
             if job.function.sha256 == function.sha256:  # its build may be ready now
                 job.function = function
         self._retire_stale()
+        self.packages.named(_files_of(function))
+        if before is not None and _files_of(before) - _files_of(function):
+            self._collect()
         self._schedule(preload=False)
         self._preload((function,))
 
@@ -212,6 +223,18 @@ class Pool:
     def remove_function(self, name: str) -> None:
         self.functions.pop(name, None)
         self._retire_stale()
+        self._collect()
+
+    def _collect(self) -> None:
+        """Remove the packages and store entries of this node that no function needs any
+        more: neither one of the catalogue nor one a call here waits for or runs with."""
+        functions = [*self.functions.values()]
+        functions += [job.function for queue in self._queues.values() for job in queue]
+        for slot in self._slots.values():
+            functions += [job.function for job in slot.jobs.values()]
+            if slot.function is not None and slot.state != "stopping":
+                functions.append(slot.function)
+        self.packages.keep_only(set().union(*map(_files_of, functions)))
 
     def running(self) -> list[int]:
         """Calls this node holds: waiting here or running in a slot."""
@@ -349,12 +372,15 @@ class Pool:
             else:
                 self._background.spawn(self._prepare(slot))
             return
+        if slot.state == "preparing":
+            self._replenish(slot)
         slot.state = "idle"
         slot.last_used = time.monotonic()
         if message.function is None:
             slot.function = None
         if self._stale(slot):
             self._stop(slot)
+            self._collect()  # what it was set up from may be needed no more
             settled = False
         self._schedule(preload=not settled)
 
@@ -382,7 +408,15 @@ class Pool:
             for job in self._queues.pop(function.name, deque()):
                 self._fail(job, f"set-up failed: {message.error}")
 
+    def _replenish(self, slot: Slot) -> None:
+        """A sandbox was set up for its function: it took a spare link farm, if there was
+        one (docker driver); another is made."""
+        if slot.function is not None and (archive := slot.function.setup_archive()):
+            self.packages.replenish(archive)
+
     def _on_call_done(self, slot: Slot, message: CallDone) -> None:
+        if slot.setting_up:
+            self._replenish(slot)
         finished: list[tuple[Job, Outcome]] = []
         for outcome in message.outcomes:
             job = slot.jobs.pop(outcome.call_num, None)
@@ -399,7 +433,7 @@ class Pool:
             # idle before the results are reported: the next call finds it warm
             function = slot.function
             ready = Ready(runtime=slot.runtime.name, function=function.name, sha256=function.sha256)
-            self._on_ready(slot, ready, settled=not unrun)
+            self._on_ready(slot, ready, settled=not unrun and not slot.setting_up)
         for job, outcome in finished:
             self._on_outcome(job, outcome)
 
@@ -597,7 +631,8 @@ class Pool:
                 if not self._worth_starting(job.function, len(queue)):
                     break  # sooner served by one of its sandboxes than by a new one
                 if slot is not None:  # a generic one, specialised for the call
-                    changed = True
+                    # Its replacement (the preload policy's) starts once the call is
+                    # over: starting a container now would compete with its set-up.
                     self._run(slot, self._batch(slot, queue))
                     continue
                 if not self._make_room(job.function):

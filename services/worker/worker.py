@@ -97,7 +97,9 @@ class Worker:
             self.db = DbClient(ctx, s.db_url, keys, timeout=5.0, on_placed=self._place)
             stack.push_async_callback(self.db.close)
             self.steps = Continuations(self.db, self._place_calls, self._session_ended)
-            packages = PackageCache(Path(s.node_dir) / "packages", s.api_url, session)
+            # a container takes a link farm of its files made ahead (docs/BUILDS.md)
+            spares = 2 if s.driver == "docker" else 0
+            packages = PackageCache(Path(s.node_dir), s.api_url, session, s, spares)
             self.pool = Pool(s, ctx, packages, self._base_env, self._on_start, self._on_outcome)
             passthrough = {k: v for k, v in self._base_env.items() if k in PASSTHROUGH}
             self.builder = Builder(s, packages, passthrough)
