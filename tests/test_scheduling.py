@@ -251,3 +251,23 @@ async def test_warm_affinity_places_by_the_expected_start(
         assert call["status"] == "DONE", call
         assert call["nodeId"] == home, call
         await api.wait_call(busy["callNum"])
+
+
+async def test_a_call_waiting_for_a_start_takes_a_warm_sandbox_that_comes_free_first(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The node starts a sandbox for a call (its calls took 2 s, the one warm sandbox is
+    busy), but that sandbox's call ends after 0.1 s, long before a start: the call goes
+    to the warm one then, and the started sandbox becomes one more warm one. (No spare
+    process: a spare takes such a call at once, its start then only the set-up.)"""
+    async with running(tmp_path_factory, preload="none", env={"FUM_SPARE": "0"}) as (_, api):
+        name = await deploy(api, "swing")
+        _, first = await api.invoke(name, {"pause": 2.0})
+        assert first["start"] == "cold", first
+        await api.wait_nodes(lambda n: n[0]["idle"].get(name) == 1 and name in n[0]["durations"])
+        _, busy = await api.invoke(name, {"pause": 0.1}, blocking=False)
+        status, call = await api.invoke(name, {"pause": 0})
+        assert status == 200 and call["status"] == "DONE", call
+        assert call["start"] == "warm", call  # not the start made for it
+        assert (await api.wait_call(busy["callNum"]))["status"] == "DONE"
+        await api.wait_nodes(lambda n: n[0]["idle"].get(name) == 2)

@@ -617,6 +617,7 @@ class Pool:
         """Start the waiting calls that can start; then, if the node's sandboxes changed
         (or ``preload``), keep what the preload policy asks for. A call that only takes a
         warm idle sandbox changes nothing there: the common case skips the preload pass."""
+        self._take_back()
         changed = False
         for name in list(self._queues):
             queue = self._queues[name]
@@ -653,6 +654,20 @@ class Pool:
                 del self._queues[name]
         if preload or changed:
             self._preload()
+
+    def _take_back(self) -> None:
+        """A call waiting for the sandbox started for it goes to a warm sandbox of its
+        function that became idle first: a start can take seconds on a busy host, a warm
+        call milliseconds. The started one goes on starting, and is set up for the
+        function when it is up (one more warm sandbox, as the estimate wanted)."""
+        for slot in list(self._slots.values()):
+            if slot.state != "starting" or not slot.jobs:
+                continue
+            (job,) = slot.jobs.values()  # spawned for one call
+            idle = self._idle_slot_for(job.function)
+            if idle is not None and idle.warm_for(job.function):
+                slot.jobs = {}
+                self._run(idle, [job])
 
     def _make_room(self, function: Function) -> bool:
         """Whether a slot may be spawned now, evicting the LRU idle slot of another if full."""
