@@ -27,10 +27,14 @@ def test_kill_9_under_writes_loses_no_acknowledged_write(tmp_path: Path, sync: s
     keeper = start_server("keeper", tmp_path / "k", keeper_sync=sync)
     acked: list[list[str]] = [[] for _ in range(6)]
     stop = threading.Event()
+    # no retries: a write is acknowledged only by its own reply
+    clients = [
+        KazooClient(keeper.hosts, timeout=10, connection_retry=KazooRetry(max_tries=0))
+        for _ in acked
+    ]
 
     def write(n: int) -> None:
-        # no retries: a write is acknowledged only by its own reply
-        client = KazooClient(keeper.hosts, timeout=10, connection_retry=KazooRetry(max_tries=0))
+        client = clients[n]
         client.start(timeout=15)
         client.ensure_path("/acked")
         i = 0
@@ -45,7 +49,7 @@ def test_kill_9_under_writes_loses_no_acknowledged_write(tmp_path: Path, sync: s
             client.stop()
             client.close()
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(len(acked))]
+    threads = [threading.Thread(target=write, args=(n,), daemon=True) for n in range(len(acked))]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 30
@@ -53,8 +57,12 @@ def test_kill_9_under_writes_loses_no_acknowledged_write(tmp_path: Path, sync: s
         time.sleep(0.01)
     keeper.stop(signal.SIGKILL)
     stop.set()
-    for thread in threads:
-        thread.join(30)
+    for thread, client in zip(threads, clients, strict=True):
+        thread.join(10)
+        if thread.is_alive():  # a create kazoo never failed (it can wait on with no timeout)
+            client.stop()  # fails what it waits for: the thread ends
+            thread.join(10)
+        assert not thread.is_alive(), "a writer is stuck in kazoo"
     written = [path for paths in acked for path in paths]
     assert len(written) >= 600
     keeper.restart()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from fum_cli.local import LocalCluster
 from fum_client import Client, TriggerflowExecutor
 
-from .conftest import start_cluster
 from .keeper import kazoo_client
 from .support import Api
 
@@ -27,12 +25,9 @@ SLEEPER = "import time\n\ndef handle(p):\n    time.sleep(p.get('s', 0))\n    ret
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = start_cluster(tmp_path_factory)
-    try:
-        yield c
-    finally:
-        c.stop()
+def driver() -> str:
+    """conftest's ``cluster``, with the process driver only."""
+    return "process"
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

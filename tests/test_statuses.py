@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 
 from fum_cli.local import LocalCluster
 
-from .conftest import start_cluster
-from .support import Api, targz, unique
+from .support import HANDLER_RUNTIME, Api, targz, unique
 from .workflows import app_archive
 
 SLEEPER = "import time\ndef handle(params):\n    time.sleep(params.get('s', 0))\n    return 1\n"
@@ -27,18 +25,9 @@ SLOW_START = {
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = start_cluster(tmp_path_factory)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-async def api(cluster: LocalCluster) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession(cluster.url) as session:
-        yield Api(session)
+def driver() -> str:
+    """conftest's ``cluster`` and ``api``, with the process driver only."""
+    return "process"
 
 
 async def busy(api: Api, name: str) -> None:
@@ -49,6 +38,39 @@ async def busy(api: Api, name: str) -> None:
     while (await api.request("GET", f"/v1/calls/{body['callNum']}"))[1]["status"] != "RUNNING":
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
+
+
+async def test_the_client_errors_no_other_test_asks_for(api: Api) -> None:
+    """Names that name nothing (404), query values that are not numbers (400), a runtime
+    made by POST (201) and made again (409), the original registration's 400 and 404."""
+    rt = unique("rt")
+    cases: list[tuple[str, str, dict[str, object], int]] = [
+        ("DELETE", "/v1/functions/nothing", {}, 404),
+        ("PATCH", "/v1/functions/nothing", {"json": {"timeout": 3}}, 404),
+        ("GET", "/v1/functions/nothing?wait=soon", {}, 400),
+        ("DELETE", "/v1/runtimes/nothing", {}, 404),
+        ("GET", "/v1/apps/nothing", {}, 404),
+        ("GET", "/v1/apps/nothing/sessions", {}, 404),
+        ("DELETE", "/v1/apps/nothing/sessions/nothing", {}, 404),
+        ("GET", "/v1/sessions/nothing", {}, 404),
+        ("GET", "/v1/events?limit=many", {}, 400),
+        ("GET", "/v1/executions?limit=many", {}, 400),
+        ("GET", "/v1/triggers?limit=many", {}, 400),
+        ("POST", "/v1/runtimes", {"json": {"name": rt, **HANDLER_RUNTIME}}, 201),
+        ("POST", "/v1/runtimes", {"json": {"name": rt, **HANDLER_RUNTIME}}, 409),
+    ]
+    for method, path, options, expected in cases:
+        status, body = await api.request(method, path, **options)
+        assert status == expected, (method, path, status, body)
+        if status >= 400:
+            assert set(body["error"]) == {"code", "message"}, body
+    no_module = aiohttp.FormData({"timeout": "3"}, default_to_multipart=True)
+    status, body = await api.request("POST", f"/registerFunction/{rt}/f", data=no_module)
+    assert status == 400, body
+    package = aiohttp.FormData()
+    package.add_field("module", targz({"main.py": "x = 1\n"}), filename="f.tar.gz")
+    status, body = await api.request("POST", "/registerFunction/nothing/f", data=package)
+    assert status == 404, body
 
 
 async def test_every_route_that_makes_calls_answers_429_when_the_queue_is_full(api: Api) -> None:
