@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,13 +19,8 @@ from functools import partial
 from pathlib import Path
 
 from services.api.auth import add_key
+from services.common.ports import free_port
 from services.common.proc import die_with_parent, python_module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def default_data_dir() -> Path:

@@ -17,7 +17,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import structlog
 
 from services.common.archive import PackageLimits, archive_folder, extract_package
 from services.common.models import Function, Limits, Runtime
+from services.common.ports import free_port
 from services.common.proc import die_with_parent, python_module
 
 from .sandbox import Driver, OutputBuffer, Sandbox, SandboxFailed, tail
@@ -32,13 +32,6 @@ from .sandbox import Driver, OutputBuffer, Sandbox, SandboxFailed, tail
 log = structlog.get_logger()
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now; the sandbox binds it a moment later (a miss is retried)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _child_setup(memory_mb: int | None) -> Callable[[], None]:
