@@ -37,7 +37,7 @@ MAP = {
 
         def lambda_handler(event, context):
             print("ran", event, flush=True)
-            time.sleep(0.05)
+            time.sleep(0.2)  # long enough that the killed node surely has one running
             return event + 1
         """,
     ),
