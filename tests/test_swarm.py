@@ -85,7 +85,7 @@ def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     (tmp_path / "nodes" / "node-0").mkdir(parents=True)
     docker("swarm", "init", "--advertise-addr", "127.0.0.1")
     try:
-        docker("stack", "deploy", *FILES, stack, env=env)
+        deployed(stack, env)
         yield f"http://127.0.0.1:{env['FUM_PORT']}", env
     finally:
         subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
@@ -105,8 +105,46 @@ def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
             )
 
 
+OVERLAP = "Pool overlaps with other one on this address space"
+
+
+def deployed(stack: str, env: dict[str, str], tries: int = 3) -> None:
+    """Deploy the stack; deploy it again when the engine gave one of its networks a subnet
+    it then refuses (every task on that network rejected with OVERLAP: an allocator bug of
+    the engine, moby/moby#50011, seen once in CI with Docker 28), printing the networks."""
+    for _ in range(tries):
+        docker("stack", "deploy", *FILES, stack, env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            errors = docker("stack", "ps", stack, "--no-trunc", "--format", "{{.Error}}")
+            if OVERLAP not in errors:
+                running = docker("stack", "ps", stack, "--format", "{{.CurrentState}}")
+                if running and all(s.startswith("Running") for s in running.split("\n") if s):
+                    return
+                time.sleep(1)
+                continue
+            print(f"{stack}: {OVERLAP}, deployed again\n{networks()}")
+            docker("stack", "rm", stack)
+            gone = time.monotonic() + 60
+            while stack in docker("network", "ls", "--format", "{{.Name}}"):
+                assert time.monotonic() < gone, "the stack's networks were never removed"
+                time.sleep(0.5)
+            break
+        else:
+            return  # not all running yet, and nothing refused: the test waits on
+    raise AssertionError(f"{OVERLAP} in {tries} deploys\n{networks()}")
+
+
+def networks() -> str:
+    """The engine's networks and their subnets."""
+    names = docker("network", "ls", "-q").split()
+    template = "{{.Name}} {{.Driver}} {{range .IPAM.Config}}{{.Subnet}} {{end}}"
+    return docker("network", "inspect", "-f", template, *names)
+
+
 def state() -> str:
-    """The stack's tasks and the tail of each service's log, for a failure's message."""
+    """The stack's tasks, the engine's networks and the tail of each service's log, for a
+    failure's message."""
     out = subprocess.run(
         "docker service ls; docker ps -a --filter label=com.docker.stack.namespace; "
         "for s in $(docker service ls -q); do docker service ps --no-trunc $s; "
@@ -117,7 +155,7 @@ def state() -> str:
         timeout=60,
         check=False,
     )
-    return out.stdout + out.stderr
+    return out.stdout + out.stderr + networks()
 
 
 @pytest.mark.timeout(600)
