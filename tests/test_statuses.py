@@ -12,7 +12,7 @@ import pytest
 from fum_cli.local import LocalCluster
 
 from .support import HANDLER_RUNTIME, Api, targz, unique
-from .workflows import app_archive
+from .workflows import Apps, app_archive
 
 SLEEPER = "import time\ndef handle(params):\n    time.sleep(params.get('s', 0))\n    return 1\n"
 SLOW_START = {
@@ -92,13 +92,7 @@ async def test_every_route_that_makes_calls_answers_429_when_the_queue_is_full(a
             assert (await response.json())["error"]["code"] == "overloaded"
 
     app = unique("slow")
-    status, body = await api.request(
-        "PUT",
-        f"/v1/apps/{app}",
-        data=app_archive(SLOW_START),
-        headers={"Content-Type": "application/gzip"},
-    )
-    assert status == 201, body
+    await Apps(api).deployed(app, app_archive(SLOW_START))
     status, body = await api.request(
         "PATCH", f"/v1/functions/{app}.Start", json={"concurrency": 1, "queue": 0}
     )
@@ -138,13 +132,7 @@ async def test_blocking_requests_get_503_when_the_api_stops(
     status, body = await api.deploy(name, "pyh", targz({"main.py": SLEEPER}))
     assert status == 201, body
     app = unique("longapp")
-    status, body = await api.request(
-        "PUT",
-        f"/v1/apps/{app}",
-        data=app_archive(SLOW_START),
-        headers={"Content-Type": "application/gzip"},
-    )
-    assert status == 201, body
+    await Apps(api).deployed(app, app_archive(SLOW_START))
     status, call = await api.invoke(name, {"s": 20}, blocking=False)
     assert status == 202, call
     invoke = asyncio.ensure_future(api.invoke(name, {"s": 20}, timeout=60))
