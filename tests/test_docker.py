@@ -6,7 +6,9 @@ import asyncio
 import json
 import socket
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from fum_cli.local import LocalCluster
 
 from .conftest import start_cluster
-from .support import Api, targz
+from .support import Api, targz, unique
 from .workflows import DATA, Apps, pack
 
 pytestmark = pytest.mark.docker
@@ -145,6 +147,78 @@ async def test_container_killed_or_removed_mid_call_is_retried(
     assert call["attempts"] == 2  # run again on a fresh container
     _, after = await api.invoke(name, {"s": 0})
     assert after["status"] == "DONE" and after["result"] == "slept"
+
+
+def processes(container: str) -> list[str]:
+    """The command lines of what runs in ``container``."""
+    lines = docker("top", container, "-o", "pid,args").splitlines()[1:]
+    return [line.split(None, 1)[1] for line in lines]
+
+
+async def test_a_python_function_runs_in_the_stem_its_container_started_with(
+    api: Api, cluster: LocalCluster
+) -> None:
+    """The stem is the container's main process (under its shell): the function runs in
+    it, nothing is exec'd for it; the container killed mid-call starts with a new one."""
+    status, _ = await api.deploy("marked-stem", "pyh", targz({"main.py": MARKED_SLEEP}))
+    assert status in (200, 201)
+    for seconds in ("1.5", "1.6"):
+        _, pending = await api.invoke("marked-stem", {"s": float(seconds)}, blocking=False)
+        cid = await container_running(cluster, seconds)
+        assert "fum.stem" in " ".join(json.loads(docker("inspect", cid))[0]["Config"]["Cmd"])
+        running = processes(cid)
+        assert "python3 -m fum.stem" in running, running
+        assert not any("fum main:handle" in p for p in running), running  # no exec
+        if seconds == "1.5":
+            docker("kill", cid)
+        call = await api.wait_call(pending["callNum"], timeout=60)
+        assert call["status"] == "DONE" and call["result"] == "slept", call
+
+
+VENDORED_MAIN = """
+import runpy
+import sys
+
+sys.path.insert(0, "vendor")  # this image has no fum: the function brings its own
+sys.argv = ["fum", "handler:handle"]
+runpy.run_module("fum", run_name="__main__", alter_sys=True)
+"""
+
+
+async def test_an_image_without_fum_has_its_run_command_execd(
+    api: Api, cluster: LocalCluster
+) -> None:
+    """A stem needs fum in the image's Python: without it the stem fails at once, and the
+    run command is exec'd instead, as for any command the stem cannot become."""
+    image = f"fum-test-nofum-{uuid.uuid4().hex[:8]}"
+    maker = f"{image}-maker"
+    site = "$(python3 -c 'import fum, os; print(os.path.dirname(fum.__file__))')"
+    docker("run", "--name", maker, "pythonruntime", "sh", "-c", f"rm -rf {site}")
+    docker("commit", maker, image)
+    docker("rm", maker)
+    library = Path(__file__).resolve().parent.parent / "libs" / "fum" / "fum"
+    files = {f"vendor/fum/{f.name}": f.read_text() for f in library.glob("*.py")}
+    files["main.py"] = VENDORED_MAIN
+    files["handler.py"] = "def handle(params):\n    return params['x'] * 2\n"
+    runtime = {"image": image, "path": "/ws", "dependencies": "", "run": "python3 main.py"}
+    name = unique("nofum")
+    try:
+        await api.runtime(image, runtime)
+        status, body = await api.deploy(name, image, targz(files))
+        assert status in (200, 201), body
+        for x in (1, 2):
+            _, call = await api.invoke(name, {"x": x})
+            assert call["status"] == "DONE" and call["result"] == 2 * x, call.get("error")
+        cid = docker("ps", "-q", "--filter", f"ancestor={image}").split()
+        assert len(cid) == 1, cid
+        running = processes(cid[0])
+        assert "python3 main.py" in running and "python3 -m fum.stem" not in running, running
+    finally:
+        await api.request("DELETE", f"/v1/functions/{name}")
+        await api.request("DELETE", f"/v1/runtimes/{image}")
+        left = docker("ps", "-aq", "--filter", f"ancestor={image}").split()
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
 
 
 async def test_a_starting_worker_removes_its_orphans(cluster: LocalCluster) -> None:

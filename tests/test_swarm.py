@@ -111,7 +111,7 @@ OVERLAP = "Pool overlaps with other one on this address space"
 def deployed(stack: str, env: dict[str, str], tries: int = 3) -> None:
     """Deploy the stack; deploy it again when the engine gave one of its networks a subnet
     it then refuses (every task on that network rejected with OVERLAP: an allocator bug of
-    the engine, moby/moby#50011, seen once in CI with Docker 28), printing the networks."""
+    the engine, as moby/moby#50011, seen once in CI on engine 20.10), printing the networks."""
     for _ in range(tries):
         docker("stack", "deploy", *FILES, stack, env=env)
         deadline = time.monotonic() + 60

@@ -30,6 +30,7 @@ from typing import Any
 
 import aiodocker
 import structlog
+from aiodocker.networks import DockerNetwork
 
 from services.common.archive import package_as_tar, rebase_tar
 from services.common.errors import FumError
@@ -41,8 +42,10 @@ from .settings import MiniworkerSettings
 log = structlog.get_logger()
 
 FUM_PORT = 5555
-# PID 1 of every function container: idle until killed; the work is exec'd beside it.
-IDLE = ["sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]
+# The main process of every function container: idle until killed; the work is exec'd
+# beside it. A container whose run command the stem can become runs the stem first.
+IDLE_LOOP = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
+IDLE = ["sh", "-c", IDLE_LOOP]
 LABEL = "fum"
 LABEL_NODE = "fum.node"
 LABEL_MINIWORKER = "fum.miniworker"
@@ -51,6 +54,7 @@ LOG_DIR = "/fum-log"  # bound from the node: the run command's output, read by t
 RUN_LOG = f"{LOG_DIR}/run.log"
 # See libs/fum/fum/stem.py: what the stem writes once Python and pyzmq are loaded.
 STEM_READY = b"\x00fum-stem-ready\n"
+STEM_EXIT = b"\x00fum-stem-exit "  # then the stem's exit status and a newline (stem_cmd)
 STEM_WAIT = 10.0  # how long a launch waits for a stem to be ready before going without it
 _SHELL = set(";&|<>$`(){}[]*?~!#\\'\"\n")
 
@@ -67,6 +71,14 @@ def stem_argv(run: str) -> list[str] | None:
     if args[0] == "-m":
         return args if len(args) > 1 else None
     return None if args[0].startswith("-") else args
+
+
+def stem_cmd(python: str) -> list[str]:
+    """The main process of a container that starts with a stem: the stem (its stdin the
+    container's, attached by the driver), its exit status said on stdout when it ends (the
+    function's, once it became the function), then idle as IDLE, for what is exec'd next."""
+    status = "printf '\\000fum-stem-exit %d\\n' $?"
+    return ["sh", "-c", f"{shlex.quote(python)} -m fum.stem; {status}; {IDLE_LOOP}"]
 
 
 def host_config(limits: Limits, binds: list[str], network: str) -> dict[str, Any]:
@@ -143,9 +155,11 @@ class DockerSandbox(Sandbox):
         self._exec: Any = None
         self._pump: asyncio.Task[None] | None = None
         self._exit_code: int | None = None
-        # the interpreter started ahead for a ``python3 ...`` run command (fum.stem)
-        self._stem_argv = stem_argv(runtime.run)
-        self._stem: asyncio.Task[tuple[Any, Any, asyncio.Future[bool]] | None] | None = None
+        self._networked = False  # joined its network (it is created on none, see start)
+        # the interpreter started ahead for a ``python3 ...`` run command (fum.stem), as
+        # the container's main process: its attached stream, and whether it said ready
+        self._stem_argv = None if build else stem_argv(runtime.run)
+        self._stem: tuple[Any, asyncio.Future[bool]] | None = None
 
     @property
     def input_dir(self) -> Path:
@@ -173,6 +187,7 @@ class DockerSandbox(Sandbox):
         config: dict[str, Any] = {
             "Image": self.runtime.image,
             "Cmd": IDLE,
+            "OpenStdin": self._stem_argv is not None,  # the stem's order comes on stdin
             "WorkingDir": self.runtime.path,
             "Env": ["input_dir=/input/input", "output_dir=/output/output", "PYTHONUNBUFFERED=1"],
             "Labels": {
@@ -181,44 +196,26 @@ class DockerSandbox(Sandbox):
                 LABEL_MINIWORKER: self.settings.mw_id,
                 LABEL_NETWORK: self.settings.docker_network,
             },
-            "HostConfig": host_config(self.limits, binds, self.settings.docker_network),
+            # on no network: it joins its own once started, while its main process starts
+            # (a start on a network of the user's making waits for the engine's DNS set-up
+            # in the container, ~100 ms, docs/PERFORMANCE.md)
+            "HostConfig": host_config(self.limits, binds, "none"),
         }
+        if self._stem_argv is not None:  # Python starts with the container
+            config["Cmd"] = stem_cmd(shlex.split(self.runtime.run)[0])
         name = f"fum-{self.settings.node_id}-{self.settings.mw_id}-{uuid.uuid4().hex[:6]}"
         try:
             self._container = await self._docker.containers.create(config, name=name)
             await self._start_container()
         except aiodocker.DockerError as exc:
             raise SandboxFailed(f"container of {self.runtime.image!r}: {exc.message}") from None
-        if self._stem_argv is not None:  # Python starts while the code is being installed
-            self._stem = asyncio.get_running_loop().create_task(self._start_stem())
-
-    async def _start_stem(self) -> tuple[Any, Any, asyncio.Future[bool]] | None:
-        """``python3 -m fum.stem`` in the container, its output pumped; None if it fails."""
-        python = shlex.split(self.runtime.run)[0]
-        try:
-            execution = await self._container.exec(
-                [python, "-m", "fum.stem"], stdin=True, workdir=self.runtime.path
-            )
-            stream = execution.start(detach=False)
-            await stream.__aenter__()
-        except aiodocker.DockerError as exc:
-            log.info("docker.stem_failed", error=exc.message)
-            return None
-        ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pump = asyncio.get_running_loop().create_task(
-            self._read_output(stream, execution, ready)
-        )
-        return stream, execution, ready
 
     async def _go_stem(self, env: dict[str, str]) -> bool:
         """Hand the run command to the stem; False when there is no stem ready to take it."""
-        task, self._stem = self._stem, None
-        if task is None or self._stem_argv is None:
+        started, self._stem = self._stem, None
+        if started is None or self._stem_argv is None:
             return False
-        started = await task
-        if started is None:
-            return False
-        stream, execution, ready = started
+        stream, ready = started
         try:
             ok = await asyncio.wait_for(asyncio.shield(ready), STEM_WAIT)
         except TimeoutError:
@@ -228,7 +225,7 @@ class DockerSandbox(Sandbox):
             await self._drop_stem(stream)
             return False
         self.output = OutputBuffer()
-        self._exec = execution
+        self._exec = stream
         order = {"argv": self._stem_argv, "env": env, "log": RUN_LOG}
         try:
             await stream.write_in(json.dumps(order).encode() + b"\n")
@@ -243,10 +240,36 @@ class DockerSandbox(Sandbox):
             self._pump = None
 
     async def _start_container(self) -> None:
-        await self._container.start()
-        info = await self._container.show()
+        """Start the container; with a stem, attached first, so its output is read from
+        its first byte (and its stdin is ours)."""
+        stream = None
+        if self._stem_argv is not None:
+            stream = self._container.attach(stdin=True, stdout=True, stderr=True)
+            await stream.__aenter__()
+        try:
+            await self._container.start()
+            if not self._networked:
+                await self._join_network()
+            info = await self._container.show()
+        except BaseException:
+            if stream is not None:
+                await stream.close()
+            raise
         networks = info["NetworkSettings"]["Networks"]
         self._ip = networks[self.settings.docker_network]["IPAddress"]
+        if stream is not None:
+            ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._stem = stream, ready
+            self._pump = asyncio.get_running_loop().create_task(
+                self._read_output(stream, None, ready)
+            )
+
+    async def _join_network(self) -> None:
+        """Leave ``none`` for the functions' network (kept through a restart)."""
+        container = {"Container": self._container.id}
+        await DockerNetwork(self._docker, "none").disconnect({**container, "Force": True})
+        await DockerNetwork(self._docker, self.settings.docker_network).connect(container)
+        self._networked = True
 
     async def _run(self, command: str, env: dict[str, str] | None = None) -> Any:
         return await self._container.exec(
@@ -312,11 +335,12 @@ class DockerSandbox(Sandbox):
         try:
             fum_env = {**env, "FUM_NODE_IP": self._ip, "FUM_NODE_PORT": str(FUM_PORT)}
             self.new_log()
+            if self._stem is None:
+                info = await self._container.show()
+                if not info["State"]["Running"]:  # killed after a crash or a timeout
+                    await self._start_container()  # with a stem again, when it has one
             if await self._go_stem(fum_env):
                 return self._ip, FUM_PORT
-            info = await self._container.show()
-            if not info["State"]["Running"]:  # killed after a crash or a timeout
-                await self._start_container()
             self._exec = await self._run(f"exec {self.runtime.run} >>{RUN_LOG} 2>&1", fum_env)
             stream = self._exec.start(detach=False)
             await stream.__aenter__()  # starts the command now; the pump closes the stream
@@ -328,32 +352,49 @@ class DockerSandbox(Sandbox):
     async def _read_output(
         self, stream: Any, execution: Any, ready: asyncio.Future[bool] | None = None
     ) -> None:
-        """Feed the command's output to the sandbox's buffer; set ``exited`` when it ends.
-        A stem's output counts from its ready mark on, and only once it was put to use."""
-        early = b""
+        """Feed the run command's output to the sandbox's buffer; set ``exited`` when it
+        ends. The stream is an exec's (``execution``) or, for a stem, the container's own:
+        its output counts from its ready mark on, it ends at the stem's exit mark, and it
+        is the run command's only once it was put to use."""
+        seen = b""  # a stem's output before its ready mark, or after it: its exit mark
+        code: int | None = None
         try:
             while (message := await stream.read_out()) is not None:
-                data = message.data
-                if ready is not None and not ready.done():
-                    early += data
-                    if STEM_READY not in early:
-                        continue
-                    data = early.partition(STEM_READY)[2]
+                if ready is None:
+                    self.output.feed(message.data)
+                    continue
+                seen += message.data
+                if not ready.done() and STEM_READY in seen:
+                    seen = seen.partition(STEM_READY)[2]
                     ready.set_result(True)
-                self.output.feed(data)
-        except (aiodocker.DockerError, OSError) as exc:
+                if STEM_EXIT in seen and seen.endswith(b"\n"):
+                    code = int(seen.partition(STEM_EXIT)[2].split()[0])
+                    seen = seen.partition(STEM_EXIT)[0]
+                    break
+                if ready.done():
+                    seen = seen[-64:]  # the stem's output is in its log: only the mark counts
+        except (aiodocker.DockerError, OSError, ValueError) as exc:
             log.warning("docker.output_lost", error=str(exc))
         finally:
             if ready is not None and not ready.done():
-                self.output.feed(early)
+                self.output.feed(seen)
                 ready.set_result(False)
             await stream.close()
-            if execution is self._exec:  # not for a stem that was never used
-                try:
-                    self._exit_code = (await execution.inspect())["ExitCode"]
-                except aiodocker.DockerError:
-                    self._exit_code = None
+            if (execution or stream) is self._exec:  # not for a stem that was never used
+                if code is None:
+                    code = await self._exit_code_of(execution)
+                self._exit_code = code
                 self.exited.set()
+
+    async def _exit_code_of(self, execution: Any) -> int | None:
+        """The exit status of an exec, or (a stem's, killed with its container) of the
+        container."""
+        try:
+            if execution is not None:
+                return int((await execution.inspect())["ExitCode"])
+            return int((await self._container.show())["State"]["ExitCode"])
+        except aiodocker.DockerError:
+            return None
 
     def exit_reason(self) -> str:
         code = self._exit_code
@@ -373,9 +414,7 @@ class DockerSandbox(Sandbox):
             self._pump = None
 
     async def destroy(self) -> None:
-        if self._stem is not None:
-            self._stem.cancel()
-            self._stem = None
+        self._stem = None
         if self._container is not None:
             try:
                 await self._container.delete(force=True)
