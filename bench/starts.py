@@ -166,7 +166,12 @@ async def measure(
     policy: str, args: argparse.Namespace, packages: dict[str, bytes]
 ) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as folder:
-        cluster = LocalCluster(Path(folder), port=0, preload=policy, driver=args.driver)
+        # every first call leaves a warm sandbox; room for them all, the burst's, and a
+        # generic one per runtime (with the default 8, --rounds 5 filled the node)
+        capacity = max(8, len(RUNTIMES) * (args.rounds + 1) + 2)
+        cluster = LocalCluster(
+            Path(folder), port=0, preload=policy, driver=args.driver, capacity=capacity
+        )
         cluster.start()
         try:
             async with aiohttp.ClientSession(cluster.url) as session:
