@@ -186,8 +186,9 @@ class DockerSandbox(Sandbox):
             binds.append(f"{self.code_dir}:{self.runtime.path}:ro")
         config: dict[str, Any] = {
             "Image": self.runtime.image,
-            "Cmd": IDLE,
-            "OpenStdin": self._stem_argv is not None,  # the stem's order comes on stdin
+            # with a stem, Python starts with the container; its order comes on stdin
+            "Cmd": IDLE if self._stem_argv is None else stem_cmd(shlex.split(self.runtime.run)[0]),
+            "OpenStdin": self._stem_argv is not None,
             "WorkingDir": self.runtime.path,
             "Env": ["input_dir=/input/input", "output_dir=/output/output", "PYTHONUNBUFFERED=1"],
             "Labels": {
@@ -201,8 +202,6 @@ class DockerSandbox(Sandbox):
             # in the container, ~100 ms, docs/PERFORMANCE.md)
             "HostConfig": host_config(self.limits, binds, "none"),
         }
-        if self._stem_argv is not None:  # Python starts with the container
-            config["Cmd"] = stem_cmd(shlex.split(self.runtime.run)[0])
         name = f"fum-{self.settings.node_id}-{self.settings.mw_id}-{uuid.uuid4().hex[:6]}"
         try:
             self._container = await self._docker.containers.create(config, name=name)
