@@ -89,7 +89,6 @@ def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         yield f"http://127.0.0.1:{env['FUM_PORT']}", env
     finally:
         subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
-        subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, check=False)
         left = subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"label=fum.network={stack}-functions"],
             capture_output=True,
@@ -97,6 +96,15 @@ def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
             check=False,
         ).stdout.split()
         subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+        # Left before its networks are gone, the node keeps one for good (an overlay that
+        # still holds its load balancer's endpoint; only an engine restart drops it), and
+        # a later swarm's networks collide with it
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and stack in docker(
+            "network", "ls", "--format", "{{.Name}}"
+        ):
+            time.sleep(0.5)
+        subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, check=False)
         for volume in ("db", "packages", "registry"):
             subprocess.run(
                 ["docker", "volume", "rm", "-f", f"{stack}_{volume}"],
