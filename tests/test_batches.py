@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 import zmq
 
 from services.common.models import Call, Function, Runtime
 from services.common.pool_protocol import CallDone, Outcome, Run
 from services.common.protocol import Message
-from services.worker.pool import BATCH_WORK, MAX_BATCH, Job, Pool, Slot
+from services.worker.pool import MAX_BATCH, Job, Pool, Slot
 from services.worker.settings import WorkerSettings
 
 from .conftest import start_cluster
@@ -63,7 +64,7 @@ def run_sizes(sent: list[tuple[str, Message]]) -> list[int]:
     [
         (None, [1, 1]),  # nothing known of the function yet: one call at a time
         (0.05, [1, 1]),  # long calls: one at a time, other sandboxes may start meanwhile
-        (BATCH_WORK / 10, [10, 10]),  # short calls: about BATCH_WORK of them
+        (WorkerSettings().batch_work / 10, [10, 10]),  # short calls: about batch_work of them
         (1e-7, [MAX_BATCH, MAX_BATCH]),
     ],
 )
@@ -81,6 +82,18 @@ async def test_warm_slots_take_short_calls_in_batches(
     first = [m.calls[0].call_num for _, m in sent if isinstance(m, Run)]
     assert first == [1, 1 + sizes[0]]  # in order, each slot its own run of them
 
+
+async def test_a_batch_work_of_zero_hands_every_call_alone(
+    pool: tuple[Pool, list[tuple[str, Message]]],
+) -> None:
+    node, sent = pool
+    node.settings = msgspec.structs.replace(node.settings, batch_work=0)
+    node._durations["short"] = 1e-7
+    warm_slots(node)
+    queue_calls(node, 20)
+    warm_slots(node, "a", "b")
+    node._schedule(preload=False)
+    assert run_sizes(sent) == [1, 1]
 
 async def test_a_batch_is_no_more_than_the_slots_share_of_the_queue(
     pool: tuple[Pool, list[tuple[str, Message]]],
@@ -154,7 +167,15 @@ async def test_each_call_of_a_batch_keeps_its_result_output_and_fate(
     call's own; a call that hangs times out and one that kills its process is retried once,
     then fails; the calls after it in its batch run on the relaunched sandbox, once (and
     the ones whose reports died with the process, again)."""
-    cluster = start_cluster(tmp_path_factory, preload="function", capacity=1, log_level="debug")
+    # their calls take longer than the default 2 ms of a batch on a busy host (a call's
+    # time is taken at the miniworker, messages included): a batch of a second
+    cluster = start_cluster(
+        tmp_path_factory,
+        preload="function",
+        capacity=1,
+        log_level="debug",
+        env={"FUM_BATCH_WORK": "1"},
+    )
     try:
         async with aiohttp.ClientSession(cluster.url) as session:
             api = Api(session)

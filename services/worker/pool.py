@@ -55,9 +55,9 @@ log = structlog.get_logger()
 
 STOP_GRACE = 5.0
 # A warm slot of a function whose calls are short takes its calls in batches (one Run,
-# one request to the sandbox) of about this much work, and at most MAX_BATCH calls:
-# under load, most of a call's cost is its messages, and a batch shares them.
-BATCH_WORK = 0.002
+# one request to the sandbox) of about FUM_BATCH_WORK seconds of work (WorkerSettings),
+# and at most MAX_BATCH calls: under load, most of a call's cost is its messages, and a
+# batch shares them.
 MAX_BATCH = 64
 
 
@@ -522,7 +522,7 @@ class Pool:
 
     def _batch(self, slot: Slot, queue: deque[Job]) -> list[Job]:
         """The calls a warm slot takes from the head of its function's queue: one, or, for
-        a function whose calls are short, a batch holding about BATCH_WORK of them and no
+        a function whose calls are short, a batch holding about ``batch_work`` of them and no
         more than the slot's share of the queue (the other idle warm slots take theirs)."""
         job = queue.popleft()
         mean = self._durations.get(job.function.name)
@@ -531,7 +531,7 @@ class Pool:
         function = job.function
         idle = sum(1 for s in self._slots.values() if s.state == "idle" and s.warm_for(function))
         share = -(-(len(queue) + 1) // idle)  # this slot is one of them
-        size = min(MAX_BATCH, share, int(BATCH_WORK / max(mean, 1e-6)))
+        size = min(MAX_BATCH, share, int(self.settings.batch_work / max(mean, 1e-6)))
         batch = [job]
         while queue and len(batch) < size and queue[0].timeout == job.timeout:
             if queue[0].alone:

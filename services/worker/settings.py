@@ -34,6 +34,9 @@ class WorkerSettings(PackageLimits, frozen=True, kw_only=True):
     capacity: int = 8  # most sandboxes on this node
     spare: int = 1  # miniworker processes kept started ahead, for cold starts
     keep_warm: float = 600.0  # seconds an idle sandbox is kept beyond what preload keeps
+    # seconds of a function's work (by its moving average of call times) a warm sandbox
+    # takes in one batch of its queued calls; 0: one call at a time (docs/SCHEDULING.md)
+    batch_work: float = 0.002
     retries: int = 1  # times a call is run again when its sandbox dies under it
     # A call still running after this many seconds is marked RUNNING in the db; shorter
     # ones go from PENDING to their end in one write.
