@@ -16,7 +16,9 @@ import pytest
 
 from fum_cli.local import LocalCluster
 from services.common.db_protocol import ListCalls
-from services.db.store import list_calls_query, retention_query
+from services.db.settings import DbSettings
+from services.db.store import Store, list_calls_query, retention_query
+from services.workflows.checkpoint import list_sessions
 
 from .conftest import MILLION
 
@@ -193,3 +195,39 @@ def test_retention_finds_old_calls_through_an_index(
 ) -> None:
     plan = query_plan(million_calls, retention_query(older), [1000.0, 500])  # type: ignore[arg-type]
     assert index in plan and "calls_by_status" not in plan, plan
+
+
+async def test_the_stateful_layers_listings_use_an_index(tmp_path: Path) -> None:
+    """Executions, sessions, events and triggers are listed through an index that gives
+    their order: a listing's cost does not grow with what it does not show (fired
+    triggers are kept, executions and events pile up). (Triggers by subject are the
+    subject's, sorted: not listed here.)"""
+    store = await Store.open(DbSettings(db_path=str(tmp_path / "fum.sqlite3")))
+
+    def listed() -> dict[str, str]:
+        statements: list[str] = []
+        store.db.set_trace_callback(statements.append)
+        try:
+            store.coordinators.list(None, 50)
+            store.coordinators.list(1.0e9, 50)
+            list_sessions(store, "app", 1.0e9, 50)
+            store.triggers.list_events(subject="s", before=10)
+            store.triggers.list_events(type="t")
+            store.triggers.list_triggers(active=True, after="t1")
+            store.triggers.list_triggers(execution="e1")
+        finally:
+            store.db.set_trace_callback(None)
+        plans = {}
+        for sql in statements:
+            rows = store.db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+            plans[sql] = " / ".join(row[3] for row in rows)
+        return plans
+
+    try:
+        plans = await store.run(listed)
+    finally:
+        await store.close()
+    assert len(plans) == 7, plans
+    for sql, plan in plans.items():
+        assert "TEMP B-TREE" not in plan, (sql, plan)
+        assert all(" USING " in step for step in plan.split(" / ")), (sql, plan)

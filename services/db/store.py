@@ -320,6 +320,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 7: the build of a function's dependencies (models.Build, as JSON; NULL: none)
     ("ALTER TABLE functions ADD COLUMN build TEXT",),
+    # 8: the listings of executions and triggers through indexes that give their order
+    # (executions were sorted whole; fired triggers are kept, and the active ones were
+    # found by scanning them all)
+    (
+        "CREATE INDEX executions_by_created ON executions (created_at)",
+        "DROP INDEX triggers_by_execution",
+        "CREATE INDEX triggers_by_execution ON triggers (execution, id)",
+        "CREATE INDEX triggers_by_active ON triggers (active, id)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
