@@ -12,15 +12,19 @@ import base64
 import hashlib
 import io
 import json
+import os
 import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from fum_cli.local import LocalCluster
+from services.api.catalog import PackageStore
+from services.common.archive import PackageLimits
 
 from .conftest import start_cluster
 from .support import Api, targz, unique
@@ -352,3 +356,63 @@ async def test_fn_deploy_waits_for_the_build_and_fails_with_its_log(
     )
     assert result.exit_code == 1, (result.stdout, result.stderr)
     assert "build failed" in result.stderr and "fum-no-such-package-xyz" in result.stderr
+
+
+def test_the_package_store_removes_what_no_function_has_after_its_grace(
+    tmp_path: Path,
+) -> None:
+    store = PackageStore(tmp_path / "packages", PackageLimits())
+    files = {}
+    for name in ("needed", "stray", "fresh", "asked"):
+        files[name] = hashlib.sha256(name.encode()).hexdigest()
+        (store.folder / files[name]).write_bytes(b"x")
+        os.utime(store.folder / files[name], (1.0e9, 1.0e9))  # stored long ago
+    os.utime(store.folder / files["fresh"])  # stored just now
+    staging = store.folder / ".upload-left"
+    staging.write_bytes(b"x")
+    os.utime(staging, (1.0e9, 1.0e9))
+    assert store.has(files["asked"]) and not store.has(hashlib.sha256(b"none").hexdigest())
+    # "asked" is a node's upload of a file stored already: it is kept anew
+    removed = store.collect({files["needed"]}, grace=600)
+    assert removed == [files["stray"]]
+    left = {p.name for p in store.folder.iterdir()}
+    assert left == {files["needed"], files["fresh"], files["asked"], staging.name}
+
+
+async def test_a_redeployed_or_deleted_functions_package_is_removed_from_the_api(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    cluster = start_cluster(tmp_path_factory, preload="none", env={"FUM_PACKAGE_GRACE": "1"})
+    folder = cluster.data_dir / "api" / "packages"
+    try:
+        async with aiohttp.ClientSession(cluster.url) as session:
+            api = Api(session)
+            await api.runtime("pyh")
+            old = targz({"main.py": "def handle(params):\n    return 1\n"})
+            new = targz({"main.py": "def handle(params):\n    return 2\n"})
+            stray = targz({"a.txt": "a"})
+            for package in (old, new):
+                status, body = await api.deploy("gc", "pyh", package)
+                assert status in (200, 201), body
+            octet = {"Content-Type": "application/octet-stream"}
+            sha = {p: hashlib.sha256(p).hexdigest() for p in (old, new, stray)}
+            status, _ = await api.request(
+                "PUT", f"/v1/packages/{sha[stray]}", data=stray, headers=octet
+            )
+            assert status == 201
+
+            async def stored_becomes(expected: set[str]) -> None:
+                for _ in range(100):
+                    if {p.name for p in folder.iterdir()} == expected:
+                        return
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"{sorted(p.name for p in folder.iterdir())} != {expected}")
+
+            await stored_becomes({sha[new]})
+            status, call = await api.invoke("gc", {})
+            assert (status, call["result"]) == (200, 2), call
+            status, _ = await api.request("DELETE", "/v1/functions/gc")
+            assert status in (200, 204)
+            await stored_becomes(set())
+    finally:
+        cluster.stop()

@@ -156,6 +156,16 @@ async def sweep_pending(db: DbClient, dispatcher: Dispatcher, interval: float) -
             log.warning("api.sweep_failed", error=exc.message)
 
 
+async def collect_packages(catalog: Catalog, grace: float) -> None:
+    """Remove, every half ``grace``, the packages and artifacts no function has."""
+    while True:
+        await asyncio.sleep(max(grace / 2, 0.5))
+        try:
+            await catalog.collect_packages(grace)
+        except OSError as exc:
+            log.warning("api.packages_not_collected", error=str(exc))
+
+
 async def stop_waiting(app: web.Application) -> None:
     """On shutdown, blocking clients get a clear 503 at once instead of a cut connection."""
     app[DISPATCHER].fail_waiters("the api is stopping; the call goes on, ask for it later")
@@ -192,6 +202,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         tasks.append(loop.create_task(dispatcher.serve()))
         tasks.append(loop.create_task(sweep_pending(db, dispatcher, settings.sweep_interval)))
+        tasks.append(loop.create_task(collect_packages(catalog, settings.package_grace)))
         log.info("api.started", nodes=dispatcher.endpoint, policy=settings.invocation_policy)
         yield
     finally:

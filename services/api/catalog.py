@@ -14,6 +14,9 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
+import os
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -92,11 +95,15 @@ STAGING = ".upload-"
 
 
 class PackageStore:
-    """Function packages on the api's disk, named by the sha256 of their bytes."""
+    """Function packages and build artifacts on the api's disk, named by the sha256 of
+    their bytes; those no function needs are removed (``collect``)."""
 
     def __init__(self, folder: Path, limits: PackageLimits) -> None:
         self.folder = folder
         self.limits = limits
+        # keeping a file and collecting the unneeded ones (both on threads) take turns:
+        # a file kept again is never removed under its new owner
+        self._turn = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
         for left in folder.glob(f"{STAGING}*"):  # uploads cut short by a stop
             left.unlink(missing_ok=True)
@@ -117,12 +124,41 @@ class PackageStore:
         staged.close()
         validate_package(staged.path, self.limits)
         sha = staged.sha256
-        path = self.folder / sha
-        if path.exists():
-            staged.discard()
-        else:
-            staged.path.rename(path)
+        with self._turn:
+            if self._renewed(sha):
+                staged.discard()
+            else:
+                staged.path.rename(self.folder / sha)
         return sha
+
+    def has(self, sha256: str) -> bool:
+        """Whether the file is stored; if so, it is kept as if stored now."""
+        with self._turn:
+            return self._renewed(sha256)
+
+    def _renewed(self, sha256: str) -> bool:
+        try:
+            os.utime(self.path(sha256))  # the grace of ``collect`` starts again
+        except FileNotFoundError:
+            return False
+        return True
+
+    def collect(self, needed: set[str], grace: float) -> list[str]:
+        """Remove every stored file not ``needed`` (no function's package nor artifact)
+        and not stored (or kept again) in the last ``grace`` seconds: an upload is stored
+        before its function names it (a deploy; a build's artifact, before the build's
+        end is told). The sha256s removed."""
+        removed = []
+        with self._turn:
+            cutoff = time.time() - grace
+            for entry in self.folder.iterdir():
+                if entry.name in needed or entry.name.startswith(STAGING):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < cutoff:
+                        entry.unlink()
+                        removed.append(entry.name)
+        return removed
 
 
 class Catalog:
@@ -168,6 +204,17 @@ class Catalog:
 
     async def close(self) -> None:
         await self._background.close()
+
+    async def collect_packages(self, grace: float) -> None:
+        """Remove the stored packages and artifacts no function has (deleted, redeployed,
+        rebuilt), once ``grace`` seconds old."""
+        needed = {f.sha256 for f in self.functions.values()}
+        needed |= {
+            f.build.artifact for f in self.functions.values() if f.build and f.build.artifact
+        }
+        removed = await asyncio.to_thread(self.packages.collect, needed, grace)
+        if removed:
+            log.info("packages.removed", count=len(removed))
 
     def snapshot(self) -> tuple[list[Runtime], list[Function]]:
         return list(self.runtimes.values()), list(self.functions.values())

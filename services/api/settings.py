@@ -26,6 +26,10 @@ class ApiSettings(PackageLimits, frozen=True, kw_only=True):
     store_delay: float = 0.02
     default_timeout: float = 60.0  # a function's call timeout when it sets none
     max_package_mb: int = 100
+    # Seconds a stored package or build artifact that no function has is kept before it
+    # is removed (an upload is stored before its function names it); checked every half
+    # of it.
+    package_grace: float = 600.0
     max_pending: int = 100_000  # most unfinished calls the api holds; more get 429
     queue_limit: int = 1000  # calls a function with a concurrency limit may have waiting
     retry_after: int = 1  # seconds, in the Retry-After of a 429

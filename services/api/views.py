@@ -848,10 +848,10 @@ async def put_package(request: web.Request) -> web.Response:
     store = request.app[CATALOG].packages
     sha = request.match_info["sha256"]
     try:
-        path = store.path(sha)
+        stored = await asyncio.to_thread(store.has, sha)
     except NotFound:
         raise BadRequest(f"{sha!r} is not a sha256 (64 lowercase hex digits)") from None
-    if path.exists():
+    if stored:
         return json_response(PackageStored(sha), 200)
     limit = request.app[SETTINGS].max_package_mb * 1024 * 1024
     staged = store.stage()
