@@ -71,6 +71,15 @@ def request(url: str, data: bytes | None = None, form: tuple[str, bytes] | None 
 @pytest.fixture
 def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
+    if state == "active":  # an earlier run of this test killed before it cleaned up?
+        stacks = docker("stack", "ls", "--format", "{{.Name}}").split()
+        if all(name.startswith("fumswarm") for name in stacks):
+            for name in stacks:
+                dismantle(name)
+            subprocess.run(
+                ["docker", "swarm", "leave", "--force"], capture_output=True, check=False
+            )
+            state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
     if state != "inactive":
         pytest.fail(f"the engine is already in a swarm ({state}); this test makes its own")
     stack = f"fumswarm{uuid.uuid4().hex[:6]}"
@@ -88,29 +97,30 @@ def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         deployed(stack, env)
         yield f"http://127.0.0.1:{env['FUM_PORT']}", env
     finally:
-        subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
-        left = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=fum.network={stack}-functions"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
-        # Left before its networks are gone, the node keeps one for good (an overlay that
-        # still holds its load balancer's endpoint; only an engine restart drops it), and
-        # a later swarm's networks collide with it
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and stack in docker(
-            "network", "ls", "--format", "{{.Name}}"
-        ):
-            time.sleep(0.5)
+        dismantle(stack)
         subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, check=False)
-        for volume in ("db", "packages", "registry"):
-            subprocess.run(
-                ["docker", "volume", "rm", "-f", f"{stack}_{volume}"],
-                capture_output=True,
-                check=False,
-            )
+
+
+def dismantle(stack: str) -> None:
+    """Remove the stack, its function containers, networks and volumes."""
+    subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=fum.network={stack}-functions"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+    # Left before its networks are gone, the node keeps one for good (an overlay that
+    # still holds its load balancer's endpoint; only an engine restart drops it), and a
+    # later swarm's networks collide with it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and stack in docker("network", "ls", "--format", "{{.Name}}"):
+        time.sleep(0.5)
+    for volume in ("db", "packages", "registry"):
+        subprocess.run(
+            ["docker", "volume", "rm", "-f", f"{stack}_{volume}"], capture_output=True, check=False
+        )
 
 
 OVERLAP = "Pool overlaps with other one on this address space"
