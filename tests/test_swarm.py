@@ -128,8 +128,8 @@ OVERLAP = "Pool overlaps with other one on this address space"
 
 def deployed(stack: str, env: dict[str, str], tries: int = 3) -> None:
     """Deploy the stack; deploy it again when the engine gave one of its networks a subnet
-    it then refuses (every task on that network rejected with OVERLAP: an allocator bug of
-    the engine, as moby/moby#50011, seen once in CI on engine 20.10), printing the networks."""
+    it then refuses (every task on that network rejected with OVERLAP: the subnet of an
+    overlay an earlier swarm left on the node, docs/DEPLOY.md), printing the networks."""
     for _ in range(tries):
         docker("stack", "deploy", *FILES, stack, env=env)
         deadline = time.monotonic() + 60
