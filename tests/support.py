@@ -238,6 +238,8 @@ def fum_up(*args: str, cwd: Path | None = None) -> Iterator[tuple[subprocess.Pop
             proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
 # ---- state at scale: a calls table of a million rows, built once
 
 
@@ -285,3 +287,16 @@ def build_calls_file(path: Path, count: int, rare: str = "rare") -> None:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         db.close()
+
+
+def remove_function_containers(network: str) -> None:
+    """Remove the function containers on a docker network (``fum.network`` label) that a
+    cluster stopped abruptly, or a stack removed under its workers, left behind."""
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=fum.network={network}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if left:
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)

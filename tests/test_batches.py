@@ -95,6 +95,7 @@ async def test_a_batch_work_of_zero_hands_every_call_alone(
     node._schedule(preload=False)
     assert run_sizes(sent) == [1, 1]
 
+
 async def test_a_batch_is_no_more_than_the_slots_share_of_the_queue(
     pool: tuple[Pool, list[tuple[str, Message]]],
 ) -> None:

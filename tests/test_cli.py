@@ -20,6 +20,8 @@ from fum_cli.local import LocalCluster, free_port
 from fum_cli.main import app
 from fum_client import Client
 
+from .support import remove_function_containers
+
 FUM = Path(sys.executable).parent / "fum"
 HANDLER_RUN = "python3 -m fum main:handle"
 ECHO = "def handle(params):\n    return params\n"
@@ -436,11 +438,5 @@ def test_up_status_down_with_docker(images: None, tmp_path: Path) -> None:
         assert after.returncode == 1
     finally:
         run_fum(env, "down", "--docker", "--project", project, "--volumes", timeout=300)
-        left = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=fum.network={project}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+        remove_function_containers(project)
         subprocess.run(["docker", "network", "rm", project], capture_output=True, check=False)

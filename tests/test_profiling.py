@@ -31,4 +31,3 @@ def test_cprofile_dir_profiles_every_service_and_leaves_the_sdk_alone(
         cluster.stop()
     written = {path.name.split("-")[0] for path in profiles.glob("*.prof")}
     assert {"keeper", "db", "api", "worker", "miniworker"} <= written, sorted(written)
-

@@ -16,6 +16,8 @@ import pytest
 from fum_cli.local import free_port
 from services.common.curve import ClusterKeys
 
+from .support import remove_function_containers
+
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,13 +106,7 @@ def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 def dismantle(stack: str) -> None:
     """Remove the stack, its function containers, networks and volumes."""
     subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
-    left = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=fum.network={stack}-functions"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+    remove_function_containers(f"{stack}-functions")
     # Left before its networks are gone, the node keeps one for good (an overlay that
     # still holds its load balancer's endpoint; only an engine restart drops it), and a
     # later swarm's networks collide with it
