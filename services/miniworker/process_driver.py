@@ -24,7 +24,7 @@ import structlog
 
 from services.common.archive import PackageLimits, archive_folder, extract_package
 from services.common.models import Function, Limits, Runtime
-from services.common.ports import free_port
+from services.common.ports import sandbox_port
 from services.common.proc import die_with_parent, python_module
 
 from .sandbox import Driver, OutputBuffer, Sandbox, SandboxFailed, tail
@@ -180,7 +180,7 @@ class ProcessSandbox(Sandbox):
         return text
 
     async def launch(self, env: dict[str, str]) -> tuple[str, int]:
-        port = free_port()
+        port = sandbox_port()
         self.exited.clear()
         self.output = OutputBuffer()
         fum_env = {**env, "FUM_NODE_IP": "127.0.0.1", "FUM_NODE_PORT": str(port)}
