@@ -208,10 +208,7 @@ class Catalog:
     async def collect_packages(self, grace: float) -> None:
         """Remove the stored packages and artifacts no function has (deleted, redeployed,
         rebuilt), once ``grace`` seconds old."""
-        needed = {f.sha256 for f in self.functions.values()}
-        needed |= {
-            f.build.artifact for f in self.functions.values() if f.build and f.build.artifact
-        }
+        needed = set().union(*(f.stored_files() for f in self.functions.values()))
         removed = await asyncio.to_thread(self.packages.collect, needed, grace)
         if removed:
             log.info("packages.removed", count=len(removed))

@@ -218,6 +218,12 @@ class Function(Model, frozen=True):
             return self.sha256
         return self.build.artifact if self.build.status == "ready" else None
 
+    def stored_files(self) -> set[str]:
+        """The sha256s of what is kept for it (by the api, and by a node that runs it): its
+        package and its build's artifact."""
+        archive = self.setup_archive()
+        return {self.sha256} if archive is None else {self.sha256, archive}
+
 
 class Call(Model, frozen=True):
     """One invocation. ``params`` and ``result`` are JSON text, passed along unparsed."""

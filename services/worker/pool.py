@@ -93,12 +93,6 @@ class Slot:
         return f is not None and f.name == function.name and f.sha256 == function.sha256
 
 
-def _files_of(function: Function) -> set[str]:
-    """The sha256s of what a node keeps for a function: its package, its build's artifact."""
-    archive = function.setup_archive()
-    return {function.sha256} if archive is None else {function.sha256, archive}
-
-
 def default_pool_bind(node_dir: Path) -> str:
     """A unix socket in the node's folder (cheaper than tcp), where its path fits."""
     path = node_dir.resolve() / "pool.sock"
@@ -210,8 +204,8 @@ class Pool:
             if job.function.sha256 == function.sha256:  # its build may be ready now
                 job.function = function
         self._retire_stale()
-        self.packages.named(_files_of(function))
-        if before is not None and _files_of(before) - _files_of(function):
+        self.packages.named(function.stored_files())
+        if before is not None and before.stored_files() - function.stored_files():
             self._collect()
         self._schedule(preload=False)
         self._preload((function,))
@@ -234,7 +228,7 @@ class Pool:
             functions += [job.function for job in slot.jobs.values()]
             if slot.function is not None and slot.state != "stopping":
                 functions.append(slot.function)
-        self.packages.keep_only(set().union(*map(_files_of, functions)))
+        self.packages.keep_only(set().union(*(f.stored_files() for f in functions)))
 
     def running(self) -> list[int]:
         """Calls this node holds: waiting here or running in a slot."""
