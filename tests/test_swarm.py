@@ -103,20 +103,24 @@ def swarm(images: None, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, check=False)
 
 
-def dismantle(stack: str) -> None:
-    """Remove the stack, its function containers, networks and volumes."""
+def dismantle(stack: str) -> bool:
+    """Remove the stack, its function containers, networks and volumes; whether its
+    networks went (within a minute)."""
     subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
     remove_function_containers(f"{stack}-functions")
     # Left before its networks are gone, the node keeps one for good (an overlay that
     # still holds its load balancer's endpoint; only an engine restart drops it), and a
     # later swarm's networks collide with it
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and stack in docker("network", "ls", "--format", "{{.Name}}"):
+    while (left := stack in docker("network", "ls", "--format", "{{.Name}}")) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.5)
     for volume in ("db", "packages", "registry"):
         subprocess.run(
             ["docker", "volume", "rm", "-f", f"{stack}_{volume}"], capture_output=True, check=False
         )
+    return not left
 
 
 OVERLAP = "Pool overlaps with other one on this address space"
@@ -138,11 +142,7 @@ def deployed(stack: str, env: dict[str, str], tries: int = 3) -> None:
                 time.sleep(1)
                 continue
             print(f"{stack}: {OVERLAP}, deployed again\n{networks()}")
-            docker("stack", "rm", stack)
-            gone = time.monotonic() + 60
-            while stack in docker("network", "ls", "--format", "{{.Name}}"):
-                assert time.monotonic() < gone, "the stack's networks were never removed"
-                time.sleep(0.5)
+            assert dismantle(stack), "the stack's networks were never removed"
             break
         else:
             return  # not all running yet, and nothing refused: the test waits on
